@@ -1,0 +1,1 @@
+"""The five layer analyses of EXPERIMENTS.md and the lamina CLI."""

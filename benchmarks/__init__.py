@@ -1,0 +1,1 @@
+"""Benchmarks: lamina side by side with course-style code, TransformerLens cache and the bare forward."""

@@ -1,0 +1,1 @@
+"""lamina engine: models, capture, store and on-device kernels."""

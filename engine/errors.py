@@ -1,0 +1,57 @@
+"""Every error lamina raises on purpose, in one place.
+
+Each subclasses the built-in a caller would naturally catch, so
+``except FileNotFoundError`` still catches a missing checkpoint. Messages name
+the input that was wrong (sentence number, word, token, hook, path) and the fix.
+
+>>> try:
+...     raise InputError("sentence 3 has no ' her'")
+... except ValueError as e:
+...     print(e)
+sentence 3 has no ' her'
+"""
+
+from __future__ import annotations
+
+
+class LaminaError(Exception):
+    """Base of all lamina errors (catch this to catch any of them)."""
+
+
+class InputError(LaminaError, ValueError):
+    """Stimuli, positions or options that cannot be used as given."""
+
+
+class ModelNotFoundError(LaminaError, FileNotFoundError):
+    """A model name that is not cached offline, or a checkpoint path that does not exist."""
+
+
+class HookError(LaminaError, KeyError):
+    """A hook point or layer the model does not have."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreExistsError(LaminaError, FileExistsError):
+    """The output store already holds a complete run (pass overwrite=True / --overwrite)."""
+
+
+class StoreLockedError(LaminaError, BlockingIOError):
+    """Another live process is writing the same store."""
+
+
+class StoreMismatchError(LaminaError, ValueError):
+    """An incomplete store was made by a different command, so it cannot be resumed."""
+
+
+class StoreNotWritableError(LaminaError, PermissionError):
+    """The destination cannot be written (read-only, or no space left)."""
+
+
+class NonFiniteError(LaminaError, FloatingPointError):
+    """NaN or inf appeared in captured activations (message names hook, layer and position)."""
+
+
+class OfflineError(LaminaError, ConnectionError):
+    """Something needs the network (a hub data set or model) and the network is not there."""

@@ -1,0 +1,1 @@
+"""Pure torch kernels: tensors in, tensors out; no I/O, no device moves."""

@@ -1,0 +1,385 @@
+"""Per-neuron Pearson and partial correlation with a token-level variable (EXPERIMENTS.md C).
+
+>>> import torch
+>>> acts = torch.randn(2, 100, 8)            # (layer, token, neuron)
+>>> length = torch.randint(1, 9, (100,))     # (token,)
+>>> pearson_with_vector(acts, length).shape  # (layer, neuron)
+torch.Size([2, 8])
+
+Three entry points share one formula:
+
+* :func:`pearson_with_vector` -- r of every neuron with one vector, in one pass.
+* :func:`partial_correlation` -- r of every neuron with ``x`` controlling for ``z``.
+* :class:`StreamingPearson` -- the same two numbers over a corpus of any length in
+  constant memory: chunks are merged with the pairwise update of Chan, Golub &
+  LeVeque (1979), which keeps means and *centred* second moments (never raw
+  sums of squares), so an offset of 1e4 on activations costs no precision.
+
+A neuron that is constant over the tokens has no defined correlation: it gets NaN
+(quietly, no warning), and :attr:`StreamingPearson.n_constant` counts them. The
+test for "constant" is exact (``min == max`` over the tokens), not a variance
+threshold, so it does not depend on rounding in the mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lamina.engine.errors import InputError
+
+__all__ = ["pearson_with_vector", "partial_correlation", "StreamingPearson"]
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check(acts: Tensor, x: Tensor, z: Tensor | None, what: str) -> None:
+    """Raise InputError unless acts is (..., token, neuron) and x, z are (token,)."""
+    if acts.ndim < 2:
+        raise InputError(
+            f"{what}: acts must be (..., token, neuron); got shape {tuple(acts.shape)}"
+        )
+    n_tok = acts.shape[-2]
+    for name, v in (("x", x), ("z", z)):
+        if v is None:
+            continue
+        if v.ndim != 1 or v.shape[0] != n_tok:
+            raise InputError(
+                f"{what}: {name} must be (token,) with token = {n_tok} to match acts "
+                f"{tuple(acts.shape)} (..., token, neuron); got {name} shape {tuple(v.shape)}"
+            )
+
+
+def _check_dtype(dtype: torch.dtype) -> None:
+    if dtype not in _FLOATS:
+        raise InputError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
+
+
+def _moments(acts: Tensor, x: Tensor, z: Tensor | None, dtype: torch.dtype) -> dict[str, Tensor]:
+    """Count, means, centred second moments and extremes of one block of tokens.
+
+    Args:
+        acts: (..., token, neuron).
+        x, z: (token,).
+    Returns:
+        dict of tensors: ``count`` (), ``mean_act``/``m2_act``/``min_act``/``max_act``
+        (..., neuron), ``mean_x``/``m2_x``/``min_x``/``max_x`` (), ``c_ax`` (..., neuron),
+        and when z is given the same for z plus ``c_az`` (..., neuron) and ``c_xz`` ().
+    """
+    a = acts.to(dtype)  # (..., token, neuron)
+    mean_a = a.mean(-2)  # (..., neuron)
+    ac = a - mean_a.unsqueeze(-2)  # (..., token, neuron)
+    st: dict[str, Tensor] = {
+        "count": torch.tensor(a.shape[-2], dtype=torch.int64, device=a.device),
+        "mean_act": mean_a,
+        "m2_act": ac.square().sum(-2),
+        "min_act": a.amin(-2),
+        "max_act": a.amax(-2),
+    }
+    for name, v in (("x", x), ("z", z)):
+        if v is None:
+            continue
+        v = v.to(dtype)  # (token,)
+        mv = v.mean()
+        vc = v - mv
+        st[f"mean_{name}"] = mv
+        st[f"m2_{name}"] = vc.square().sum()
+        st[f"min_{name}"] = v.amin()
+        st[f"max_{name}"] = v.amax()
+        st[f"c_a{name}"] = torch.matmul(vc, ac)  # (token,) @ (..., token, neuron) -> (..., neuron)
+        st[f"_c_{name}"] = vc
+    if z is not None:
+        st["c_xz"] = (st["_c_x"] * st["_c_z"]).sum()
+    st.pop("_c_x", None)
+    st.pop("_c_z", None)
+    return st
+
+
+def _pearson(c_ay: Tensor, m2_a: Tensor, m2_y: Tensor, const_a: Tensor, const_y: Tensor) -> Tensor:
+    """r = C_ay / sqrt(M2_a M2_y) -- identical to sum(z_a z_y) / (N - 1) with ddof=1 z-scores.
+
+    NaN where either side is constant (exact test passed in as const_*).
+    """
+    r = c_ay / torch.sqrt(m2_a * m2_y)
+    bad = const_a | const_y
+    return torch.where(bad, torch.full_like(r, float("nan")), r)
+
+
+def _partial(r_ax: Tensor, r_az: Tensor, r_xz: Tensor) -> Tensor:
+    """(r_ax - r_az r_xz) / sqrt((1 - r_az^2)(1 - r_xz^2)); NaN where a denominator is 0."""
+    den = ((1 - r_az.square()).clamp_min(0) * (1 - r_xz.square()).clamp_min(0)).sqrt()
+    out = (r_ax - r_az * r_xz) / den
+    return torch.where(den > 0, out, torch.full_like(out, float("nan")))
+
+
+def _finish(st: dict[str, Tensor], partial: bool) -> Tensor:
+    """Correlation (or partial correlation) from a moments dict."""
+    const_a = st["min_act"] == st["max_act"]
+    const_x = st["min_x"] == st["max_x"]
+    r_ax = _pearson(st["c_ax"], st["m2_act"], st["m2_x"], const_a, const_x)
+    if not partial:
+        return r_ax
+    const_z = st["min_z"] == st["max_z"]
+    r_az = _pearson(st["c_az"], st["m2_act"], st["m2_z"], const_a, const_z)
+    r_xz = _pearson(st["c_xz"], st["m2_x"], st["m2_z"], const_x, const_z)
+    return _partial(r_ax, r_az, r_xz)
+
+
+# --------------------------------------------------------------------------- batch
+
+
+def pearson_with_vector(acts: Tensor, v: Tensor, *, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Pearson r of every neuron's activation with one token-level vector.
+
+    >>> acts = torch.tensor([[1., 2.], [2., 2.], [3., 2.]])  # (token=3, neuron=2)
+    >>> pearson_with_vector(acts, torch.tensor([1., 2., 4.]))
+    tensor([0.9820,    nan], dtype=torch.float64)
+
+    Exactly EXPERIMENTS.md C: z-scores with ddof=1 and r = sum(z_v * z_act) / (N - 1),
+    computed as C / sqrt(M2_act M2_v) on centred values (the same number).
+
+    Args:
+        acts: (..., token, neuron) activations, any float dtype (e.g. (layer, token, neuron)).
+        v: (token,) the variable, e.g. token length in characters (ints are fine).
+        dtype: float64 (default) or float32 for the arithmetic. The whole input is
+            converted at once; for corpora that do not fit use :class:`StreamingPearson`.
+
+    Returns:
+        (..., neuron) r in ``dtype``; NaN for constant neurons (or everywhere if v is constant).
+
+    Raises:
+        InputError: shapes that do not match, fewer than 2 tokens, or a non-float dtype.
+    """
+    _check_dtype(dtype)
+    _check(acts, v, None, "pearson_with_vector")
+    if acts.shape[-2] < 2:
+        raise InputError(f"pearson_with_vector needs at least 2 tokens; acts {tuple(acts.shape)}")
+    return _finish(_moments(acts, v, None, dtype), partial=False)
+
+
+def partial_correlation(
+    acts: Tensor, x: Tensor, z: Tensor, *, dtype: torch.dtype = torch.float64
+) -> Tensor:
+    """Partial r of every neuron with ``x`` controlling for ``z``.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> z = torch.randn(500, generator=g); x = z + torch.randn(500, generator=g)
+    >>> acts = (2 * z).unsqueeze(-1) + 0.1 * torch.randn(500, 3, generator=g)  # (token, neuron)
+    >>> partial_correlation(acts, x, z).abs().max() < 0.2   # x adds nothing once z is known
+    tensor(True)
+
+    r_ax.z = (r_ax - r_az r_xz) / sqrt((1 - r_az^2)(1 - r_xz^2)), which equals the Pearson r
+    of the residuals of acts and x after a least-squares fit on [1, z].
+
+    Args:
+        acts: (..., token, neuron).
+        x: (token,) e.g. token length.
+        z: (token,) the control, e.g. log unigram frequency.
+        dtype: float64 (default) or float32.
+
+    Returns:
+        (..., neuron); NaN where a neuron or x or z is constant, or |r_az| or |r_xz| is 1.
+    """
+    _check_dtype(dtype)
+    _check(acts, x, z, "partial_correlation")
+    if acts.shape[-2] < 2:
+        raise InputError(f"partial_correlation needs at least 2 tokens; acts {tuple(acts.shape)}")
+    return _finish(_moments(acts, x, z, dtype), partial=True)
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+@dataclass
+class StreamingPearson:
+    """Running Pearson / partial correlation in memory independent of the number of tokens.
+
+    >>> sp = StreamingPearson()
+    >>> acts = torch.randn(2, 1000, 4)          # (layer, token, neuron)
+    >>> x = torch.randn(1000)                   # (token,)
+    >>> for s in range(0, 1000, 300):
+    ...     _ = sp.update(acts[:, s:s + 300], x[s:s + 300])
+    >>> torch.allclose(sp.correlation(), pearson_with_vector(acts, x))
+    True
+
+    State is float64 on the device of the first chunk: count, means, centred second
+    moments ``M2`` and co-moments ``C`` (Chan et al. pairwise merge), and running min/max
+    (to flag constant neurons exactly). All fields are None before the first update.
+
+    To checkpoint, save :meth:`state_dict` (a dict of tensors) and rebuild with
+    :meth:`from_state_dict`. Across processes, gather every rank's state dict and fold
+    them with :meth:`merge` (the merge is not a plain sum, so a sum all-reduce of the
+    raw fields would be wrong).
+
+    Fields (shapes): count (); mean_act, m2_act, min_act, max_act, c_ax, c_az
+    (..., neuron); mean_x, m2_x, min_x, max_x, mean_z, m2_z, min_z, max_z, c_xz ().
+    """
+
+    n: Tensor | None = None
+    mean_act: Tensor | None = None
+    m2_act: Tensor | None = None
+    min_act: Tensor | None = None
+    max_act: Tensor | None = None
+    mean_x: Tensor | None = None
+    m2_x: Tensor | None = None
+    min_x: Tensor | None = None
+    max_x: Tensor | None = None
+    c_ax: Tensor | None = None
+    mean_z: Tensor | None = None
+    m2_z: Tensor | None = None
+    min_z: Tensor | None = None
+    max_z: Tensor | None = None
+    c_az: Tensor | None = None
+    c_xz: Tensor | None = None
+
+    # ---- read-only views
+
+    @property
+    def count(self) -> int:
+        """Tokens seen so far."""
+        return 0 if self.n is None else int(self.n)
+
+    @property
+    def has_z(self) -> bool:
+        """Whether a control variable z is being tracked (fixed by the first update)."""
+        return self.mean_z is not None
+
+    @property
+    def constant_mask(self) -> Tensor:
+        """(..., neuron) bool: neurons whose activation has been the same on every token."""
+        self._need(1, "constant_mask")
+        return self.min_act == self.max_act
+
+    @property
+    def n_constant(self) -> int:
+        """Number of constant neurons (their correlation is NaN), over all leading dims."""
+        return int(self.constant_mask.sum())
+
+    # ---- updating
+
+    def update(self, acts: Tensor, x: Tensor, z: Tensor | None = None) -> StreamingPearson:
+        """Fold in one chunk of tokens; returns self.
+
+        Args:
+            acts: (..., token, neuron); the leading dims and neuron must be the same for every
+                chunk. A chunk of 0 tokens is a no-op.
+            x: (token,).
+            z: (token,) or None; must be given on every update or on none.
+        """
+        _check(acts, x, z, "StreamingPearson.update")
+        if self.n is not None and (z is not None) != self.has_z:
+            raise InputError(
+                "StreamingPearson.update: z was "
+                + ("given before but not now" if self.has_z else "not given before but is now")
+                + "; pass z on every chunk or on none"
+            )
+        if self.n is not None and acts.shape[:-2] + acts.shape[-1:] != self.mean_act.shape:
+            raise InputError(
+                f"StreamingPearson.update: acts {tuple(acts.shape)} (..., token, neuron) does not "
+                f"match the running state (..., neuron) = {tuple(self.mean_act.shape)}"
+            )
+        if acts.shape[-2] == 0:
+            return self
+        self._combine(_moments(acts, x, z, torch.float64))
+        return self
+
+    def merge(self, other: StreamingPearson) -> StreamingPearson:
+        """Fold another stream's state into this one (as if its tokens had been appended); returns self."""
+        if other.n is None or other.count == 0:
+            return self
+        if self.n is not None and self.count > 0:
+            if other.mean_act.shape != self.mean_act.shape:
+                raise InputError(
+                    f"StreamingPearson.merge: states of shape (..., neuron) = {tuple(self.mean_act.shape)} "
+                    f"and {tuple(other.mean_act.shape)} cannot be merged"
+                )
+            if other.has_z != self.has_z:
+                raise InputError("StreamingPearson.merge: one state tracks z and the other does not")
+        self._combine(other.state_dict())
+        return self
+
+    def _combine(self, b: dict[str, Tensor]) -> None:
+        """Chan et al. pairwise update of self (a) with moments b, written into self."""
+        if self.n is None or self.count == 0:
+            for k, v in b.items():
+                setattr(self, "n" if k == "count" else k, v)
+            return
+        na = self.n.to(torch.float64)
+        nb = b["count"].to(self.n.device, torch.float64)
+        n = na + nb
+        wb = nb / n  # weight of b in the mean
+        f = na * nb / n  # cross-term factor of the co-moments
+        new: dict[str, Any] = {"n": self.n + b["count"]}
+        deltas = {}
+        names = ["act", "x"] + (["z"] if self.has_z else [])
+        for name in names:
+            d = b[f"mean_{name}"] - getattr(self, f"mean_{name}")
+            deltas[name] = d
+            new[f"mean_{name}"] = getattr(self, f"mean_{name}") + d * wb
+            new[f"m2_{name}"] = getattr(self, f"m2_{name}") + b[f"m2_{name}"] + d.square() * f
+            new[f"min_{name}"] = torch.minimum(getattr(self, f"min_{name}"), b[f"min_{name}"])
+            new[f"max_{name}"] = torch.maximum(getattr(self, f"max_{name}"), b[f"max_{name}"])
+        new["c_ax"] = self.c_ax + b["c_ax"] + deltas["act"] * deltas["x"] * f
+        if self.has_z:
+            new["c_az"] = self.c_az + b["c_az"] + deltas["act"] * deltas["z"] * f
+            new["c_xz"] = self.c_xz + b["c_xz"] + deltas["x"] * deltas["z"] * f
+        for k, v in new.items():
+            setattr(self, k, v)
+
+    # ---- results
+
+    def _need(self, tokens: int, what: str) -> None:
+        if self.count < tokens:
+            raise InputError(
+                f"StreamingPearson.{what} needs at least {tokens} token(s); {self.count} seen so far"
+            )
+
+    def correlation(self) -> Tensor:
+        """(..., neuron) float64 Pearson r of each neuron with x over all tokens seen."""
+        self._need(2, "correlation")
+        return _finish(self.state_dict(), partial=False)
+
+    def partial_correlation(self) -> Tensor:
+        """(..., neuron) float64 partial r of each neuron with x controlling for z."""
+        self._need(2, "partial_correlation")
+        if not self.has_z:
+            raise InputError(
+                "StreamingPearson.partial_correlation needs z: pass z to every update() call"
+            )
+        return _finish(self.state_dict(), partial=True)
+
+    # ---- checkpointing
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The running state as a dict of tensors (key ``count`` for the token count)."""
+        out: dict[str, Tensor] = {}
+        for fld in fields(self):
+            v = getattr(self, fld.name)
+            if v is not None:
+                out["count" if fld.name == "n" else fld.name] = v
+        return out
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Tensor]) -> StreamingPearson:
+        """Rebuild a stream from :meth:`state_dict` output (e.g. after ``torch.load``)."""
+        names = {f.name for f in fields(cls)} - {"n"}
+        unknown = set(state) - names - {"count"}
+        if unknown:
+            raise InputError(f"StreamingPearson.from_state_dict: unknown keys {sorted(unknown)}")
+        if "count" not in state or int(state["count"]) == 0:
+            return cls()
+        required = {"mean_act", "m2_act", "min_act", "max_act", "mean_x", "m2_x", "min_x", "max_x", "c_ax"}
+        z_keys = {"mean_z", "m2_z", "min_z", "max_z", "c_az", "c_xz"}
+        missing = required - set(state)
+        if missing or (z_keys & set(state) and z_keys - set(state)):
+            raise InputError(
+                f"StreamingPearson.from_state_dict: missing keys {sorted(missing | (z_keys - set(state)) if z_keys & set(state) else missing)}"
+            )
+        kw = {k: v for k, v in state.items() if k != "count"}
+        return cls(n=torch.as_tensor(state["count"], dtype=torch.int64), **kw)
