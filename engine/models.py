@@ -176,6 +176,24 @@ def check_model_source(name: str, weights: str) -> None:
         )
 
 
+def peek(name: str, weights: Weights = "pretrained"):
+    """(tokenizer, n_ctx, n_layers) without loading weights: enough to validate stimuli first."""
+    check_model_source(name, weights)
+    if name in MODEL_SPECS:
+        spec = MODEL_SPECS[name]
+        return gpt2_tokenizer(), spec.n_ctx, spec.n_layers
+    import json
+
+    from transformers import AutoTokenizer
+
+    cfg = json.loads((Path(name) / "config.json").read_text())
+    n_ctx = cfg.get("n_positions") or cfg.get("max_position_embeddings") or cfg.get("n_ctx")
+    n_layers = cfg.get("n_layer") or cfg.get("num_layers") or cfg.get("num_hidden_layers")
+    has_tok = any((Path(name) / f).exists() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json"))
+    tok = configure_padding(AutoTokenizer.from_pretrained(str(Path(name).resolve()))) if has_tok else gpt2_tokenizer()
+    return tok, int(n_ctx), int(n_layers)
+
+
 def load_model(
     name: str,
     *,

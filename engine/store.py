@@ -241,8 +241,13 @@ class Run:
 
     def arrays(self) -> list[str]:
         """All array paths, e.g. ['acts/target', 'results/cosine_hist', ...] (progress hidden)."""
+        import warnings
+
         out = []
-        for path, node in self.group.members(max_depth=None):
+        with warnings.catch_warnings():  # our lock file is not a Zarr node; zarr says so
+            warnings.simplefilter("ignore")
+            members = list(self.group.members(max_depth=None))
+        for path, node in members:
             if isinstance(node, zarr.Array) and not path.startswith("_"):
                 out.append(path)
         return sorted(out)

@@ -311,7 +311,7 @@ class StreamingPearson:
                 setattr(self, "n" if k == "count" else k, v)
             return
         na = self.n.to(torch.float64)
-        nb = b["count"].to(self.n.device, torch.float64)
+        nb = b["count"].to(torch.float64)
         n = na + nb
         wb = nb / n  # weight of b in the mean
         f = na * nb / n  # cross-term factor of the co-moments
@@ -376,10 +376,10 @@ class StreamingPearson:
             return cls()
         required = {"mean_act", "m2_act", "min_act", "max_act", "mean_x", "m2_x", "min_x", "max_x", "c_ax"}
         z_keys = {"mean_z", "m2_z", "min_z", "max_z", "c_az", "c_xz"}
+        if z_keys & set(state):
+            required |= z_keys
         missing = required - set(state)
-        if missing or (z_keys & set(state) and z_keys - set(state)):
-            raise InputError(
-                f"StreamingPearson.from_state_dict: missing keys {sorted(missing | (z_keys - set(state)) if z_keys & set(state) else missing)}"
-            )
+        if missing:
+            raise InputError(f"StreamingPearson.from_state_dict: missing keys {sorted(missing)}")
         kw = {k: v for k, v in state.items() if k != "count"}
         return cls(n=torch.as_tensor(state["count"], dtype=torch.int64), **kw)

@@ -1,0 +1,39 @@
+"""A one-page text summary of a run: provenance, status, progress, arrays, key numbers.
+
+>>> print(describe("runs/rsa-gpt2-large"))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+
+from lamina.engine.store import open_run
+
+
+def describe(url: str) -> str:
+    run = open_run(url)
+    a = run.attrs
+    model = a.get("model", {})
+    lines = [f"run       {url}", f"experiment {a.get('experiment')}   status {run.status.upper()}"]
+    if not run.complete:
+        prog = run.progress()
+        got = ", ".join(f"{k}: {d}/{t} units" for k, (d, t) in prog.items()) or "nothing captured yet"
+        lines.append(f"progress  {got}  (run the same command again to resume)")
+    lines.append(f"model     {model.get('model')} ({model.get('architecture')}, {model.get('n_layers')} layers, "
+                 f"d_model {model.get('d_model')})")
+    lines.append(f"weights   {a.get('weights')}" + (f" seed {a.get('seed')}" if a.get('weights') == 'random' else ""))
+    if model.get("warning"):
+        lines.append(f"WARNING   {model['warning']}")
+    lines.append(f"dtype     {a.get('dtype')}   device {a.get('device')}   world size {a.get('world_size', 1)}")
+    lines.append(f"stimuli   sha256 {str(a.get('stimuli_sha256'))[:16]}...   created {a.get('created')}")
+    lines.append("arrays:")
+    for name in run.arrays():
+        arr = run[name]
+        dims = ", ".join(f"{d}={s}" for d, s in zip(run.dims(name), arr.shape))
+        lines.append(f"  {name:<28} {str(arr.dtype):<8} ({dims})")
+    summary = a.get("summary")
+    if summary:
+        lines.append("key numbers:")
+        for k, v in summary.items():
+            lines.append(f"  {k}: {json.dumps(v, default=str) if not isinstance(v, str) else v}")
+    return "\n".join(lines)
