@@ -66,12 +66,14 @@ def capture(
     layers: Annotated[str, typer.Option("--layers", help="all, 6, 0,3,5 or 2-7")] = "all",
     positions: Annotated[str, typer.Option("--positions", help="last | all | an index for every text")] = "last",
     overwrite: OverwriteOpt = False, micro_batch: MicroBatchOpt = None, progress: ProgressOpt = True,
+    chunk_samples: Annotated[Optional[int], typer.Option("--chunk-samples", help="Samples per store chunk (default: chunks of >= 1 MiB).")] = None,
 ):
     """Capture named hooks for every text of a file into a store (acts/capture: layer, sample, [pos,] feature)."""
     from .generic import capture_texts
 
     opts = run_options(model, "gpt2", weights, seed, device, dtype, out, overwrite, micro_batch, False, progress)
-    url = capture_texts(opts, hooks=hook, text_file=text_file, layers=layers, positions=positions)
+    url = capture_texts(opts, hooks=hook, text_file=text_file, layers=layers, positions=positions,
+                        samples_per_chunk=chunk_samples)
     typer.echo(_summary_text(url))
 
 

@@ -19,7 +19,7 @@ from .common import RunOptions
 
 
 def capture_texts(opts: RunOptions, *, hooks: list[str], text_file: str, layers: str = "all",
-                  positions: str = "last") -> str:
+                  positions: str = "last", samples_per_chunk: int | None = None) -> str:
     texts = common.read_lines(text_file, "text")
     tok, n_ctx, n_layers = peek(opts.model, opts.weights)
     batch = encode_texts(tok, texts, n_ctx=n_ctx, what="text")
@@ -43,5 +43,5 @@ def capture_texts(opts: RunOptions, *, hooks: list[str], text_file: str, layers:
     store.put("inputs/lengths", batch.lengths.numpy().astype(np.int32), dims=("sample",))
     cap = Capture("acts/capture", groups, select)
     capture_to_store(session.model, batch, [cap], store, micro_batch=opts.micro_batch, world=session.world,
-                     progress=opts.progress)
+                     samples_per_chunk=samples_per_chunk, progress=opts.progress)
     return common.finish(session, lambda run, figdir: [], {"n_texts": len(texts)})

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .capture import CaptureLayout, auto_micro_batch, capture_batches, is_oom, plan
-from .distributed import World
+from .distributed import World, barrier
 from .hooks import Capture
 from .inputs import TokenBatch
 from .models import LoadedModel
@@ -84,18 +84,19 @@ def capture_to_store(
     mb = micro_batch or auto_micro_batch(model, batch.max_len, n)
     spc = samples_per_chunk or chunk_samples(layouts, batch.max_len, n)
     units = UnitPlan(n, spc, mb)
-    arrays = {}
-    if keep:
-        for lay in layouts:
-            c = lay.capture
-            if c.prefix:  # the caller made the enclosing array (e.g. acts/hidden with a class axis)
-                arrays[c.name] = store.group[c.name]
-                continue
-            shape = (lay.n_entries, n, *lay.sample_shape(batch.max_len))
-            chunks = (1, spc, *lay.sample_shape(batch.max_len))
-            arrays[c.name] = store.array(c.name, shape=shape, chunks=chunks, dims=lay.dims,
-                                         attrs={"hooks": [list(g) for g in c.hooks], "select": c.select.kind})
-    store.progress_array(phase, units.n_units)
+    if world.is_main:  # rank 0 creates every array; the others open them after the barrier
+        if keep:
+            for lay in layouts:
+                c = lay.capture
+                if c.prefix:  # the caller made the enclosing array (e.g. acts/hidden with a class axis)
+                    continue
+                shape = (lay.n_entries, n, *lay.sample_shape(batch.max_len))
+                chunks = (1, spc, *lay.sample_shape(batch.max_len))
+                store.array(c.name, shape=shape, chunks=chunks, dims=lay.dims,
+                            attrs={"hooks": [list(g) for g in c.hooks], "select": c.select.kind})
+        store.progress_array(phase, units.n_units)
+    barrier(world)
+    arrays = {lay.capture.name: store.group[lay.capture.name] for lay in layouts} if keep else {}
     done = store.done_units(phase)
     todo = [u for u in range(units.n_units) if world.owns(u) and not (u < len(done) and done[u])]
     bar = tqdm(total=sum(len(units.rows(u)) for u in todo), desc=f"{phase} ({model.n_layers} layers)",
@@ -115,6 +116,7 @@ def capture_to_store(
         for f in pending:
             f.result()
     bar.close()
+    barrier(world)  # every rank's chunks are written before anyone reads or finalises
     return units
 
 

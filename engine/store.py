@@ -46,13 +46,26 @@ def _local_path(url: str | os.PathLike) -> Path:
 
 
 def check_writable(url: str | os.PathLike) -> None:
-    """Cheap pre-flight check (before any model work) that the destination can be written."""
+    """Cheap pre-flight check (before any model work) that the destination can be written.
+
+    Probes by creating a temporary file in the nearest existing folder (``os.access`` is
+    not enough: it says yes to root on read-only mounts)."""
     if not is_local(url):
         return
+    import tempfile
+
     path = _local_path(url)
-    probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise StoreNotWritableError(f"cannot write the run to {str(path)!r}: {str(probe)!r} is read-only for this user")
+    probe = path if path.is_dir() else next((p for p in path.parents if p.exists()), Path("."))
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+        with tempfile.TemporaryFile(dir=probe, prefix=".lamina-probe-"):
+            pass
+    except OSError as e:
+        raise StoreNotWritableError(
+            f"cannot write the run to {str(path)!r}: {str(probe)!r} is not writable ({e.strerror}); "
+            "choose another --out"
+        ) from None
 
 
 class RunStore:
@@ -167,7 +180,9 @@ class RunStore:
         return arr
 
     def put(self, name: str, data: np.ndarray, *, dims: Sequence[str], attrs: Mapping[str, Any] | None = None) -> None:
-        """Write a whole (small) array in one go: results, labels, edges."""
+        """Write a whole (small) array in one go: results, labels, edges (rank 0 only)."""
+        if self.rank != 0:
+            return
         data = np.asarray(data)
         arr = self.array(name, shape=data.shape, dims=dims, chunks=auto_chunks(data.shape, data.dtype.itemsize),
                          dtype=data.dtype, attrs=attrs, fill_value=_fill(data.dtype))
