@@ -94,7 +94,8 @@ def capture_to_store(
                 chunks = (1, spc, *lay.sample_shape(batch.max_len))
                 store.array(c.name, shape=shape, chunks=chunks, dims=lay.dims,
                             attrs={"hooks": [list(g) for g in c.hooks], "select": c.select.kind})
-        store.progress_array(phase, units.n_units)
+        store.progress_array(phase, units.n_units, {"n_samples": n, "samples_per_chunk": spc,
+                                                     "unit_samples": units.unit_samples})
     barrier(world)
     arrays = {lay.capture.name: store.group[lay.capture.name] for lay in layouts} if keep else {}
     done = store.done_units(phase)

@@ -200,9 +200,17 @@ class RunStore:
             raise
 
     # ---- progress ------------------------------------------------------------------------
-    def progress_array(self, phase: str, n_units: int) -> zarr.Array:
-        return self.array(f"_progress/{phase}", shape=(n_units,), dims=("unit",), chunks=(1,), dtype="bool",
-                          fill_value=False)
+    def progress_array(self, phase: str, n_units: int, plan: Mapping[str, int] | None = None) -> zarr.Array:
+        """The done flags of ``phase``. A resumed run whose unit plan differs (e.g. another
+        --micro-batch moved the unit boundaries) starts the phase afresh: old flags would lie."""
+        name = f"_progress/{phase}"
+        plan = dict(plan or {"n_units": n_units})
+        if name in self.group and dict(self.group[name].attrs).get("plan") != plan and self.rank == 0:
+            del self.group[name]
+        arr = self.array(name, shape=(n_units,), dims=("unit",), chunks=(1,), dtype="bool", fill_value=False)
+        if self.rank == 0:
+            arr.attrs["plan"] = plan
+        return arr
 
     def mark_done(self, phase: str, units: Sequence[int]) -> None:
         arr = self.group[f"_progress/{phase}"]

@@ -159,3 +159,29 @@ def test_disk_full_mid_write_leaves_a_resumable_run(tmp_path, gpt2_dir, monkeypa
     store.finalise()
     want = capture_arrays(m, batch, caps, micro_batch=1)["acts/qkv"].numpy()
     np.testing.assert_array_equal(open_run(path).numpy("acts/qkv"), want)
+
+
+def test_resume_with_another_micro_batch_rewrites_everything(tmp_path, gpt2_dir):
+    """Unit boundaries move with --micro-batch; old done flags must not be trusted then."""
+    from lamina.engine.models import load_model
+
+    m = load_model(str(gpt2_dir))
+    rng = np.random.default_rng()
+    batch = encode_texts(m.tokenizer, random_texts(rng, 16), n_ctx=m.n_ctx)
+    caps = captures(m)[:1]
+    path = tmp_path / "run"
+    store = open_store(path)
+
+    def crash(unit, rows, tensors):
+        if unit == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        capture_to_store(m, batch, caps, store, micro_batch=6, samples_per_chunk=1, consumer=crash, progress=False)
+    store.close()
+    store = open_store(path)
+    assert store.resumed
+    capture_to_store(m, batch, caps, store, micro_batch=7, samples_per_chunk=1, progress=False)
+    store.finalise()
+    want = capture_arrays(m, batch, caps, micro_batch=16)["acts/qkv"].numpy()
+    np.testing.assert_allclose(open_run(path).numpy("acts/qkv"), want, atol=1e-5)

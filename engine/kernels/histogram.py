@@ -28,8 +28,9 @@ not, the bucket comes from a binary search over the same thresholds
 (``torch.bucketize``), which is slower but equally exact.
 
 Counting is one ``bincount`` over ``row * (bins + 2) + bucket`` (two overflow
-slots per row that are dropped), in chunks of rows on the CPU so the temporaries
-stay in cache.
+slots per row that are dropped), in chunks on the CPU, with the temporaries in
+buffers reused from chunk to chunk (fresh large allocations cost more than the
+arithmetic: every one is new pages to fault in).
 """
 
 from __future__ import annotations
@@ -45,11 +46,12 @@ from lamina.engine.errors import InputError
 
 __all__ = ["uniform_histogram", "histogram_edges"]
 
-# Elements per bincount call on the CPU: small enough for the int32/bool
-# temporaries to stay in L2, large enough that per-op overhead is negligible.
-_CPU_CHUNK = 1 << 18
+# Elements per bincount call on the CPU: bounds the reused buffers (~9 MB) and
+# keeps the number of ops (each a parallel region) small. 2**18..2**19 measured
+# best single-threaded; larger chunks cope better with oversubscribed cores.
+_CPU_CHUNK = 1 << 19
 # On accelerators one call per up to this many elements (memory bound only).
-_DEVICE_CHUNK = 1 << 26
+_DEVICE_CHUNK = 1 << 24
 
 
 def histogram_edges(bins: int, lo: float, hi: float) -> Tensor:
@@ -102,14 +104,13 @@ def uniform_histogram(
         raise InputError("values must have at least one axis (shape [..., n]), got a 0-d tensor")
     if values.is_complex():
         raise InputError(f"values must be real, got dtype {values.dtype}")
-    plan = _plan(values.dtype, *_check_range(bins, lo, hi))
+    counter = _Counter(values.dtype, bins=bins, lo=lo, hi=hi, device=values.device)
     lead = values.shape[:-1]
     rows = values.reshape(math.prod(lead), values.shape[-1])  # (row, n)
-    counts = _count_rows(rows, plan)  # (row, bin)
-    counts = counts.reshape(*lead, plan.bins)
+    counts = counter.count_rows(rows).reshape(*lead, counter.plan.bins)
     if not density:
         return counts
-    widths = plan.widths.to(values.device)  # (bin,) float64
+    widths = counter.plan.widths.to(values.device)  # (bin,) float64
     total = counts.sum(dim=-1, keepdim=True).to(torch.float64)
     return counts.to(torch.float64) / widths / total
 
@@ -207,102 +208,99 @@ def _plan(dtype: torch.dtype, bins: int, lo: float, hi: float) -> _Plan:
 # counting
 
 
-@dataclass(frozen=True)
-class _OnDevice:
-    """A plan's constants on the data's device (made once per call)."""
+class _Counter:
+    """Counts values into histograms with one plan on one device, reusing its buffers.
 
-    plan: _Plan
-    thresholds: Tensor  # (bin + 1,) work dtype
-    offset: Tensor  # 0-d work dtype
-
-    @staticmethod
-    def make(plan: _Plan, device: torch.device) -> "_OnDevice":
-        return _OnDevice(
-            plan,
-            plan.thresholds.to(device),
-            torch.tensor(plan.offset, dtype=plan.work_dtype, device=device),
-        )
-
-
-def _buckets(x: Tensor, dev: _OnDevice) -> Tensor:
-    """Bucket of every element: 0 below / NaN, 1..bins a bin, bins + 1 above; int32.
-
-    Args:
-        x: Tensor[...] in the plan's work dtype.
-    """
-    plan = dev.plan
-    if not plan.fast:
-        r = torch.bucketize(x, dev.thresholds, right=True, out_int32=True)
-        return r.masked_fill_(torch.isnan(x), 0)
-    u = torch.add(dev.offset, x, alpha=plan.scale)  # x * bins / (hi - lo) + 1/2 - lo * ...
-    u.clamp_(0.0, float(plan.bins)).nan_to_num_(0.0)  # NaN -> 0, where x >= t_0 is False
-    j = u.to(torch.int32)  # truncation == floor on [0, bins]: the nearest threshold
-    above = x >= dev.thresholds.index_select(0, j.reshape(-1)).reshape(j.shape)
-    return j.add_(above.view(torch.int8))
-
-
-def _count_into(out: Tensor, x: Tensor, dev: _OnDevice) -> None:
-    """Add the counts of the rows of x to out.
-
-    Args:
-        out: Tensor[row, bin + 2] int64 accumulator (slot 0 below / NaN, slot bins+1 above).
-        x: Tensor[row, n], any real dtype (converted to the plan's work dtype here).
-    """
-    rows, width = x.shape[0], dev.plan.bins + 2
-    r = _buckets(x.to(dev.plan.work_dtype), dev)  # (row, n) int32
-    if rows > 1:
-        r += (torch.arange(rows, dtype=torch.int32, device=x.device) * width)[:, None]
-    out += torch.bincount(r.reshape(-1), minlength=rows * width).view(rows, width)
-
-
-def _chunk(device: torch.device) -> int:
-    return _CPU_CHUNK if device.type == "cpu" else _DEVICE_CHUNK
-
-
-def _count_rows(rows: Tensor, plan: _Plan) -> Tensor:
-    """Tensor[row, n] (any real dtype) -> Tensor[row, bin] int64."""
-    n_rows, n = rows.shape
-    if n_rows * (plan.bins + 2) >= 2**31:
-        raise InputError(
-            f"{n_rows} rows x {plan.bins} bins is too many for one histogram call; split the batch"
-        )
-    out = torch.zeros(n_rows, plan.bins + 2, dtype=torch.int64, device=rows.device)
-    if n_rows == 0 or n == 0:
-        return out[:, 1:-1]
-    dev = _OnDevice.make(plan, rows.device)
-    chunk = _chunk(rows.device)
-    if n >= chunk:  # long rows: split each row along its values
-        for i in range(n_rows):
-            for a in range(0, n, chunk):
-                _count_into(out[i : i + 1], rows[i : i + 1, a : a + chunk], dev)
-    else:  # short rows: several whole rows per bincount
-        step = max(1, chunk // n)
-        for a in range(0, n_rows, step):
-            _count_into(out[a : a + step], rows[a : a + step], dev)
-    return out[:, 1:-1]
-
-
-class _Accumulator:
-    """One histogram filled piece by piece (for kernels that produce values in pieces).
+    Fresh temporaries per chunk cost more than the arithmetic on the CPU (every
+    large allocation is new pages to fault in), so the chunk-sized buffers are
+    made once per call and the elementwise steps write into them with ``out=``.
 
     >>> import torch
-    >>> acc = _Accumulator(torch.float32, bins=2, lo=0.0, hi=1.0, device=torch.device("cpu"))
-    >>> acc.add(torch.tensor([0.1, 0.9])); acc.add(torch.tensor([[0.2, 2.0]]))
-    >>> acc.counts()
+    >>> c = _Counter(torch.float32, bins=2, lo=0.0, hi=1.0, device=torch.device("cpu"))
+    >>> c.add(torch.tensor([0.1, 0.9])); c.add(torch.tensor([[0.2, 2.0]]))
+    >>> c.counts()
     tensor([2, 1])
     """
 
     def __init__(self, dtype: torch.dtype, *, bins: int, lo: float, hi: float, device: torch.device):
-        self._dev = _OnDevice.make(_plan(dtype, *_check_range(bins, lo, hi)), device)
-        self._out = torch.zeros(1, bins + 2, dtype=torch.int64, device=device)
-        self._chunk = _chunk(device)
+        self.plan = plan = _plan(dtype, *_check_range(bins, lo, hi))
+        self.chunk = _CPU_CHUNK if device.type == "cpu" else _DEVICE_CHUNK
+        self._thresholds = plan.thresholds.to(device)  # (bin + 1,) work dtype
+        self._offset = torch.tensor(plan.offset, dtype=plan.work_dtype, device=device)
+        self._device = device
+        self._size = 0  # elements the buffers hold
+        self._total = self.new_total()
 
-    def add(self, values: Tensor) -> None:
-        """Count every element of values (Tensor[...] of the accumulator's dtype)."""
+    def _buffers(self, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Flat buffers of at least n elements: (x, u, j, threshold, above)."""
+        if n > self._size:
+            self._size = max(n, min(self.chunk, 2 * self._size))
+            work, dev = self.plan.work_dtype, self._device
+            self._x = torch.empty(self._size, dtype=work, device=dev)
+            self._u = torch.empty(self._size, dtype=work, device=dev)
+            self._j = torch.empty(self._size, dtype=torch.int32, device=dev)
+            self._t = torch.empty(self._size, dtype=work, device=dev)
+            self._above = torch.empty(self._size, dtype=torch.bool, device=dev)
+        return self._x[:n], self._u[:n], self._j[:n], self._t[:n], self._above[:n]
+
+    def _count_block(self, out: Tensor, x: Tensor) -> None:
+        """Add the counts of the rows of x to out.
+
+        Args:
+            out: Tensor[row, bin + 2] int64 accumulator (slot 0 below / NaN, slot bins+1 above).
+            x: Tensor[row, n], any real dtype.
+        """
+        plan = self.plan
+        rows, n = x.shape
+        xb, u, j, t, above = (b.view(rows, n) for b in self._buffers(rows * n))
+        if x.dtype != plan.work_dtype or not x.is_contiguous():
+            xb.copy_(x)
+            x = xb
+        if plan.fast:
+            # Bucket = number of thresholds <= x = j + (x >= t_j), j the nearest threshold.
+            torch.add(self._offset, x, alpha=plan.scale, out=u)  # x * bins/(hi-lo) + 1/2 - lo * ...
+            u.clamp_(0.0, float(plan.bins)).nan_to_num_(0.0)  # NaN -> 0, where x >= t_0 is False
+            j.copy_(u)  # truncation == floor on [0, bins]
+            torch.index_select(self._thresholds, 0, j.view(-1), out=t.view(-1))
+            torch.ge(x, t, out=above)
+            j.add_(above.view(torch.int8))
+        else:
+            torch.bucketize(x, self._thresholds, right=True, out_int32=True, out=j)
+            j.masked_fill_(torch.isnan(x), 0)
+        width = plan.bins + 2
+        if rows > 1:
+            j.add_(torch.arange(0, rows * width, width, dtype=torch.int32, device=x.device)[:, None])
+        out += torch.bincount(j.view(-1), minlength=rows * width).view(rows, width)
+
+    def new_total(self) -> Tensor:
+        """A zero accumulator for :meth:`add`: Tensor[1, bin + 2] int64 (two overflow slots)."""
+        return torch.zeros(1, self.plan.bins + 2, dtype=torch.int64, device=self._device)
+
+    def add(self, values: Tensor, total: Tensor | None = None) -> None:
+        """Count every element of values (Tensor[...]) into ``total`` (default: the counter's own)."""
+        total = self._total if total is None else total
         flat = values.reshape(1, -1)
-        for a in range(0, flat.shape[1], self._chunk):
-            _count_into(self._out, flat[:, a : a + self._chunk], self._dev)
+        for a in range(0, flat.shape[1], self.chunk):
+            self._count_block(total, flat[:, a : a + self.chunk])
 
-    def counts(self) -> Tensor:
-        """Tensor[bin] int64."""
-        return self._out[0, 1:-1]
+    def counts(self, total: Tensor | None = None) -> Tensor:
+        """A running total as Tensor[bin] int64 (default: the counter's own)."""
+        return (self._total if total is None else total)[0, 1:-1]
+
+    def count_rows(self, rows: Tensor) -> Tensor:
+        """Histogram of each row separately: Tensor[row, n] -> Tensor[row, bin] int64."""
+        n_rows, n = rows.shape
+        width = self.plan.bins + 2
+        if n_rows * width >= 2**31:
+            raise InputError(f"{n_rows} rows x {self.plan.bins} bins is too many for one call; split the batch")
+        out = torch.zeros(n_rows, width, dtype=torch.int64, device=rows.device)
+        if n_rows and n:
+            if n >= self.chunk:  # long rows: split each row along its values
+                for i in range(n_rows):
+                    for a in range(0, n, self.chunk):
+                        self._count_block(out[i : i + 1], rows[i : i + 1, a : a + self.chunk])
+            else:  # short rows: several whole rows per bincount
+                step = max(1, self.chunk // n)
+                for a in range(0, n_rows, step):
+                    self._count_block(out[a : a + step], rows[a : a + step])
+        return out[:, 1:-1]

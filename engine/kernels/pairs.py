@@ -17,24 +17,26 @@ samples of the statistics (the lecture's per-pair loop, exactly):
 3. cov = sum (x - mean x)(y - mean y) / (n - 1) on the kept dimensions;
 4. corr = Pearson r on the kept dimensions, NaN when a kept vector is constant.
 
-How it is done for all pairs at once (no per-pair Python):
+How it is done for all pairs at once (no per-pair Python; loops only over chunks of pairs):
 
 * The outlier mask of a vector depends on that vector alone, so ``keep`` (sample, feature)
   is computed once and a pair keeps ``keep_i & keep_j``.
-* cov/corr: counts, sums, sums of squares and cross products over the joint mask are
-  the matrix products K Kᵀ, (K∘X) Kᵀ, (K∘X²) Kᵀ and (K∘X)(K∘X)ᵀ in float64, after centring
-  every vector on its own kept mean (a shift that leaves cov and corr unchanged but avoids
-  the cancellation of raw sums of products).
-* MI: each vector's bin index comes from its own kept min/max. That is the pair's bin index
-  unless the partner's removals drop ALL dims where this vector attains its min (or max);
-  those pairs are found exactly with two 0/1 matrix products and recomputed with per-pair
-  edges (vectorised; in real data a small fraction of the pairs). For the rest the joint
-  histograms are a scatter-add of ``bin_i * (bins + 1) + bin_j`` per pair on the CPU
-  (dims not kept by both go to a sentinel row/column), or on CUDA one product of masked
-  one-hot encodings (n·bins × D)(D × n·bins).
+* cov/corr: the pair's count, sums and sums of squares are each vector's own sums minus
+  those over the partner's dropped dims (few, so an index_add over them replaces the products
+  K Kᵀ, (K∘X) Kᵀ, (K∘X²) Kᵀ), and the cross products are one GEMM (K∘X)(K∘X)ᵀ, all in
+  float64 after centring every vector on its own kept mean (a shift that changes neither cov
+  nor corr but avoids the cancellation of raw sums of products).
+* MI: each vector's bins come from its own kept min/max. That is the pair's binning unless
+  the partner's removals drop ALL dims where the vector attains its min (or max). Those
+  sides are found exactly (how many of i's extremes j keeps is a 0/1 product) and get the
+  pair's true range; the few distinct (vector, min, max) variants become extra rows of the
+  bin table, so every pair is then exact with no special path. The joint histograms are
+  counted per chunk of pairs from the codes ``bin_i * (bins + 1) + bin_j`` (dims either
+  vector drops go to one sentinel cell): one ``bincount`` of pair-offset codes on a CPU, a
+  scatter-add, or on CUDA one product of masked one-hot encodings (n·bins × D)(D × n·bins).
 * Entropies are vectorised over pairs from the integer counts.
 
-The result equals the per-pair NumPy loop to ~1e-12 (MI from identical integer counts).
+The result equals the per-pair NumPy loop to ~1e-14 (MI from identical integer counts).
 """
 
 from __future__ import annotations
@@ -81,9 +83,9 @@ def _keep_mask(x: Tensor, z_max: float) -> Tensor:
     A constant vector has z = 0/0 (NaN) in NumPy and ``NaN > 5`` is False, so every
     dimension is kept; we test constancy exactly instead of trusting the rounding of the mean.
     """
-    mean = x.mean(1, keepdim=True)
-    sd = x.std(1, correction=1, keepdim=True)
-    z = (x - mean) / sd
+    xc = x - x.mean(1, keepdim=True)
+    sd = (xc.square().sum(1, keepdim=True) / (x.shape[1] - 1)).sqrt()  # NumPy's std(ddof=1)
+    z = xc / sd
     keep = ~(z.abs() > z_max)
     constant = x.amin(1) == x.amax(1)  # (sample,)
     return keep | constant.unsqueeze(1)
@@ -94,8 +96,10 @@ def _bin_index(v: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
 
     Bit-for-bit NumPy ``histogramdd``: equal lo/hi widen to lo - 0.5 .. hi + 0.5; edges are
     ``arange(bins + 1) * step + lo`` with the last edge set to hi (NumPy's linspace);
-    index = searchsorted(edges, v, 'right') - 1 with v == hi in the last bin. Values outside
-    [lo, hi] (dims the caller masks out) are clamped into range and must be ignored.
+    index = searchsorted(edges, v, 'right') - 1 with v == hi in the last bin. The index is
+    guessed as floor((v - lo) / step) and then corrected against the exact edges (rounding
+    moves the guess by at most one bin). Values outside [lo, hi] (dims the caller masks
+    out) get some index in range and must be ignored.
 
     Args:
         v: (row, feature) float64.
@@ -107,14 +111,19 @@ def _bin_index(v: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
     delta = hi - lo  # (row,)
     step = delta / bins
     k = torch.arange(bins + 1, dtype=v.dtype, device=v.device)  # (bin+1,)
-    edges = torch.where(  # NumPy's denormal branch when step underflows to 0
-        (step == 0).unsqueeze(1),
-        (k / bins).unsqueeze(0) * delta.unsqueeze(1),
-        k.unsqueeze(0) * step.unsqueeze(1),
+    tiny = step == 0  # NumPy's branch for a step that underflows (denormal ranges)
+    edges = torch.where(
+        tiny.unsqueeze(1), (k / bins).unsqueeze(0) * delta.unsqueeze(1), k.unsqueeze(0) * step.unsqueeze(1)
     ) + lo.unsqueeze(1)  # (row, bin+1)
     edges[:, -1] = hi
-    idx = torch.searchsorted(edges, v.contiguous(), right=True) - 1  # (row, feature)
-    return idx.clamp_(0, bins - 1)
+    if bool(tiny.any()):
+        idx = torch.searchsorted(edges, v.contiguous(), right=True) - 1
+        return idx.clamp_(0, bins - 1)
+    idx = ((v - lo.unsqueeze(1)) / step.unsqueeze(1)).floor_().clamp_(0, bins - 1).long()
+    idx -= (v < edges.gather(1, idx)).long()  # guess one too high
+    idx.clamp_(0, bins - 1)
+    idx += ((v >= edges.gather(1, idx + 1)) & (idx < bins - 1)).long()  # one too low
+    return idx
 
 
 def _masked_min_max(v: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
@@ -123,27 +132,45 @@ def _masked_min_max(v: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(keep, v, inf).amin(1), torch.where(keep, v, -inf).amax(1)
 
 
-def _first_kept(order: Tensor, vec: Tensor, partner: Tensor, keep: Tensor) -> Tensor:
-    """(query,) the first dim in ``order[vec]`` that both vec and partner keep.
+def _at(mat: Tensor, flat: Tensor) -> Tensor:
+    """``mat.reshape(-1)[flat]``: entries of a (sample, sample) matrix at flat indices i·n + j."""
+    return mat.reshape(-1).index_select(0, flat)
 
-    A loop over ranks, not pairs: a partner drops few dims, so it ends in a few rounds.
+
+def _first_shared(
+    ranked: Tensor, vec: Tensor, partner: Tensor, keep: Tensor, top: int = 8, largest: bool = False
+) -> Tensor:
+    """(query,) the first dim, in order of ``ranked[vec]``, that vec and partner both keep.
+
+    The first ``top`` ranks of every vector come from one topk and are tested for all queries
+    at once; the rare queries whose partner drops all of them continue over a full argsort,
+    one rank per round (a loop over ranks, never over pairs).
 
     Args:
-        order: (sample, feature) each vector's dims sorted by the extreme wanted (ascending
-            values for the min, descending for the max), its own kept dims first.
+        ranked: (sample, feature) values to rank, +inf (-inf if largest) where the vector
+            itself drops the dim.
         vec, partner: (query,) int64 vector indices; every pair must share a kept dim.
         keep: (sample, feature) bool.
     """
-    out = torch.full_like(vec, -1)
-    pending = torch.arange(vec.numel(), device=vec.device)
-    for r in range(order.shape[1]):
-        if pending.numel() == 0:
-            break
-        v, p = vec[pending], partner[pending]
-        d = order[v, r]
-        ok = keep[v, d] & keep[p, d]
-        out[pending[ok]] = d[ok]
-        pending = pending[~ok]
+    d = ranked.shape[1]
+    k = min(top, d)
+    order = torch.topk(ranked, k, dim=1, largest=largest, sorted=True).indices  # (sample, k)
+    own = keep.gather(1, order)  # (sample, k) the vector keeps its rank-r dim
+    dims = order.index_select(0, vec)  # (query, k)
+    ok = own.index_select(0, vec) & keep.reshape(-1)[dims + (partner * d).unsqueeze(1)]
+    first = ok.to(torch.uint8).argmax(1)  # first True (argmax returns the first maximum)
+    out = dims.gather(1, first.unsqueeze(1)).squeeze(1)  # (query,)
+    pending = torch.nonzero(~ok.any(1)).flatten()
+    if pending.numel():
+        order = torch.argsort(ranked, dim=1, descending=largest, stable=True)
+        for r in range(k, d):
+            if pending.numel() == 0:
+                break
+            v, p = vec[pending], partner[pending]
+            dd = order[v, r]
+            hit = keep[v, dd] & keep[p, dd]
+            out[pending[hit]] = dd[hit]
+            pending = pending[~hit]
     return out
 
 
@@ -153,9 +180,10 @@ def _range_variants(
     """Histogram ranges of every pair's two vectors, as rows of a small table.
 
     Row r < sample of the table is vector r with its own kept range; further rows are
-    (vector, min, max) variants met when a partner's removals drop all of a vector's
-    min-attaining (or max-attaining) dims. ``moved[i, j]`` is found exactly from
-    ``at_min @ keepᵀ`` (how many of i's minima j keeps; 0/1 float32, exact).
+    (vector, min, max) variants, met when a partner's removals drop all of a vector's
+    min-attaining (or max-attaining) dims. Those sides are found exactly with one 0/1
+    product, ``[at_min; at_max] @ keepᵀ`` (how many of i's minima / maxima j keeps), and their new min / max is the value at the first of the
+    vector's ranked dims that the partner also keeps (:func:`_first_shared`).
 
     Args:
         xf: (sample, feature) float64; keep: (sample, feature) bool; lo, hi: (sample,).
@@ -165,49 +193,48 @@ def _range_variants(
         table_vec (row,), table_lo (row,), table_hi (row,), and ri, rj (pair,): the table
         row holding the range of x (vector ii) and of y (vector jj) in each pair.
     """
-    n = xf.shape[0]
-    kf = keep.to(torch.float32)
-    at_min = (keep & (xf == lo.unsqueeze(1))).to(torch.float32)
-    at_max = (keep & (xf == hi.unsqueeze(1))).to(torch.float32)
-    moved = ((at_min @ kf.T) == 0) | ((at_max @ kf.T) == 0)  # (sample, sample) [vector, partner]
-    vec = torch.cat([ii, jj])  # (2·pair,): side x of every pair, then side y
+    n, d = xf.shape
+    at_ext = torch.cat([keep & (xf == lo.unsqueeze(1)), keep & (xf == hi.unsqueeze(1))])
+    # hits[i, j] (2·sample, sample): how many of i's minima (rows n + i: maxima) j keeps, i.e.
+    # the 0/1 product at_ext @ keepᵀ, summed over the few dims where a vector attains an extreme
+    r, c = torch.nonzero(at_ext, as_tuple=True)
+    hits = torch.zeros(2 * n, n, dtype=torch.float32, device=xf.device)
+    hits.index_add_(0, r, keep.T.to(torch.float32).index_select(0, c))
+    vec = torch.cat([ii, jj])  # (side,): x side of every pair, then y side
     partner = torch.cat([jj, ii])
+    both = torch.cat([shared, shared])
+    flat = vec * n + partner  # (side,) index into a flattened (sample, sample) matrix
+    gone_lo = (hits[:n].reshape(-1).index_select(0, flat) == 0) & both  # partner drops all vec's minima
+    gone_hi = (hits[n:].reshape(-1).index_select(0, flat) == 0) & both
     rows = vec.clone()
-    q = torch.nonzero(moved[vec, partner] & torch.cat([shared, shared])).flatten()
     table_vec, table_lo, table_hi = torch.arange(n, device=xf.device), lo, hi
-    if q.numel():
-        vq, pq = vec[q], partner[q]
-        inf = torch.tensor(float("inf"), dtype=xf.dtype, device=xf.device)
-        asc = torch.argsort(torch.where(keep, xf, inf), dim=1)
-        desc = torch.argsort(torch.where(keep, xf, -inf), dim=1, descending=True)
-        qlo = xf[vq, _first_kept(asc, vq, pq, keep)]
-        qhi = xf[vq, _first_kept(desc, vq, pq, keep)]
-        first, inv = _unique_rows(vq, qlo, qhi)  # a few distinct ranges per vector
-        rows[q] = n + inv
-        table_vec = torch.cat([table_vec, vq[first]])
-        table_lo = torch.cat([lo, qlo[first]])
-        table_hi = torch.cat([hi, qhi[first]])
+    moved = torch.nonzero(gone_lo | gone_hi).flatten()
+    if moved.numel() == 0:
+        p = ii.shape[0]
+        return table_vec, table_lo, table_hi, rows[:p], rows[p:]
+    inf = torch.tensor(float("inf"), dtype=xf.dtype, device=xf.device)
+    v, pt = vec[moved], partner[moved]
+    d_lo = torch.full_like(v, d)  # d = "the vector's own min"
+    d_hi = torch.full_like(v, d)
+    q = torch.nonzero(gone_lo[moved]).flatten()
+    d_lo[q] = _first_shared(torch.where(keep, xf, inf), v[q], pt[q], keep)
+    q = torch.nonzero(gone_hi[moved]).flatten()
+    d_hi[q] = _first_shared(torch.where(keep, xf, -inf), v[q], pt[q], keep, largest=True)
+    key = (v * (d + 1) + d_lo) * (d + 1) + d_hi  # (vector, min dim, max dim)
+    uniq, inv = torch.unique(key, return_inverse=True)  # a few distinct ranges per vector
+    u_vec, u_lo, u_hi = uniq // ((d + 1) ** 2), (uniq // (d + 1)) % (d + 1), uniq % (d + 1)
+    xpad = torch.cat([xf, torch.zeros(n, 1, dtype=xf.dtype, device=xf.device)], 1)  # column d: unused
+    new_lo = torch.where(u_lo == d, lo[u_vec], xpad[u_vec, u_lo])
+    new_hi = torch.where(u_hi == d, hi[u_vec], xpad[u_vec, u_hi])
+    rows[moved] = n + inv
     p = ii.shape[0]
-    return table_vec, table_lo, table_hi, rows[:p], rows[p:]
-
-
-def _unique_rows(*cols: Tensor) -> tuple[Tensor, Tensor]:
-    """Distinct rows of equal-length columns: (unique,) index of a first member, (query,) group id.
-
-    A lexicographic stable sort (``torch.unique(dim=0)`` is slow on the CPU).
-    """
-    order = torch.arange(cols[0].numel(), device=cols[0].device)
-    for c in reversed(cols):
-        order = order[torch.sort(c[order], stable=True).indices]
-    new = torch.zeros(order.numel(), dtype=torch.bool, device=order.device)
-    new[0] = True
-    for c in cols:
-        s = c[order]
-        new[1:] |= s[1:] != s[:-1]
-    group_sorted = torch.cumsum(new, 0) - 1
-    inv = torch.empty_like(order)
-    inv[order] = group_sorted
-    return order[new], inv
+    return (
+        torch.cat([table_vec, u_vec]),
+        torch.cat([lo, new_lo]),
+        torch.cat([hi, new_hi]),
+        rows[:p],
+        rows[p:],
+    )
 
 
 # --------------------------------------------------------------------------- histograms
@@ -219,61 +246,61 @@ def _xlog2x_table(n_max: int, device: torch.device) -> Tensor:
     return c * torch.log2(c.clamp_min(1.0))
 
 
-def _mi_from_counts(joint: Tensor, bins: int, xlog2x: Tensor) -> Tensor:
-    """(pair,) MI in bits from (pair, w, w) integer joint counts, w >= bins; [:bins, :bins] is used.
+def _mi_from_counts(joint: Tensor, xlog2x: Tensor) -> Tensor:
+    """(pair,) MI in bits from (pair, w, w) integer joint counts; cells outside the real bins hold 0.
 
     With c the counts, T their total, S = sum c log2 c and k the number of non-empty bins,
     H = -sum p log2(p + 1e-12) = log2 T - S / T - k·1e-12/ln 2 (p = c/T >= 1/T, so the
     first-order expansion of log2(p + 1e-12) is exact to ~1e-20). Marginals are sums of the
     joint counts, so MI = Hx + Hy - Hxy = log2 T - (Sx + Sy - Sxy)/T - (kx + ky - kxy)·1e-12/ln 2.
+    Zero cells add nothing to any of these, so a zeroed sentinel needs no slicing.
     """
     c, w = joint.shape[0], joint.shape[1]
-    valid = joint[:, :bins, :bins]  # (pair, bin, bin)
-    s_xy = xlog2x.index_select(0, joint.reshape(-1)).view(c, w, w)[:, :bins, :bins].sum((1, 2))
-    k_xy = torch.count_nonzero(valid, dim=(1, 2))
-    mx, my = valid.sum(2), valid.sum(1)  # (pair, bin)
-    total = mx.sum(1).to(torch.float64)
-    s_x = xlog2x.index_select(0, mx.reshape(-1)).view(c, bins).sum(1)
-    s_y = xlog2x.index_select(0, my.reshape(-1)).view(c, bins).sum(1)
-    k = torch.count_nonzero(mx, dim=1) + torch.count_nonzero(my, dim=1) - k_xy
-    return torch.log2(total) - (s_x + s_y - s_xy) / total - k.to(torch.float64) * (_EPS * _LOG2_E)
+    flat = joint.reshape(c, w * w)
+    marg = torch.cat([joint.sum(2), joint.sum(1)], 1)  # (pair, 2w): x then y marginal counts
+    total = marg[:, :w].sum(1).to(torch.float64)
+    s = xlog2x.index_select(0, marg.reshape(-1)).view(c, 2 * w).sum(1)
+    s -= xlog2x.index_select(0, flat.reshape(-1)).view(c, w * w).sum(1)
+    k = marg.clamp_max(1).sum(1) - flat.clamp_max(1).sum(1)
+    return torch.log2(total) - s / total - k.to(torch.float64) * (_EPS * _LOG2_E)
 
 
-def _joint_counts_scatter(code_x: Tensor, code_y: Tensor, bins: int) -> Tensor:
-    """(pair, bins + 1, bins + 1) int32 joint counts; row/column ``bins`` is the sentinel.
-
-    Args:
-        code_x: (pair, feature) ``bin_x * (bins + 1)``, or ``bins * (bins + 1)`` where x drops the dim.
-        code_y: (pair, feature) ``bin_y``, or ``bins`` where y drops the dim.
-    """
-    w = bins + 1
-    code = (code_x + code_y).long()  # (pair, feature) in [0, w·w)
-    counts = torch.zeros(code.shape[0], w * w, dtype=torch.int32, device=code.device)
-    ones = torch.ones((1, 1), dtype=torch.int32, device=code.device).expand_as(code)
-    counts.scatter_add_(1, code, ones)
-    return counts.view(-1, w, w)
-
-
-def _mi_scatter(
-    b: Tensor, keep: Tensor, ri: Tensor, rj: Tensor, bins: int, chunk_pairs: int, xlog2x: Tensor
+def _mi_codes(
+    b: Tensor, keep: Tensor, ri: Tensor, rj: Tensor, bins: int, chunk_pairs: int, primitive: str,
+    xlog2x: Tensor,
 ) -> Tensor:
-    """(pair,) MI of pairs (row ri, row rj) of the bin table, chunk_pairs at a time.
+    """(pair,) MI of pairs (table row ri, table row rj), chunk_pairs at a time.
+
+    Each dim of a pair becomes the cell ``bin_x * (bins + 1) + bin_y`` of a (bins + 1)² grid
+    (a power-of-two row length for the default 15 bins, which the reductions like); a dim
+    that either vector drops goes to the last cell, whose count is then zeroed.
 
     Args:
         b: (row, feature) int64 bins; keep: (row, feature) bool; ri, rj: (pair,) table rows.
+        primitive: ``"bincount"`` (one bincount per chunk of int32 codes offset by
+            ``pair * (bins + 1)**2``: the fastest on a CPU) or ``"scatter"`` (scatter-add along
+            the feature axis; no host synchronisation, so it suits CUDA).
     """
     w = bins + 1
-    code_dtype = torch.uint8 if w * w <= 256 else torch.int32
-    row_code = torch.where(keep, b * w, bins * w).to(code_dtype)  # (row, feature)
-    col_code = torch.where(keep, b, bins).to(code_dtype)
+    sentinel = w * w - 1
+    row_code = torch.where(keep, b * w, sentinel).to(torch.int32)  # (row, feature)
+    col_code = torch.where(keep, b, sentinel).to(torch.int32)
+    chunk = max(1, min(chunk_pairs, (2**31 - 1) // (w * w)))  # offset codes fit in int32
+    off = torch.arange(chunk, dtype=torch.int32, device=b.device).mul_(w * w).unsqueeze(1)  # (pair, 1)
     mi = torch.empty(ri.shape[0], dtype=torch.float64, device=b.device)
-    for s in range(0, ri.shape[0], chunk_pairs):
-        joint = _joint_counts_scatter(
-            row_code.index_select(0, ri[s : s + chunk_pairs]),
-            col_code.index_select(0, rj[s : s + chunk_pairs]),
-            bins,
-        )
-        mi[s : s + chunk_pairs] = _mi_from_counts(joint, bins, xlog2x)
+    for s in range(0, ri.shape[0], chunk):
+        code = row_code.index_select(0, ri[s : s + chunk])  # (pair, feature)
+        code.add_(col_code.index_select(0, rj[s : s + chunk])).clamp_max_(sentinel)
+        c = code.shape[0]
+        if primitive == "scatter":
+            counts = torch.zeros(c, w * w, dtype=torch.int64, device=b.device)
+            idx = code.long()
+            counts.scatter_add_(1, idx, torch.ones_like(idx))
+        else:
+            code.add_(off[:c])
+            counts = torch.bincount(code.view(-1), minlength=c * w * w).view(c, w * w)
+        counts[:, sentinel] = 0
+        mi[s : s + c] = _mi_from_counts(counts.view(c, w, w), xlog2x)
     return mi
 
 
@@ -299,7 +326,7 @@ def _mi_onehot(b: Tensor, keep: Tensor, bins: int, chunk_pairs: int, xlog2x: Ten
         g = g.view(r1 - r0, bins, n - r0, bins).permute(0, 2, 1, 3)  # (row, sample', bin, bin)
         li, lj = torch.triu_indices(r1 - r0, n - r0, 1, device=b.device)  # pairs i < j, triu order
         joint = g[li, lj].round_().to(torch.int64)  # (pair, bin, bin)
-        out.append(_mi_from_counts(joint, bins, xlog2x))
+        out.append(_mi_from_counts(joint, xlog2x))
     return torch.cat(out)
 
 
@@ -311,8 +338,8 @@ def all_pairs_mi_cov_corr(
     *,
     bins: int = 15,
     z_max: float = 5.0,
-    chunk_pairs: int = 2048,
-    method: Literal["auto", "scatter", "onehot"] = "auto",
+    chunk_pairs: int = 512,
+    method: Literal["auto", "bincount", "scatter", "onehot"] = "auto",
 ) -> dict[str, Tensor]:
     """MI, covariance and Pearson r of every pair of rows, after pairwise outlier removal.
 
@@ -328,13 +355,18 @@ def all_pairs_mi_cov_corr(
             Any float dtype; the arithmetic is float64. Must be finite.
         bins: histogram bins per axis (the lecture's 15).
         z_max: a dimension is dropped for a pair when |z| > z_max in either vector.
-        chunk_pairs: pairs whose histograms are built at once. Peak extra memory is about
-            ``chunk_pairs * feature * 12`` bytes (25 MB at the defaults and feature = 1024)
-            plus four (sample, sample) float64 matrices and the (pair,) outputs.
-        method: ``"scatter"`` (scatter-add of joint bin codes; the CPU default), ``"onehot"``
-            (a float32 product of masked one-hot encodings per block of rows; the CUDA
-            default; 0/1 values with fp32 accumulation, also under TF32, keep the counts
-            exact below 2**24 features), or ``"auto"``.
+        chunk_pairs: pairs whose histograms are built at once (512 suits a CPU's caches).
+            The chunk work space is about ``chunk_pairs * (8 * feature + 30 * (bins + 1)**2)``
+            bytes for ``"bincount"`` (5 MB at the defaults and feature = 1024; ``"scatter"``
+            needs 3x that); besides it the kernel holds about ``64 * sample**2`` bytes of
+            (sample, sample) sums and a few (pair,) vectors: 250 x 1024 runs in under 50 MB.
+        method: how the joint histograms are counted; all give identical counts.
+            ``"bincount"``: one bincount per chunk of the codes offset by pair (the CPU
+            default). ``"scatter"``: a scatter-add of the codes (no host synchronisation).
+            ``"onehot"``: a float32 product of masked one-hot encodings per block of rows
+            (the CUDA default; 0/1 values with fp32 accumulation, also under TF32, keep counts
+            exact below 2**24 features; fp16/bf16 would return rounded counts above 2048/256),
+            with the pairs whose ranges move redone by scatter. ``"auto"`` picks by device.
 
     Returns:
         ``{"mi", "cov", "corr"}``, each (pair,) float64 in ``numpy.triu_indices(sample, 1)``
@@ -361,10 +393,11 @@ def all_pairs_mi_cov_corr(
             f"and z_max ({z_max}) > 0"
         )
     if method == "auto":
-        method = "onehot" if x.device.type == "cuda" else "scatter"
-    if method not in ("scatter", "onehot"):
+        method = "onehot" if x.device.type == "cuda" else "bincount"
+    if method not in ("bincount", "scatter", "onehot"):
         raise InputError(
-            f"all_pairs_mi_cov_corr: method must be 'auto', 'scatter' or 'onehot'; got {method!r}"
+            "all_pairs_mi_cov_corr: method must be 'auto', 'bincount', 'scatter' or 'onehot'; "
+            f"got {method!r}"
         )
     finite = torch.isfinite(x).all(1)
     if not bool(finite.all()):
@@ -374,25 +407,32 @@ def all_pairs_mi_cov_corr(
             f"values in rows {bad}"
         )
 
-    xf = x.to(torch.float64)  # (sample, feature)
+    xf = x.detach().to(torch.float64)  # (sample, feature)
     keep = _keep_mask(xf, z_max)  # (sample, feature)
     lo, hi = _masked_min_max(xf, keep)  # (sample,)
     ii, jj = pair_indices(n, device=x.device)  # (pair,)
 
-    # ---- covariance and correlation: sums over each pair's joint mask from matrix products
+    # ---- covariance and correlation: sums over each pair's joint mask. With xc centred and
+    # 0 where the vector drops a dim, sum_{both keep} f(x_i) = sum_{i keeps} f(x_i) - sum_{j drops} f(x_i):
+    # the correction is an index_add over the (few) dropped dims, the cross products one GEMM.
     kd = keep.to(torch.float64)
     own_mean = (xf * kd).sum(1, keepdim=True) / kd.sum(1, keepdim=True)  # (sample, 1)
-    xc = (xf - own_mean) * kd  # (sample, feature), 0 where dropped
-    m = (kd @ kd.T)[ii, jj]  # (pair,) dims both keep
-    s1 = xc @ kd.T  # [i, j]: sum of x_i over the dims i and j keep
-    s2 = xc.square() @ kd.T  # [i, j]: sum of x_i^2 over them
-    sx, sy = s1[ii, jj], s1[jj, ii]
-    cov = ((xc @ xc.T)[ii, jj] - sx * sy / m) / (m - 1)
-    vx = (s2[ii, jj] - sx.square() / m) / (m - 1)
-    vy = (s2[jj, ii] - sy.square() / m) / (m - 1)
+    xc = (xf - own_mean) * kd  # (sample, feature)
+    stats = torch.cat([xc, xc.square(), kd])  # (3·sample, feature)
+    r, c = torch.nonzero(~keep, as_tuple=True)  # the (few) dropped (vector, dim)
+    drop_sums = torch.zeros(n, 3 * n, dtype=torch.float64, device=x.device)
+    drop_sums.index_add_(0, r, stats.T.contiguous().index_select(0, c))  # [j, .]: sums over j's drops
+    sums = stats.sum(1, keepdim=True) - drop_sums.T  # [i, j]: sums of x_i, x_i^2, 1 where both keep
+    s1, s2, cnt = sums[:n], sums[n : 2 * n], sums[2 * n :]
+    pij, pji = ii * n + jj, jj * n + ii  # (pair,) flat indices of [i, j] and [j, i]
+    m = _at(cnt, pij).round()  # (pair,) dims both keep (exact integers)
+    sx, sy = _at(s1, pij), _at(s1, pji)
+    cov = (_at(xc @ xc.T, pij) - sx * sy / m) / (m - 1)
+    vx = (_at(s2, pij) - sx.square() / m) / (m - 1)
+    vy = (_at(s2, pji) - sy.square() / m) / (m - 1)
     corr = (cov / torch.sqrt(vx * vy)).clamp(-1.0, 1.0)
 
-    # ---- histogram ranges per pair side (own range, or an exact variant for the rare moves)
+    # ---- histogram range of each side of each pair: its own, or an exact variant
     shared = m > 0
     table_vec, table_lo, table_hi, ri, rj = _range_variants(xf, keep, lo, hi, ii, jj, shared)
     b = _bin_index(xf.index_select(0, table_vec), table_lo, table_hi, bins)  # (row, feature)
@@ -402,9 +442,9 @@ def all_pairs_mi_cov_corr(
         mi = _mi_onehot(b[:n], keep, bins, chunk_pairs, xlog2x)
         redo = torch.nonzero((ri >= n) | (rj >= n)).flatten()
         if redo.numel():
-            mi[redo] = _mi_scatter(b, keep_t, ri[redo], rj[redo], bins, chunk_pairs, xlog2x)
+            mi[redo] = _mi_codes(b, keep_t, ri[redo], rj[redo], bins, chunk_pairs, "scatter", xlog2x)
     else:
-        mi = _mi_scatter(b, keep_t, ri, rj, bins, chunk_pairs, xlog2x)
+        mi = _mi_codes(b, keep_t, ri, rj, bins, chunk_pairs, method, xlog2x)
 
     # ---- degenerate pairs
     const = table_lo == table_hi  # (row,) the kept values are all equal

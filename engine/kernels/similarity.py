@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from lamina.engine.errors import InputError
-from lamina.engine.kernels.histogram import _Accumulator
+from lamina.engine.kernels.histogram import _Counter
 
 __all__ = [
     "QKV_BLOCKS",
@@ -44,9 +44,10 @@ QKV_BLOCKS: tuple[str, ...] = ("QQ", "KK", "VV", "QK", "QV", "KV")
 _BLOCK_SPEC = ((0, 0, True), (1, 1, True), (2, 2, True), (0, 1, False), (0, 2, False), (1, 2, False))
 
 # Rows of a block computed per matrix product on the CPU, as a number of output
-# elements: the product and its histogram stay in cache instead of a 10 MB block
-# going through memory several times. Accelerators do a whole block at once.
-_CPU_PIECE = 1 << 18
+# elements (2**19: 327 rows of a 1600-wide block, 2 MB): each piece is counted
+# right after it is made instead of a 10 MB block going through memory several
+# times, and diagonal blocks skip their lower part. Accelerators do whole blocks.
+_CPU_PIECE = 1 << 19
 
 
 def _work_dtype(x: Tensor) -> torch.dtype:
@@ -210,12 +211,12 @@ def qkv_block_histograms(
 
     Equal to ``uniform_histogram(qkv_block_values(x[l], center=center)[name],
     bins=bins, lo=lo, hi=hi)`` for every layer ``l`` and block, exactly (NumPy's
-    ``np.histogram`` edge rule), without materialising the blocks: each block is
-    computed in row pieces that are counted while still in cache, and the
-    diagonal blocks only compute their upper part (columns from the piece's first
-    row on), so about 5/6 of the six block products' work. The diagonal's own
-    triangle within each piece is picked with a small mask; no symmetry of the
-    float product is assumed.
+    ``np.histogram`` edge rule), without materialising the blocks. On the CPU each
+    block is computed in pieces of rows that are counted while still in cache,
+    and the diagonal blocks compute only what lies right of each piece's first
+    column (about half of the block), so the products cost about 3/4 of six full
+    block products. The strict triangle of each piece's diagonal square is
+    gathered with ``triu_indices``; no symmetry of the float product is assumed.
 
     Args:
         x: Tensor[layer, sample, 3*d_model].
@@ -226,20 +227,23 @@ def qkv_block_histograms(
         Tensor[layer, block=6, bin] int64 counts, blocks in QKV_BLOCKS order.
     """
     d = _check_qkv(x, "layer, ")
-    work = _work_dtype(x)
+    counter = _Counter(_work_dtype(x), bins=bins, lo=lo, hi=hi, device=x.device)  # buffers shared by all
     rows = _piece_rows(x, d)
     out = torch.zeros(x.shape[0], len(QKV_BLOCKS), bins, dtype=torch.int64, device=x.device)
+    triangles: dict[int, tuple[Tensor, Tensor]] = {}  # piece height -> strict upper (i, j)
     for layer in range(x.shape[0]):
         xn = _unit_columns(x[layer], center=center)
-        accs = [_Accumulator(work, bins=bins, lo=lo, hi=hi, device=x.device) for _ in QKV_BLOCKS]
+        totals = [counter.new_total() for _ in QKV_BLOCKS]
         for block, rect, square in _block_pieces(xn, d, rows):
-            accs[block].add(rect)
+            counter.add(rect, totals[block])
             if square is not None:
                 k = square.shape[0]
-                i, j = torch.triu_indices(k, k, offset=1, device=square.device)
-                accs[block].add(square[i, j])
-        for block, acc in enumerate(accs):
-            out[layer, block] = acc.counts()
+                if k not in triangles:
+                    triangles[k] = tuple(torch.triu_indices(k, k, offset=1, device=x.device))
+                i, j = triangles[k]
+                counter.add(square[i, j], totals[block])
+        for block, total in enumerate(totals):
+            out[layer, block] = counter.counts(total)
     return out
 
 

@@ -1,0 +1,210 @@
+"""Figures of a qkv run (EXPERIMENTS.md A), drawn from the store alone.
+
+>>> paths = plot_all(open_run("runs/qkv-gpt2-random"), Path("figs"))   # doctest: +SKIP
+>>> sorted(p.name for p in paths)[:2]                                  # doctest: +SKIP
+['qkv_block6_correlation.pdf', 'qkv_block6_correlation.png']
+
+One PNG (dpi 150) and one PDF per figure, for ``stat`` in cosine and correlation:
+- ``qkv_block{l}_{stat}``: 2 x 2 densities at one block: target within (QQ, KK, VV) /
+  target across (QK, QV, KV) / non-target within / non-target across, random baseline dashed;
+- ``qkv_layers_{stat}``: per-block count histograms as lines coloured by depth (plasma),
+  one panel per role and Q/K/V block;
+- ``qkv_heatmap_QQ_{stat}``: block x value count heatmaps of QQ, target and non-target;
+- ``qkv_mean_variance``: mean and variance of Q, K and V per block, target vs non-target.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lamina.engine.store import Run
+
+from .common import title_suffix
+
+STATS = ("cosine", "correlation")
+ROLE_NAMES = {"target": "target", "nontarget": "non-target"}
+BLOCK_COLORS = {"QQ": "tab:blue", "KK": "tab:orange", "VV": "tab:green",
+                "QK": "tab:purple", "QV": "tab:brown", "KV": "tab:olive"}
+COMPONENT_COLORS = {"Q": "tab:blue", "K": "tab:orange", "V": "tab:green"}
+STAT_LABEL = {"cosine": "cosine similarity", "correlation": "correlation (Pearson r)"}
+
+
+def plot_all(run: Run, figdir: Path) -> list[Path]:
+    """Draw every figure of ``run`` into ``figdir``; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    figdir = Path(figdir)
+    figdir.mkdir(parents=True, exist_ok=True)
+    suffix = title_suffix(run.attrs)
+    edges = run.numpy("results/bin_edges")  # (edge,)
+    attrs = dict(run["results/cosine_hist"].attrs)
+    roles, blocks = list(attrs["role"]), list(attrs["block"])
+    n_layers = int(run["results/cosine_hist"].shape[1])
+    layer = min(int(run.attrs.get("options", {}).get("layer", 6)), n_layers - 1)
+    target = run.attrs.get("options", {}).get("target", "?")
+    n = int(run["inputs/lengths"].shape[0])
+    what = f"{target!r} ({n} sentences)"
+    paths: list[Path] = []
+    for stat in STATS:
+        hist = run.numpy(f"results/{stat}_hist")  # (role, layer, block, bin)
+        base = run.numpy(f"results/baseline_{stat}_hist")  # (layer, bin)
+        paths += _single_block(hist, base, edges, layer, roles, blocks, stat, what, suffix, figdir)
+        paths += _layer_lines(hist, edges, roles, blocks, stat, what, suffix, figdir)
+        paths += _heatmaps(hist, base, edges, roles, blocks, stat, what, suffix, figdir)
+    paths += _mean_variance(run, what, suffix, figdir)
+    return paths
+
+
+def _save(fig, figdir: Path, stem: str) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    out = [figdir / f"{stem}.png", figdir / f"{stem}.pdf"]
+    fig.savefig(out[0], dpi=150)
+    fig.savefig(out[1])
+    plt.close(fig)
+    return out
+
+
+def _density(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts (..., bin) -> densities like np.histogram(density=True); zeros where nothing was counted."""
+    total = counts.sum(-1, keepdims=True).astype(float)
+    return np.divide(counts, total * np.diff(edges), out=np.zeros(counts.shape), where=total > 0)
+
+
+def _integer_ticks(axis) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _centres(edges: np.ndarray) -> np.ndarray:
+    return (edges[:-1] + edges[1:]) / 2
+
+
+def _single_block(hist, base, edges, layer, roles, blocks, stat, what, suffix, figdir) -> list[Path]:
+    """2 x 2: rows = role, columns = within (QQ, KK, VV) / across (QK, QV, KV); baseline dashed."""
+    import matplotlib.pyplot as plt
+
+    x = _centres(edges)
+    groups = {"within": ("QQ", "KK", "VV"), "across": ("QK", "QV", "KV")}
+    base_density = _density(base[layer], edges)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True, sharey=True)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.07, top=0.9, wspace=0.12, hspace=0.14)
+    for r, role in enumerate(roles):
+        for c, (group, names) in enumerate(groups.items()):
+            ax = axes[r, c]
+            for name in names:
+                ax.plot(x, _density(hist[r, layer, blocks.index(name)], edges), color=BLOCK_COLORS[name],
+                        lw=1.6, label=name)
+            ax.plot(x, base_density, color="black", ls="--", lw=1.2, label="random baseline")
+            ax.set_title(f"{ROLE_NAMES.get(role, role)}, {group} Q/K/V")
+            ax.set_xlim(edges[0], edges[-1])
+            ax.set_xticks(np.linspace(edges[0], edges[-1], 5))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            if r == 1:
+                ax.set_xlabel(STAT_LABEL[stat])
+            if c == 0:
+                ax.set_ylabel("density")
+    fig.suptitle(f"Feature {stat} at block {layer}, {what} - {suffix}")
+    return _save(fig, figdir, f"qkv_block{layer}_{stat}")
+
+
+def _depth_colors(n_layers: int):
+    """plasma without its palest tenth (yellow lines vanish on white), and one colour per block."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    cmap = ListedColormap(plt.get_cmap("plasma")(np.linspace(0.0, 0.9, 256)), name="plasma_0.9")
+    return cmap, [cmap(l / max(n_layers - 1, 1)) for l in range(n_layers)]
+
+
+def _layer_lines(hist, edges, roles, blocks, stat, what, suffix, figdir) -> list[Path]:
+    """Rows = role, columns = Q/K/V block; one count histogram per block (layer) coloured by depth."""
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.ticker import EngFormatter
+
+    x = _centres(edges)
+    n_roles, n_layers, n_blocks = hist.shape[:3]
+    cmap, colors = _depth_colors(n_layers)
+    fig, axes = plt.subplots(n_roles, n_blocks, figsize=(3.2 * n_blocks + 1.2, 3.0 * n_roles + 0.8),
+                             sharex=True, squeeze=False)  # constrained layout doubles the drawing time here
+    fig.subplots_adjust(left=0.05, right=0.95, bottom=0.1, top=0.86, wspace=0.3, hspace=0.25)
+    for r, role in enumerate(roles):
+        for b, name in enumerate(blocks):
+            ax = axes[r, b]
+            for l in range(n_layers):
+                ax.plot(x, hist[r, l, b], color=colors[l], lw=0.9)
+            ax.set_title(f"{ROLE_NAMES.get(role, role)} {name}", fontsize=10)
+            ax.set_xlim(edges[0], edges[-1])
+            ax.set_xticks(np.linspace(edges[0], edges[-1], 5))
+            ax.yaxis.set_major_formatter(EngFormatter(sep=""))  # 10k, 2.5M: no offset text over the title
+            ax.grid(alpha=0.3)
+            if r == n_roles - 1:
+                ax.set_xlabel(STAT_LABEL[stat])
+            if b == 0:
+                ax.set_ylabel("count")
+    sm = ScalarMappable(norm=Normalize(0, max(n_layers - 1, 1)), cmap=cmap)
+    cbar = fig.colorbar(sm, ax=axes, fraction=0.02, pad=0.01, label="block (layer)")
+    _integer_ticks(cbar.ax.yaxis)
+    fig.suptitle(f"Feature {stat} histograms per block, coloured by depth, {what} - {suffix}")
+    return _save(fig, figdir, f"qkv_layers_{stat}")
+
+
+def _heatmaps(hist, base, edges, roles, blocks, stat, what, suffix, figdir) -> list[Path]:
+    """Block (layer) x value count heatmaps of QQ for each role, and of the random baseline."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
+
+    qq = blocks.index("QQ")
+    n_layers = hist.shape[1]
+    panels = [(f"{ROLE_NAMES.get(role, role)} QQ", hist[r, :, qq]) for r, role in enumerate(roles)]
+    panels.append(("random baseline (all of Q|K|V, target)", base))
+    height = 4.2 + 0.06 * n_layers
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), height), squeeze=False)
+    fig.subplots_adjust(left=0.05, right=0.97, bottom=0.55 / height, top=1 - 0.75 / height, wspace=0.3)
+    extent = (edges[0], edges[-1], -0.5, n_layers - 0.5)
+    for ax, (title, counts) in zip(axes[0], panels):
+        im = ax.imshow(counts, aspect="auto", origin="lower", extent=extent, cmap="viridis",
+                       interpolation="nearest")
+        ax.set_title(title)
+        ax.set_xlabel(STAT_LABEL[stat])
+        ax.set_ylabel("block (layer)")
+        _integer_ticks(ax.yaxis)
+        fig.colorbar(im, ax=ax, label="count", pad=0.02, format=EngFormatter(sep=""))
+    fig.suptitle(f"Feature {stat} per block (QQ), {what} - {suffix}")
+    return _save(fig, figdir, f"qkv_heatmap_QQ_{stat}")
+
+
+def _mean_variance(run: Run, what: str, suffix: str, figdir: Path) -> list[Path]:
+    """Mean and variance of Q, K, V per block; target solid, non-target dashed."""
+    import matplotlib.pyplot as plt
+
+    attrs = dict(run["results/mean"].attrs)
+    roles, comps = list(attrs["role"]), list(attrs["component"])
+    styles = {"target": "-", "nontarget": "--"}
+    fig, axes = plt.subplots(1, 2, figsize=(13.5, 4.6))
+    fig.subplots_adjust(left=0.06, right=0.85, bottom=0.12, top=0.84, wspace=0.22)
+    for ax, name in zip(axes, ("mean", "variance")):
+        data = run.numpy(f"results/{name}")  # (role, layer, component)
+        layers = np.arange(data.shape[1])
+        for r, role in enumerate(roles):
+            for c, comp in enumerate(comps):
+                ax.plot(layers, data[r, :, c], styles.get(role, ":"), color=COMPONENT_COLORS.get(comp),
+                        marker="o", ms=3, label=f"{comp}, {ROLE_NAMES.get(role, role)}")
+        if name == "variance" and np.all(data > 0) and data.max() / data.min() > 100:
+            ax.set_yscale("log")
+        ax.set_xlabel("block (layer)")
+        _integer_ticks(ax.xaxis)
+        ax.set_ylabel("mean" if name == "mean" else "variance (ddof=0)")
+        ax.set_title(f"{name} over sentences per feature, averaged within Q, K, V", fontsize=10)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=9, title="component, role")  # off the data
+    fig.suptitle(f"Q/K/V mean and variance per block, {what} - {suffix}")
+    return _save(fig, figdir, "qkv_mean_variance")

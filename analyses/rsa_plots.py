@@ -1,0 +1,156 @@
+"""Figures of an rsa run (EXPERIMENTS.md B), drawn from the store alone.
+
+>>> paths = plot(open_run("runs/rsa-gpt2-large-random"), Path("figs"))   # doctest: +SKIP
+>>> sorted(p.name for p in paths)[:2]                                    # doctest: +SKIP
+['rsa_against_block.pdf', 'rsa_against_block.png']
+
+One PNG (dpi 150) and one PDF per figure:
+- ``rsa_selectivity``: SI of Q, K and V against the block; filled markers where the
+  permutation p-value is < 0.05; SI = 1 (no selectivity) dashed;
+- ``rsa_against_block``: RSA (Pearson r of the RSMs' upper triangles) of QK, QV, KV;
+- ``rsa_rsm_grid``: the RSMs of Q, K, V (rows) at the first, middle and last block
+  (columns), items grouped by category, category boundaries marked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lamina.engine.store import Run
+
+from .common import title_suffix
+from .rsa import COMPONENTS, PAIRS, shown_blocks
+
+COLORS = {"Q": "tab:blue", "K": "tab:orange", "V": "tab:green", "QK": "tab:purple", "QV": "tab:brown",
+          "KV": "tab:cyan"}
+ALPHA = 0.05  # p-value threshold of the markers
+
+
+def plot(run: Run, figdir: Path) -> list[Path]:
+    """Draw every figure of ``run`` into ``figdir``; returns the files written (PNG and PDF)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    figdir = Path(figdir)
+    figdir.mkdir(parents=True, exist_ok=True)
+    suffix = title_suffix(run.attrs)
+    label_attrs = dict(run["inputs/labels"].attrs)
+    labels = run.numpy("inputs/labels")  # (item,)
+    categories = list(label_attrs.get("categories", []))
+    permutations = dict(run["results/selectivity_pvalue"].attrs).get("permutations", "?")
+    paths: list[Path] = []
+    paths += _selectivity(run.numpy("results/selectivity"), run.numpy("results/selectivity_pvalue"), permutations,
+                          suffix, figdir)
+    paths += _rsa(run.numpy("results/rsa"), suffix, figdir)
+    paths += _rsm_grid(run.numpy("results/rsm"), labels, categories, suffix, figdir)
+    return paths
+
+
+def _save(fig, figdir: Path, stem: str) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    out = [figdir / f"{stem}.png", figdir / f"{stem}.pdf"]
+    fig.savefig(out[0], dpi=150)
+    fig.savefig(out[1])
+    plt.close(fig)
+    return out
+
+
+def _block_axis(ax, n_layers: int) -> None:
+    ax.set_xlabel("block")
+    ax.set_xlim(-0.5, n_layers - 0.5)
+    ax.grid(alpha=0.3)
+    if n_layers <= 12:
+        ax.set_xticks(range(n_layers))
+
+
+def _selectivity(si: np.ndarray, pvalue: np.ndarray, permutations, suffix: str, figdir: Path) -> list[Path]:
+    """si, pvalue: (component, layer)."""
+    import matplotlib.pyplot as plt
+
+    n_layers = si.shape[1]
+    blocks = np.arange(n_layers)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
+    for i, c in enumerate(COMPONENTS):
+        ax.plot(blocks, si[i], color=COLORS[c], lw=1.6, label=c)
+        sig = pvalue[i] < ALPHA
+        ax.plot(blocks[sig], si[i, sig], "o", color=COLORS[c], ms=5)
+        ax.plot(blocks[~sig], si[i, ~sig], "o", mfc="white", color=COLORS[c], ms=4, lw=0)
+    ax.axhline(1.0, color="0.4", ls="--", lw=1, label="SI = 1 (no selectivity)")
+    ax.plot([], [], "o", color="0.3", ms=5, label=f"p < {ALPHA} (filled; {permutations} label permutations)")
+    ax.plot([], [], "o", color="0.3", mfc="white", ms=4, label=f"p ≥ {ALPHA} (open)")
+    _block_axis(ax, n_layers)
+    ax.set_ylabel("selectivity index SI\n(mean within-category / mean between-category cosine)")
+    ax.set_title(f"Category selectivity of the final word's Q, K, V per block\n{suffix}")
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, figdir, "rsa_selectivity")
+
+
+def _rsa(rsa: np.ndarray, suffix: str, figdir: Path) -> list[Path]:
+    """rsa: (pair, layer)."""
+    import matplotlib.pyplot as plt
+
+    n_layers = rsa.shape[1]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
+    for i, pair in enumerate(PAIRS):
+        ax.plot(np.arange(n_layers), rsa[i], "o-", color=COLORS[pair], lw=1.6, ms=3.5, label=f"{pair[0]}–{pair[1]}")
+    _block_axis(ax, n_layers)
+    finite = rsa[np.isfinite(rsa)]
+    lo = min(0.0, float(finite.min())) if finite.size else 0.0
+    ax.set_ylim(lo - 0.02, 1.02)
+    ax.set_ylabel("RSA: Pearson r between two RSMs\n(strict upper triangles)")
+    ax.set_title(f"Representational similarity between Q, K and V per block\n{suffix}")
+    ax.legend(fontsize=9, loc="lower left")
+    return _save(fig, figdir, "rsa_against_block")
+
+
+def _rsm_grid(rsm: np.ndarray, labels: np.ndarray, categories: list[str], suffix: str, figdir: Path) -> list[Path]:
+    """rsm: (layer, component, item, item); items re-ordered so each category is one block.
+
+    Each panel has its own colour range (its off-diagonal min..max): deep blocks often
+    have every cosine near 1, and a shared range would hide their structure. The
+    diagonal (always 1) is masked.
+    """
+    import matplotlib.pyplot as plt
+
+    n_layers, _, n_items, _ = rsm.shape
+    depths = shown_blocks(n_layers)
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    shown = rsm[depths][:, :, order][:, :, :, order].astype(float)  # (depth, component, item, item)
+    shown[:, :, np.eye(n_items, dtype=bool)] = np.nan
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(sorted_labels)) + 1, [n_items]])
+    edges = starts[1:-1] - 0.5  # boundaries between categories
+    centres = (starts[:-1] + starts[1:] - 1) / 2
+    names = [categories[int(g)] if int(g) < len(categories) else str(int(g)) for g in sorted_labels[starts[:-1]]]
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
+
+    fig, axes = plt.subplots(3, len(depths), figsize=(3.6 * len(depths) + 0.6, 9.6), squeeze=False,
+                             layout="constrained")
+    for r, comp in enumerate(COMPONENTS):
+        for c, layer in enumerate(depths):
+            ax = axes[r, c]
+            vals = shown[c, r][np.isfinite(shown[c, r])]
+            vmin, vmax = (float(vals.min()), float(vals.max())) if vals.size else (-1.0, 1.0)
+            if vmax - vmin < 1e-9:
+                vmin, vmax = vmin - 1e-6, vmax + 1e-6
+            im = ax.imshow(shown[c, r], vmin=vmin, vmax=vmax, cmap=cmap, interpolation="nearest")
+            for e in edges:
+                ax.axhline(e, color="white", lw=1.2)
+                ax.axvline(e, color="white", lw=1.2)
+            ax.set_xticks(centres, names if r == 2 else [], fontsize=8)
+            ax.set_yticks(centres, names if c == 0 else [], fontsize=8, rotation=90, va="center")
+            ax.tick_params(length=0)
+            ax.set_title(f"{comp}, block {layer}", fontsize=10)
+            cb = fig.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
+            cb.ax.tick_params(labelsize=7)
+            if c == len(depths) - 1:
+                cb.set_label("cosine", fontsize=8)
+        axes[r, 0].set_ylabel(f"{comp}: item (by category)", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("item (by category)", fontsize=9)
+    fig.suptitle(f"RSMs (cosine) of the final word's Q, K, V, {n_items} items, first / middle / last block\n"
+                 f"{suffix}  ·  each panel its own colour range, diagonal masked")
+    return _save(fig, figdir, "rsa_rsm_grid")

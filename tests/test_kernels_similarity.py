@@ -1,0 +1,226 @@
+"""Feature cosine / correlation, the six Q/K/V blocks, their histograms and the moments (EXPERIMENTS.md A).
+
+References are plain NumPy loops over feature pairs written from the text, not the kernels.
+"""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+import torch
+
+import lamina.engine.kernels.moments as moments_mod
+import lamina.engine.kernels.similarity as sim_mod
+from lamina.engine.errors import InputError
+from lamina.engine.kernels.histogram import uniform_histogram
+from lamina.engine.kernels.moments import component_mean_variance
+from lamina.engine.kernels.similarity import (
+    QKV_BLOCKS,
+    feature_correlation,
+    feature_cosine,
+    qkv_block_histograms,
+    qkv_block_values,
+    random_baseline_values,
+)
+
+# --------------------------------------------------------------------------- references
+
+
+def ref_cosine(x: np.ndarray, center: bool = False) -> np.ndarray:
+    """(sample, feature) -> (feature, feature), one pair at a time, float64."""
+    x = np.asarray(x, dtype=np.float64)
+    if center:
+        x = x - x.mean(axis=0)
+    f = x.shape[1]
+    out = np.zeros((f, f))
+    for i in range(f):
+        for j in range(f):
+            ni, nj = np.sqrt(np.sum(x[:, i] ** 2)), np.sqrt(np.sum(x[:, j] ** 2))
+            out[i, j] = 0.0 if ni == 0 or nj == 0 else np.sum(x[:, i] * x[:, j]) / (ni * nj)
+    return out
+
+
+def ref_blocks(x: np.ndarray, center: bool = False) -> dict[str, np.ndarray]:
+    """The six blocks of EXPERIMENTS.md A from the full cosine matrix, with explicit loops."""
+    c = ref_cosine(x, center)
+    d = x.shape[1] // 3
+    comp = {"Q": 0, "K": 1, "V": 2}
+    out = {}
+    for name in ("QQ", "KK", "VV"):
+        s = comp[name[0]] * d
+        ii, jj = np.triu_indices(d, 1)
+        out[name] = np.array([c[s + i, s + j] for i, j in zip(ii, jj)])
+    for name in ("QK", "QV", "KV"):
+        r, k = comp[name[0]] * d, comp[name[1]] * d
+        out[name] = np.array([c[r + i, k + j] for i in range(d) for j in range(d)])
+    return out
+
+
+def qkv_like(rng: np.random.Generator, samples: int, d: int) -> np.ndarray:
+    """Activations with a shared direction (cosines spread over [-1, 1]) and a few constant features."""
+    x = rng.normal(size=(samples, 3 * d)) + rng.normal(size=(samples, 1)) * rng.normal(size=3 * d)
+    x[:, 1] = 0.0  # a zero feature (cosine 0 with everything)
+    x[:, d + 2] = 3.0  # a constant feature (correlation 0 with everything)
+    return x
+
+
+# --------------------------------------------------------------------------- cosine / correlation
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("center", [False, True])
+def test_cosine_and_correlation_vs_pair_loop(dtype, center):
+    rng = np.random.default_rng(10)
+    x = torch.from_numpy(qkv_like(rng, 9, 3)).to(dtype)[None].expand(2, -1, -1).clone()  # (2, sample, 9)
+    x[1] *= -2.0
+    got = feature_correlation(x) if center else feature_cosine(x)
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert got.shape == (2, 9, 9)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    for b in range(2):
+        ref = ref_cosine(x[b].double().numpy(), center)
+        np.testing.assert_allclose(got[b].double().numpy(), ref, atol=tol, rtol=0)
+    assert not torch.isnan(got).any()
+    assert (got[0, 1] == 0).all()  # the zero feature
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("piece", [1 << 18, 20])  # whole blocks; 20 // d = 2 rows per piece
+def test_block_values_vs_loops(center, piece, monkeypatch):
+    monkeypatch.setattr(sim_mod, "_CPU_PIECE", piece)
+    rng = np.random.default_rng(11)
+    d = 7
+    x = qkv_like(rng, 12, d)
+    got = qkv_block_values(torch.from_numpy(x), center=center)
+    ref = ref_blocks(x, center)
+    assert list(got) == list(QKV_BLOCKS)
+    for name in QKV_BLOCKS:
+        n = d * (d - 1) // 2 if name[0] == name[1] else d * d
+        assert got[name].shape == (n,), name
+        np.testing.assert_allclose(got[name].numpy(), ref[name], atol=1e-12, rtol=0, err_msg=name)
+
+
+def near_edge_count(values: np.ndarray, edges: np.ndarray, eps: float = 1e-6) -> int:
+    """How many values lie within eps of an edge (their bin can flip with float rounding)."""
+    return int(sum(np.sum(np.abs(values - e) <= eps) for e in edges))
+
+
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("piece", [1 << 18, 40])
+def test_block_histograms_vs_numpy(center, piece, monkeypatch):
+    monkeypatch.setattr(sim_mod, "_CPU_PIECE", piece)
+    rng = np.random.default_rng(12)
+    d, layers = 10, 3
+    x = np.stack([qkv_like(rng, 8, d) for _ in range(layers)])  # (layer, sample, 3d)
+    x[1, :, 5] = x[1, :, 6]  # identical features: cosine 1 up to rounding
+    x[2, :, 3] = -x[2, :, 2 * d + 4]
+    h = qkv_block_histograms(torch.from_numpy(x).float(), center=center)
+    assert h.shape == (layers, 6, 100) and h.dtype == torch.int64
+    edges = np.linspace(-1, 1, 101)
+    for layer in range(layers):
+        ref = ref_blocks(x[layer].astype(np.float32), center)
+        for b, name in enumerate(QKV_BLOCKS):
+            expected = np.histogram(ref[name], bins=100, range=(-1.0, 1.0))[0]
+            diff = np.abs(h[layer, b].numpy() - expected).sum()
+            # float32 cosines vs float64 loops: only values on an edge may change bin
+            # (a value at ±1 may also leave the range)
+            assert diff <= 2 * near_edge_count(ref[name], edges), (layer, name, diff)
+            if not center:
+                assert h[layer, b].sum() <= ref[name].size
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_block_histograms_are_exact_on_their_own_values(dtype, monkeypatch):
+    monkeypatch.setattr(sim_mod, "_CPU_PIECE", 64)
+    rng = np.random.default_rng(13)
+    x = torch.from_numpy(np.stack([qkv_like(rng, 6, 16) for _ in range(2)])).to(dtype)
+    for center in (False, True):
+        h = qkv_block_histograms(x, center=center, bins=37, lo=-0.9, hi=1.0)
+        for layer in range(2):
+            vals = qkv_block_values(x[layer], center=center)
+            for b, name in enumerate(QKV_BLOCKS):
+                v = vals[name].numpy()
+                np.testing.assert_array_equal(h[layer, b].numpy(), np.histogram(v, bins=37, range=(-0.9, 1.0))[0])
+                assert torch.equal(h[layer, b], uniform_histogram(vals[name], bins=37, lo=-0.9, hi=1.0))
+
+
+def test_block_counts():
+    h = qkv_block_histograms(torch.randn(2, 30, 3 * 8, generator=torch.Generator().manual_seed(0)))
+    assert h.sum(-1).tolist() == [[28, 28, 28, 64, 64, 64]] * 2
+
+
+@pytest.mark.parametrize(
+    "shape,fn",
+    [((10, 3 * 4), qkv_block_histograms), ((2, 10, 3 * 4 + 1), qkv_block_histograms), ((2, 10, 12), qkv_block_values),
+     ((10, 0), qkv_block_values), ((0, 12), qkv_block_values)],
+)
+def test_block_shape_errors(shape, fn):
+    with pytest.raises(InputError, match=r"\d"):
+        fn(torch.zeros(shape))
+
+
+def test_block_histogram_bin_errors():
+    with pytest.raises(InputError, match="bins"):
+        qkv_block_histograms(torch.zeros(1, 4, 6), bins=0)
+    with pytest.raises(InputError, match="lo must not exceed hi"):
+        qkv_block_histograms(torch.zeros(1, 4, 6), lo=1.0, hi=-1.0)
+
+
+# --------------------------------------------------------------------------- random baseline
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_random_baseline_vs_loop(center):
+    rng = np.random.default_rng(14)
+    x = torch.from_numpy(rng.normal(size=(11, 9)))
+    got = random_baseline_values(x, torch.Generator().manual_seed(5), center=center)
+    # the reference reproduces the permutation EXPERIMENTS.md A specifies: randperm of all elements
+    perm = torch.randperm(x.numel(), generator=torch.Generator().manual_seed(5)).numpy()
+    shuffled = x.numpy().reshape(-1)[perm].reshape(x.shape)
+    c = ref_cosine(shuffled, center)
+    ii, jj = np.triu_indices(9, 1)
+    np.testing.assert_allclose(got.numpy(), c[ii, jj], atol=1e-12, rtol=0)
+    assert sorted(shuffled.reshape(-1).tolist()) == sorted(x.numpy().reshape(-1).tolist())
+
+
+def test_random_baseline_errors():
+    with pytest.raises(InputError, match="sample, feature"):
+        random_baseline_values(torch.zeros(2, 3, 4), torch.Generator())
+
+
+# --------------------------------------------------------------------------- moments
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_component_mean_variance_vs_numpy(dtype):
+    rng = np.random.default_rng(15)
+    d = 5
+    x = torch.from_numpy(rng.normal(2.0, 3.0, size=(4, 13, 3 * d))).to(dtype)  # (layer, sample, 3d)
+    mean, var = component_mean_variance(x)
+    assert mean.shape == var.shape == (4, 3)
+    xs = x.double().numpy()
+    for layer in range(4):
+        for c in range(3):
+            cols = [xs[layer, :, c * d + f] for f in range(d)]
+            ref_m = np.mean([np.mean(col) for col in cols])
+            ref_v = np.mean([np.var(col, ddof=0) for col in cols])
+            tol = 1e-12 if dtype == torch.float64 else 1e-5
+            assert abs(mean[layer, c].item() - ref_m) <= tol * max(1, abs(ref_m))
+            assert abs(var[layer, c].item() - ref_v) <= tol * max(1, abs(ref_v))
+
+
+def test_component_mean_variance_errors():
+    with pytest.raises(InputError, match="3\\*d_model"):
+        component_mean_variance(torch.zeros(4, 10))
+    with pytest.raises(InputError, match="sample, 3"):
+        component_mean_variance(torch.zeros(12))
+
+
+def test_docstrings():
+    for mod in (sim_mod, moments_mod):
+        assert doctest.testmod(mod, raise_on_error=False).failed == 0
