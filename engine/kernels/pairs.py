@@ -31,7 +31,7 @@ How it is done for all pairs at once (no per-pair Python; loops only over chunks
   sides are found exactly (how many of i's extremes j keeps is a 0/1 product) and get the
   pair's true range; the few distinct (vector, min, max) variants become extra rows of the
   bin table, so every pair is then exact with no special path. The joint histograms are
-  counted per chunk of pairs from the codes ``bin_i * (bins + 1) + bin_j`` (dims either
+  counted per chunk of pairs from the codes ``bin_i * 16 + bin_j`` (dims either
   vector drops go to one sentinel cell): one ``bincount`` of pair-offset codes on a CPU, a
   scatter-add, or on CUDA one product of masked one-hot encodings (n·bins × D)(D × n·bins).
 * Entropies are vectorised over pairs from the integer counts.
@@ -181,9 +181,10 @@ def _range_variants(
 
     Row r < sample of the table is vector r with its own kept range; further rows are
     (vector, min, max) variants, met when a partner's removals drop all of a vector's
-    min-attaining (or max-attaining) dims. Those sides are found exactly with one 0/1
-    product, ``[at_min; at_max] @ keepᵀ`` (how many of i's minima / maxima j keeps), and their new min / max is the value at the first of the
-    vector's ranked dims that the partner also keeps (:func:`_first_shared`).
+    min-attaining (or max-attaining) dims. Those sides are found exactly from the 0/1
+    product ``[at_min; at_max] @ keepᵀ`` (how many of i's minima / maxima j keeps), and
+    their new min / max is the value at the first of the vector's ranked dims that the
+    partner also keeps (:func:`_first_shared`).
 
     Args:
         xf: (sample, feature) float64; keep: (sample, feature) bool; lo, hi: (sample,).
@@ -240,71 +241,94 @@ def _range_variants(
 # --------------------------------------------------------------------------- histograms
 
 
-def _xlog2x_table(n_max: int, device: torch.device) -> Tensor:
-    """(n_max + 1,) float64 c·log2(c), with 0 for c = 0."""
-    c = torch.arange(n_max + 1, dtype=torch.float64, device=device)
-    return c * torch.log2(c.clamp_min(1.0))
+def _entropy_table(kept: Tensor, n_max: int) -> tuple[Tensor, Tensor]:
+    """Per-total lookup table for the entropies, and each pair's row offset in it.
+
+    For a pair whose histogram holds T counts (T = dims both vectors keep, known before
+    counting) the table row for T is ``f(c) = c log2 c + T·1e-12/ln 2·[c > 0]``, so that
+    summing f over the marginal cells minus the joint cells gives the whole MI numerator
+    (see :func:`_mi_from_counts`) in one gather per cell.
+
+    Args:
+        kept: (pair,) int64 T of every pair.
+        n_max: the largest possible count (features).
+
+    Returns:
+        table (distinct T · (n_max + 1),) float64 and base (pair,) int64 row offsets.
+    """
+    totals, row = torch.unique(kept, return_inverse=True)  # a few distinct totals
+    c = torch.arange(n_max + 1, dtype=torch.float64, device=kept.device)
+    xlog2x = c * torch.log2(c.clamp_min(1.0))  # 0 for c = 0
+    table = xlog2x + totals.to(torch.float64).unsqueeze(1) * (_EPS * _LOG2_E) * (c > 0)
+    return table.reshape(-1), row * (n_max + 1)
 
 
-def _mi_from_counts(joint: Tensor, xlog2x: Tensor) -> Tensor:
+def _mi_from_counts(joint: Tensor, total: Tensor, table: Tensor, base: Tensor) -> Tensor:
     """(pair,) MI in bits from (pair, w, w) integer joint counts; cells outside the real bins hold 0.
 
-    With c the counts, T their total, S = sum c log2 c and k the number of non-empty bins,
+    With c the counts, T their total, S = sum c log2 c and k the number of non-empty cells,
     H = -sum p log2(p + 1e-12) = log2 T - S / T - k·1e-12/ln 2 (p = c/T >= 1/T, so the
     first-order expansion of log2(p + 1e-12) is exact to ~1e-20). Marginals are sums of the
-    joint counts, so MI = Hx + Hy - Hxy = log2 T - (Sx + Sy - Sxy)/T - (kx + ky - kxy)·1e-12/ln 2.
-    Zero cells add nothing to any of these, so a zeroed sentinel needs no slicing.
+    joint counts, so MI = Hx + Hy - Hxy = log2 T - [(Sx + Sy - Sxy) + T·1e-12/ln 2·(kx + ky - kxy)] / T,
+    and the bracket is a sum of ``table[base + c]`` over marginal cells minus joint cells.
+    Zero cells add nothing, so a zeroed sentinel needs no slicing.
+
+    Args:
+        joint: (pair, w, w) int64 counts; total: (pair,) float64 T; table, base: from
+            :func:`_entropy_table` (base sliced to these pairs).
     """
     c, w = joint.shape[0], joint.shape[1]
-    flat = joint.reshape(c, w * w)
-    marg = torch.cat([joint.sum(2), joint.sum(1)], 1)  # (pair, 2w): x then y marginal counts
-    total = marg[:, :w].sum(1).to(torch.float64)
-    s = xlog2x.index_select(0, marg.reshape(-1)).view(c, 2 * w).sum(1)
-    s -= xlog2x.index_select(0, flat.reshape(-1)).view(c, w * w).sum(1)
-    k = marg.clamp_max(1).sum(1) - flat.clamp_max(1).sum(1)
-    return torch.log2(total) - s / total - k.to(torch.float64) * (_EPS * _LOG2_E)
+    base = base.unsqueeze(1)  # (pair, 1)
+    marg = torch.cat([joint.sum(2), joint.sum(1)], 1).add_(base)  # (pair, 2w) x then y marginals
+    s = table.index_select(0, marg.reshape(-1)).view(c, 2 * w).sum(1)
+    cells = joint.reshape(c, w * w) + base
+    s -= table.index_select(0, cells.reshape(-1)).view(c, w * w).sum(1)
+    return torch.log2(total) - s / total
 
 
 def _mi_codes(
     b: Tensor, keep: Tensor, ri: Tensor, rj: Tensor, bins: int, chunk_pairs: int, primitive: str,
-    xlog2x: Tensor,
+    total: Tensor, table: Tensor, base: Tensor,
 ) -> Tensor:
     """(pair,) MI of pairs (table row ri, table row rj), chunk_pairs at a time.
 
-    Each dim of a pair becomes the cell ``bin_x * (bins + 1) + bin_y`` of a (bins + 1)² grid
-    (a power-of-two row length for the default 15 bins, which the reductions like); a dim
-    that either vector drops goes to the last cell, whose count is then zeroed.
+    Each dim of a pair becomes the cell ``bin_x * w | bin_y`` of a w × w grid, w the power of
+    two above ``bins`` (16 for the default 15 bins). A dim that a vector drops has the all-ones
+    code w² - 1 on its side, so the OR puts it in the last cell, whose count is then zeroed;
+    the pair offset ``pair * w²`` is OR-ed in too. Bits instead of a clamp: one pass less.
 
     Args:
         b: (row, feature) int64 bins; keep: (row, feature) bool; ri, rj: (pair,) table rows.
-        primitive: ``"bincount"`` (one bincount per chunk of int32 codes offset by
-            ``pair * (bins + 1)**2``: the fastest on a CPU) or ``"scatter"`` (scatter-add along
-            the feature axis; no host synchronisation, so it suits CUDA).
+        primitive: ``"bincount"`` (one bincount per chunk of the offset int32 codes: the
+            fastest on a CPU) or ``"scatter"`` (scatter-add along the feature axis; no host
+            synchronisation, so it suits CUDA).
+        total, base: (pair,) and table: see :func:`_mi_from_counts`.
     """
-    w = bins + 1
+    w = 1 << bins.bit_length()  # power of two > bins
     sentinel = w * w - 1
     row_code = torch.where(keep, b * w, sentinel).to(torch.int32)  # (row, feature)
     col_code = torch.where(keep, b, sentinel).to(torch.int32)
-    chunk = max(1, min(chunk_pairs, (2**31 - 1) // (w * w)))  # offset codes fit in int32
+    chunk = max(1, min(chunk_pairs, 2**31 // (w * w)))  # offset codes fit in int32
     off = torch.arange(chunk, dtype=torch.int32, device=b.device).mul_(w * w).unsqueeze(1)  # (pair, 1)
     mi = torch.empty(ri.shape[0], dtype=torch.float64, device=b.device)
     for s in range(0, ri.shape[0], chunk):
         code = row_code.index_select(0, ri[s : s + chunk])  # (pair, feature)
-        code.add_(col_code.index_select(0, rj[s : s + chunk])).clamp_max_(sentinel)
+        code.bitwise_or_(col_code.index_select(0, rj[s : s + chunk]))
         c = code.shape[0]
         if primitive == "scatter":
             counts = torch.zeros(c, w * w, dtype=torch.int64, device=b.device)
             idx = code.long()
             counts.scatter_add_(1, idx, torch.ones_like(idx))
         else:
-            code.add_(off[:c])
-            counts = torch.bincount(code.view(-1), minlength=c * w * w).view(c, w * w)
+            counts = torch.bincount(code.bitwise_or_(off[:c]).view(-1), minlength=c * w * w).view(c, w * w)
         counts[:, sentinel] = 0
-        mi[s : s + c] = _mi_from_counts(counts.view(c, w, w), xlog2x)
+        mi[s : s + c] = _mi_from_counts(counts.view(c, w, w), total[s : s + c], table, base[s : s + c])
     return mi
 
 
-def _mi_onehot(b: Tensor, keep: Tensor, bins: int, chunk_pairs: int, xlog2x: Tensor) -> Tensor:
+def _mi_onehot(
+    b: Tensor, keep: Tensor, bins: int, chunk_pairs: int, total: Tensor, table: Tensor, base: Tensor
+) -> Tensor:
     """(pair,) MI of all pairs i < j of the rows of b from one-hot products, in blocks of rows.
 
     ``O[i, a, d] = keep[i, d] & (b[i, d] == a)`` makes ``(O_i O_jᵀ)[a, c]`` the joint count of
@@ -313,20 +337,23 @@ def _mi_onehot(b: Tensor, keep: Tensor, bins: int, chunk_pairs: int, xlog2x: Ten
 
     Args:
         b: (sample, feature) int64 per-vector bins; keep: (sample, feature) bool.
+        total, base: (pair,) and table: see :func:`_mi_from_counts`.
     """
     n, d = b.shape
     k = torch.arange(bins, device=b.device)
     onehot = (b.unsqueeze(1) == k.view(1, -1, 1)) & keep.unsqueeze(1)  # (sample, bin, feature)
     flat = onehot.to(torch.float32).reshape(n * bins, d)
     rows = max(1, chunk_pairs // n)  # rows per block: about chunk_pairs pairs at a time
-    out = []
+    out, p0 = [], 0
     for r0 in range(0, n - 1, rows):
         r1 = min(n - 1, r0 + rows)
         g = flat[r0 * bins : r1 * bins] @ flat[r0 * bins :].T  # (row·bin, sample'·bin)
         g = g.view(r1 - r0, bins, n - r0, bins).permute(0, 2, 1, 3)  # (row, sample', bin, bin)
         li, lj = torch.triu_indices(r1 - r0, n - r0, 1, device=b.device)  # pairs i < j, triu order
         joint = g[li, lj].round_().to(torch.int64)  # (pair, bin, bin)
-        out.append(_mi_from_counts(joint, xlog2x))
+        p1 = p0 + joint.shape[0]
+        out.append(_mi_from_counts(joint, total[p0:p1], table, base[p0:p1]))
+        p0 = p1
     return torch.cat(out)
 
 
@@ -356,10 +383,11 @@ def all_pairs_mi_cov_corr(
         bins: histogram bins per axis (the lecture's 15).
         z_max: a dimension is dropped for a pair when |z| > z_max in either vector.
         chunk_pairs: pairs whose histograms are built at once (512 suits a CPU's caches).
-            The chunk work space is about ``chunk_pairs * (8 * feature + 30 * (bins + 1)**2)``
-            bytes for ``"bincount"`` (5 MB at the defaults and feature = 1024; ``"scatter"``
-            needs 3x that); besides it the kernel holds about ``64 * sample**2`` bytes of
-            (sample, sample) sums and a few (pair,) vectors: 250 x 1024 runs in under 50 MB.
+            The chunk work space is about ``chunk_pairs * (8 * feature + 30 * w**2)`` bytes,
+            w the power of two above ``bins`` (5 MB at the defaults and feature = 1024;
+            ``"scatter"`` needs 3x that). Besides it the kernel holds about ``64 * sample**2``
+            bytes of (sample, sample) sums and a few (pair,) vectors: 250 x 1024 runs in
+            under 50 MB.
         method: how the joint histograms are counted; all give identical counts.
             ``"bincount"``: one bincount per chunk of the codes offset by pair (the CPU
             default). ``"scatter"``: a scatter-add of the codes (no host synchronisation).
@@ -415,19 +443,20 @@ def all_pairs_mi_cov_corr(
     # ---- covariance and correlation: sums over each pair's joint mask. With xc centred and
     # 0 where the vector drops a dim, sum_{both keep} f(x_i) = sum_{i keeps} f(x_i) - sum_{j drops} f(x_i):
     # the correction is an index_add over the (few) dropped dims, the cross products one GEMM.
-    kd = keep.to(torch.float64)
-    own_mean = (xf * kd).sum(1, keepdim=True) / kd.sum(1, keepdim=True)  # (sample, 1)
-    xc = (xf - own_mean) * kd  # (sample, feature)
-    stats = torch.cat([xc, xc.square(), kd])  # (3·sample, feature)
+    kd = keep.T.to(torch.float64)  # (feature, sample): this block works on transposed layouts
+    xt = xf.T
+    own_mean = (xt * kd).sum(0) / kd.sum(0)  # (sample,)
+    xc = (xt - own_mean) * kd  # (feature, sample), centred, 0 where the vector drops the dim
+    stats = torch.cat([xc, xc.square(), kd], 1)  # (feature, 3·sample)
     r, c = torch.nonzero(~keep, as_tuple=True)  # the (few) dropped (vector, dim)
     drop_sums = torch.zeros(n, 3 * n, dtype=torch.float64, device=x.device)
-    drop_sums.index_add_(0, r, stats.T.contiguous().index_select(0, c))  # [j, .]: sums over j's drops
-    sums = stats.sum(1, keepdim=True) - drop_sums.T  # [i, j]: sums of x_i, x_i^2, 1 where both keep
+    drop_sums.index_add_(0, r, stats.index_select(0, c))  # [j, .]: sums over j's drops
+    sums = stats.sum(0).unsqueeze(1) - drop_sums.T  # [i, j]: sums of x_i, x_i^2, 1 where both keep
     s1, s2, cnt = sums[:n], sums[n : 2 * n], sums[2 * n :]
     pij, pji = ii * n + jj, jj * n + ii  # (pair,) flat indices of [i, j] and [j, i]
     m = _at(cnt, pij).round()  # (pair,) dims both keep (exact integers)
     sx, sy = _at(s1, pij), _at(s1, pji)
-    cov = (_at(xc @ xc.T, pij) - sx * sy / m) / (m - 1)
+    cov = (_at(xc.T @ xc, pij) - sx * sy / m) / (m - 1)
     vx = (_at(s2, pij) - sx.square() / m) / (m - 1)
     vy = (_at(s2, pji) - sy.square() / m) / (m - 1)
     corr = (cov / torch.sqrt(vx * vy)).clamp(-1.0, 1.0)
@@ -437,14 +466,16 @@ def all_pairs_mi_cov_corr(
     table_vec, table_lo, table_hi, ri, rj = _range_variants(xf, keep, lo, hi, ii, jj, shared)
     b = _bin_index(xf.index_select(0, table_vec), table_lo, table_hi, bins)  # (row, feature)
     keep_t = keep.index_select(0, table_vec)
-    xlog2x = _xlog2x_table(d, x.device)
+    table, base = _entropy_table(m.long(), d)
     if method == "onehot":
-        mi = _mi_onehot(b[:n], keep, bins, chunk_pairs, xlog2x)
+        mi = _mi_onehot(b[:n], keep, bins, chunk_pairs, m, table, base)
         redo = torch.nonzero((ri >= n) | (rj >= n)).flatten()
         if redo.numel():
-            mi[redo] = _mi_codes(b, keep_t, ri[redo], rj[redo], bins, chunk_pairs, "scatter", xlog2x)
+            mi[redo] = _mi_codes(
+                b, keep_t, ri[redo], rj[redo], bins, chunk_pairs, "scatter", m[redo], table, base[redo]
+            )
     else:
-        mi = _mi_codes(b, keep_t, ri, rj, bins, chunk_pairs, method, xlog2x)
+        mi = _mi_codes(b, keep_t, ri, rj, bins, chunk_pairs, method, m, table, base)
 
     # ---- degenerate pairs
     const = table_lo == table_hi  # (row,) the kept values are all equal

@@ -1,0 +1,231 @@
+"""Per-neuron Pearson / partial correlation kernels against plain NumPy loops (EXPERIMENTS.md C)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from lamina.engine.errors import InputError
+from lamina.engine.kernels.correlation import (
+    StreamingPearson,
+    partial_correlation,
+    pearson_with_vector,
+)
+
+# --------------------------------------------------------------------------- references
+
+
+def ref_pearson(acts: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """C as written: z-scores with ddof=1, r = sum(z_len * z_act) / (N - 1); loop over neurons."""
+    n = len(v)
+    zv = (v - v.mean()) / v.std(ddof=1)
+    flat = acts.reshape(-1, n, acts.shape[-1])
+    out = np.empty((flat.shape[0], flat.shape[2]))
+    for b in range(flat.shape[0]):
+        for k in range(flat.shape[2]):
+            a = flat[b, :, k]
+            if a.min() == a.max():
+                out[b, k] = np.nan
+                continue
+            za = (a - a.mean()) / a.std(ddof=1)
+            out[b, k] = np.sum(zv * za) / (n - 1)
+    return out.reshape(acts.shape[:-2] + acts.shape[-1:])
+
+
+def ref_partial(acts: np.ndarray, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Partial r by the residual method: regress acts and x on [1, z] with lstsq, correlate residuals."""
+    design = np.stack([np.ones_like(z), z], 1)
+    rx = x - design @ np.linalg.lstsq(design, x, rcond=None)[0]
+    flat = acts.reshape(-1, len(x), acts.shape[-1])
+    out = np.empty((flat.shape[0], flat.shape[2]))
+    for b in range(flat.shape[0]):
+        for k in range(flat.shape[2]):
+            a = flat[b, :, k]
+            ra = a - design @ np.linalg.lstsq(design, a, rcond=None)[0]
+            out[b, k] = np.corrcoef(ra, rx)[0, 1]
+    return out.reshape(acts.shape[:-2] + acts.shape[-1:])
+
+
+def make_data(seed: int, shape=(3, 400, 17), offset: float = 0.0, noise: float = 1.0):
+    """Activations that depend on token length and on a frequency confound, plus x and z."""
+    rng = np.random.default_rng(seed)
+    n_tok = shape[-2]
+    length = rng.integers(1, 12, n_tok).astype(np.float64)
+    logfreq = -0.3 * length + rng.standard_normal(n_tok)
+    w = rng.standard_normal(shape[:-2] + (1, shape[-1]))
+    u = rng.standard_normal(shape[:-2] + (1, shape[-1]))
+    acts = offset + noise * (w * length[:, None] / 5 + u * logfreq[:, None] + rng.standard_normal(shape))
+    return acts, length, logfreq
+
+
+def uneven_chunks(rng: np.random.Generator, n: int) -> list[int]:
+    """Chunk boundaries with sizes 1..60, including several 1-token chunks."""
+    cuts, s = [0], 0
+    while s < n:
+        s = min(n, s + int(rng.choice([1, 1, 2, 3, 7, 31, 60])))
+        cuts.append(s)
+    return cuts
+
+
+# --------------------------------------------------------------------------- batch
+
+
+@pytest.mark.parametrize("shape", [(400, 9), (3, 400, 17), (2, 2, 50, 5)])
+def test_pearson_matches_numpy_loop(shape):
+    acts, length, _ = make_data(1, shape)
+    got = pearson_with_vector(torch.tensor(acts), torch.tensor(length))
+    assert got.dtype == torch.float64 and got.shape == acts.shape[:-2] + acts.shape[-1:]
+    np.testing.assert_allclose(got.numpy(), ref_pearson(acts, length), rtol=0, atol=1e-12)
+
+
+def test_pearson_float32_and_integer_vector():
+    acts, length, _ = make_data(2)
+    got = pearson_with_vector(torch.tensor(acts, dtype=torch.float32), torch.tensor(length).long(),
+                              dtype=torch.float32)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), ref_pearson(acts.astype(np.float32).astype(np.float64), length),
+                               atol=2e-5)
+
+
+def test_constant_neuron_is_nan_without_warnings():
+    acts, length, logf = make_data(3, (2, 300, 6))
+    acts[0, :, 2] = 0.1  # constant, with a mean that is not exact in floating point
+    acts[1, :, 5] = -7.0
+    t_acts = torch.tensor(acts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = pearson_with_vector(t_acts, torch.tensor(length))
+        pr = partial_correlation(t_acts, torch.tensor(length), torch.tensor(logf))
+        sp = StreamingPearson().update(t_acts, torch.tensor(length), torch.tensor(logf))
+        rs = sp.correlation()
+    expect_nan = np.zeros((2, 6), bool)
+    expect_nan[0, 2] = expect_nan[1, 5] = True
+    for out in (r, pr, rs):
+        assert np.array_equal(np.isnan(out.numpy()), expect_nan)
+    assert sp.n_constant == 2
+    assert sp.constant_mask.numpy().tolist() == expect_nan.tolist()
+    np.testing.assert_allclose(r.numpy(), ref_pearson(acts, length), atol=1e-12)
+
+
+def test_constant_vector_gives_all_nan():
+    acts, _, _ = make_data(4, (50, 3))
+    r = pearson_with_vector(torch.tensor(acts), torch.full((50,), 3.0))
+    assert torch.isnan(r).all()
+
+
+def test_partial_correlation_matches_residual_method():
+    acts, length, logf = make_data(5, (2, 500, 11))
+    got = partial_correlation(torch.tensor(acts), torch.tensor(length), torch.tensor(logf))
+    np.testing.assert_allclose(got.numpy(), ref_partial(acts, length, logf), rtol=0, atol=1e-10)
+    # the confound is real in this data: partial r differs from plain r
+    plain = pearson_with_vector(torch.tensor(acts), torch.tensor(length))
+    assert (got - plain).abs().max() > 0.05
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+@pytest.mark.parametrize("offset,noise", [(0.0, 1.0), (1e4, 1.0), (1e4, 1e-2)])
+def test_streaming_equals_batch_on_uneven_chunks(offset, noise):
+    acts, length, logf = make_data(6, (2, 700, 13), offset=offset, noise=noise)
+    rng = np.random.default_rng(7)
+    cuts = uneven_chunks(rng, acts.shape[-2])
+    assert 1 in np.diff(cuts)
+    sp = StreamingPearson()
+    ta, tx, tz = torch.tensor(acts), torch.tensor(length), torch.tensor(logf)
+    for s, e in zip(cuts[:-1], cuts[1:]):
+        sp.update(ta[..., s:e, :], tx[s:e], tz[s:e])
+    assert sp.count == acts.shape[-2]
+    ref_r = ref_pearson(acts, length)
+    np.testing.assert_allclose(sp.correlation().numpy(), ref_r, rtol=0, atol=1e-10)
+    batch = pearson_with_vector(ta, tx).numpy()
+    np.testing.assert_allclose(sp.correlation().numpy(), batch, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(sp.partial_correlation().numpy(), partial_correlation(ta, tx, tz).numpy(),
+                               rtol=0, atol=1e-10)
+    # the running means are close to the truth, not drifted
+    np.testing.assert_allclose(sp.mean_act.numpy(), acts.mean(-2), rtol=1e-13)
+
+
+def test_streaming_stays_accurate_where_raw_sums_fail():
+    """Offset 1e4 with noise 1e-2: sum-of-squares (raw moment) variance is ruined, ours is not."""
+    acts, length, _ = make_data(8, (600, 4), offset=1e4, noise=1e-2)
+    sp = StreamingPearson()
+    for s in range(0, 600, 1):  # one token at a time, the hardest case
+        sp.update(torch.tensor(acts[s : s + 1]), torch.tensor(length[s : s + 1]))
+    ref = ref_pearson(acts, length)
+    np.testing.assert_allclose(sp.correlation().numpy(), ref, atol=1e-10)
+    n = len(length)
+    raw_var = (acts**2).sum(0) / n - (acts.sum(0) / n) ** 2  # what a raw-sum stream would compute
+    assert np.max(np.abs(raw_var / acts.var(0) - 1)) > 1e-6
+
+
+def test_merge_of_two_streams_equals_one_stream():
+    acts, length, logf = make_data(9, (3, 500, 7))
+    ta, tx, tz = torch.tensor(acts), torch.tensor(length), torch.tensor(logf)
+    whole = StreamingPearson()
+    for s in range(0, 500, 97):
+        whole.update(ta[..., s : s + 97, :], tx[s : s + 97], tz[s : s + 97])
+    a, b = StreamingPearson(), StreamingPearson()
+    a.update(ta[..., :123, :], tx[:123], tz[:123])
+    for s in range(123, 500, 50):
+        b.update(ta[..., s : s + 50, :], tx[s : s + 50], tz[s : s + 50])
+    merged = StreamingPearson().merge(a).merge(b)
+    assert merged.count == whole.count == 500
+    np.testing.assert_allclose(merged.correlation().numpy(), whole.correlation().numpy(), atol=1e-12)
+    np.testing.assert_allclose(merged.partial_correlation().numpy(), whole.partial_correlation().numpy(),
+                               atol=1e-12)
+    a.merge(StreamingPearson())  # merging an empty state is a no-op
+    assert a.count == 123
+
+
+def test_state_dict_round_trip_resumes():
+    acts, length, _ = make_data(10, (2, 300, 5))
+    ta, tx = torch.tensor(acts), torch.tensor(length)
+    sp = StreamingPearson().update(ta[:, :100], tx[:100])
+    state = sp.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in state.values()) and int(state["count"]) == 100
+    resumed = StreamingPearson.from_state_dict({k: v.clone() for k, v in state.items()})
+    resumed.update(ta[:, 100:], tx[100:])
+    np.testing.assert_allclose(resumed.correlation().numpy(), ref_pearson(acts, length), atol=1e-12)
+    assert StreamingPearson.from_state_dict(StreamingPearson().state_dict()).count == 0
+
+
+def test_neuron_constant_within_chunks_but_not_overall():
+    acts, length, _ = make_data(11, (200, 3))
+    acts[:100, 1], acts[100:, 1] = 1.0, 2.0
+    sp = StreamingPearson()
+    sp.update(torch.tensor(acts[:100]), torch.tensor(length[:100]))
+    assert sp.n_constant == 1
+    sp.update(torch.tensor(acts[100:]), torch.tensor(length[100:]))
+    assert sp.n_constant == 0
+    np.testing.assert_allclose(sp.correlation().numpy(), ref_pearson(acts, length), atol=1e-12)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_bad_shapes_raise_input_error_naming_shapes():
+    acts = torch.randn(2, 10, 4)
+    with pytest.raises(InputError, match=r"\(9,\)"):
+        pearson_with_vector(acts, torch.randn(9))
+    with pytest.raises(InputError, match=r"\(10,\)"):
+        pearson_with_vector(torch.randn(10), torch.randn(10))
+    with pytest.raises(InputError, match="z"):
+        partial_correlation(acts, torch.randn(10), torch.randn(11))
+    with pytest.raises(InputError, match="2 tokens"):
+        pearson_with_vector(torch.randn(1, 4), torch.randn(1))
+    with pytest.raises(InputError):
+        pearson_with_vector(acts, torch.randn(10), dtype=torch.float16)
+    sp = StreamingPearson().update(acts, torch.randn(10))
+    with pytest.raises(InputError, match=r"\(2, 4\)"):
+        sp.update(torch.randn(3, 10, 4), torch.randn(10))
+    with pytest.raises(InputError, match="z"):
+        sp.update(acts, torch.randn(10), torch.randn(10))
+    with pytest.raises(InputError, match="z"):
+        sp.partial_correlation()
+    with pytest.raises(InputError, match="2 token"):
+        StreamingPearson().correlation()
+    assert issubclass(InputError, ValueError)
