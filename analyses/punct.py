@@ -8,12 +8,12 @@ A long text is tokenised once. From token ``skip`` on, a token that decodes (str
 to ``,`` is an *internal* mark; one that decodes to ``.`` is a *terminal* mark unless the
 previous token ends or the next token starts with a digit ("3.5", "in 1999."). The
 FIRST ``n`` marks of each class whose window ``tokens[loc - before : loc + after]`` lies
-inside the text are kept; the mark sits at index ``before`` of its window. The windows
-run through the model in one batched forward pass per micro-batch (up to and including
-the mark: the model is causal, so later tokens cannot change the state there; ``--full-window``
-feeds all of them, as the lecture did) and the
-``n_layers + 1`` hidden states (HuggingFace ``output_hidden_states`` semantics: state 0 =
-embeddings, the last one after ``ln_final``) at the mark are stored. For every unordered
+inside the text are kept; the mark sits at index ``before`` of its window. The windows run
+through the model in one batched forward pass per micro-batch, up to and including the
+mark (the model is causal, so later tokens cannot change the state there; ``--full-window``
+feeds all of them, as the lecture did), and the ``n_layers + 1`` hidden states at the mark
+are stored (HuggingFace ``output_hidden_states`` semantics: state 0 = embeddings, the last
+one after ``ln_final``). For every unordered
 pair of sequences within a class, and every state, MI (bits, 15 x 15 bins), covariance and
 Pearson r are computed after the |z| > 5 outlier rule (see EXPERIMENTS.md D and
 :func:`lamina.engine.kernels.pairs.all_pairs_mi_cov_corr`).
@@ -55,6 +55,7 @@ from lamina.engine.store import Run
 from . import common
 from .cli_options import (DeviceOpt, DtypeOpt, FiguresOpt, MicroBatchOpt, ModelOpt, OutOpt, OverwriteOpt,
                           ProgressOpt, SeedOpt, WeightsOpt, run_options)
+from .corpus import DEFAULT_CORPUS, read_text, tokenize_document
 from .common import RunOptions
 
 EXPERIMENT = "punct"
@@ -62,7 +63,6 @@ DEFAULT_MODEL = "gpt2-medium"
 CLASSES = ("internal", "terminal")  # the class axis of every array
 MARKS = {"internal": ",", "terminal": "."}  # what a mark token decodes to, stripped
 STATS = ("mi", "cov", "corr")  # the stat axis of results/mean
-DEFAULT_TEXT = "corpus.txt"  # shipped in analyses/stimuli/
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +112,7 @@ class Config:
         return self.n * (self.n - 1) // 2
 
     def text_path(self) -> Path:
-        return Path(self.text).expanduser() if self.text else common.stimulus_path(DEFAULT_TEXT)
+        return Path(self.text).expanduser() if self.text else common.stimulus_path(DEFAULT_CORPUS)
 
 
 # ---------------------------------------------------------------------------------- stimuli
@@ -167,22 +167,6 @@ class Stimuli:
         return np.stack([b.tokens.numpy() for b in self.batches]).astype(np.int32)
 
 
-def read_text(path: Path) -> str:
-    """The whole text file (one document); a missing, unreadable or empty file is an input error."""
-    if not path.is_file():
-        raise InputError(
-            f"text file {str(path)!r} does not exist; pass --text FILE with a long text "
-            f"(default: the shipped {DEFAULT_TEXT})"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"text file {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if not text.strip():
-        raise InputError(f"text file {str(path)!r} is empty; pass --text FILE with a long text")
-    return text
-
-
 def prepare(opts: RunOptions, cfg: Config = Config()) -> Stimuli:
     """Read the text, find the marks and build the windows; every input error before any model work.
 
@@ -202,8 +186,8 @@ def prepare(opts: RunOptions, cfg: Config = Config()) -> Stimuli:
             f"context of {opts.model} ({n_ctx}); use smaller --before/--after"
         )
     path = cfg.text_path()
-    text = read_text(path)
-    ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]
+    text = read_text(path)  # missing / unreadable / non-UTF-8 / blank: InputError naming the file
+    ids = tokenize_document(tok, text).tolist()  # the whole text as ONE document, no BOS
     pieces: dict[int, str] = {}
 
     def decode(i: int) -> str:
@@ -215,9 +199,9 @@ def prepare(opts: RunOptions, cfg: Config = Config()) -> Stimuli:
     if min(len(f) for f in found) < cfg.n:
         counts = ", ".join(f"{len(f)} {c} ({MARKS[c]!r})" for c, f in zip(CLASSES, found))
         raise InputError(
-            f"{str(path)!r} has too few punctuation marks: after token {cfg.skip} of {len(ids)} (and with the "
-            f"window of {cfg.before} tokens before / {cfg.after - 1} after fitting) it has {counts}, but --n "
-            f"{cfg.n} of each is needed. Use a longer --text, a smaller --n or a smaller --skip"
+            f"{str(path)!r} has too few punctuation marks: from token {cfg.skip} on (of {len(ids)} tokens), "
+            f"counting marks with {cfg.before} tokens before and {cfg.after - 1} after them, it has {counts}; "
+            f"--n {cfg.n} of each is needed. Use a longer --text, a smaller --n or a smaller --skip"
         )
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     batches = tuple(
@@ -400,7 +384,7 @@ def add_command(app: typer.Typer) -> None:
         n: Annotated[int, typer.Option("--n", help="Marks per class: the first N commas and the first N periods.")] = 250,
         skip: Annotated[int, typer.Option("--skip", help="Scan token positions from this one on.")] = 400,
         before: Annotated[int, typer.Option("--before", help="Window tokens before the mark (the mark's index).")] = 20,
-        after: Annotated[int, typer.Option("--after", help="Window end after the mark: tokens[loc-BEFORE : loc+AFTER].")] = 11,
+        after: Annotated[int, typer.Option("--after", help="Window = tokens loc-BEFORE up to (not including) loc+AFTER: the mark plus AFTER-1 tokens.")] = 11,
         state: Annotated[int, typer.Option("--state", help="Hidden state of the matrix, histogram and scatter figures (0 = embeddings).")] = 1,
         full_window: Annotated[bool, typer.Option("--full-window", help="Feed all BEFORE+AFTER tokens, not just up to the mark (same states: the model is causal; 1/3 slower).")] = False,
     ):

@@ -136,7 +136,8 @@ def _class_histograms(data, state: int, n: int, suffix: str, figdir: Path) -> li
         edges = np.linspace(*_range(data[stat][:, state]), 61)
         for c, name in enumerate(CLASSES):
             v = _finite(data[stat][c, state])
-            ax.hist(v, bins=edges, histtype="stepfilled", alpha=0.45, color=COLORS[name], label=f"{name} ({v.size} pairs)")
+            ax.hist(v, bins=edges, histtype="stepfilled", alpha=0.45, color=COLORS[name],
+                    label=f"{name} ({v.size} pairs)")
             ax.hist(v, bins=edges, histtype="step", color=COLORS[name])
         ax.set_xlabel(LABELS[stat])
         ax.set_ylabel("pairs (count)")
@@ -183,7 +184,8 @@ def _scatter_grid(data, r: np.ndarray, suffix: str, figdir: Path) -> list[Path]:
     states = list(range(min(MAX_GRID_STATES, data["mi"].shape[1])))
     side = math.ceil(math.sqrt(len(states)))
     rows = math.ceil(len(states) / side)
-    fig, axes = plt.subplots(rows, side, figsize=(3.1 * side, 2.7 * rows + 0.8), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(rows, side, figsize=(max(3.1 * side, 8.0), 2.7 * rows + 1.0), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat[len(states):]:
         ax.set_visible(False)
     for s, ax in zip(states, axes.flat):
@@ -197,8 +199,8 @@ def _scatter_grid(data, r: np.ndarray, suffix: str, figdir: Path) -> list[Path]:
             ax.set_ylabel("MI (bits)", fontsize=7)
     handles = [plt.Line2D([], [], ls="", marker="o", color=COLORS[c], label=c) for c in CLASSES]
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=9)
-    fig.suptitle(f"punct: covariance (x) vs MI (y) per hidden state; title r = corrcoef(cov, MI) internal / terminal "
-                 f"(n/a: one value for every pair)\n{suffix}")
+    fig.suptitle("punct: covariance (x) vs MI (y) per hidden state\n"
+                 f"r = corrcoef(cov, MI) internal / terminal (n/a: one value for every pair)\n{suffix}")
     return _save(fig, figdir, "punct_scatter_grid")
 
 
@@ -217,7 +219,7 @@ def _per_state_histograms(data, suffix: str, figdir: Path) -> list[Path]:
         # every state keeps its shape (density per decade, log x axis)
         log = stat == "cov" and _finite(data[stat]).size > 0 and bool((_finite(data[stat]) > 0).all())
         tf = np.log10 if log else (lambda v: v)
-        edges = np.linspace(*_range(tf(_finite(data[stat])), 0.5), 61)
+        edges = np.linspace(*_range(tf(_finite(data[stat]))), 61)
         centres = 0.5 * (edges[:-1] + edges[1:])
         x = 10.0**centres if log else centres
         for c, name in enumerate(CLASSES):
