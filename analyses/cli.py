@@ -19,7 +19,7 @@ import typer
 
 from lamina.engine.errors import LaminaError
 
-from .cli_options import (DeviceOpt, DtypeOpt, FiguresOpt, MicroBatchOpt, ModelOpt, OutOpt, OverwriteOpt,
+from .cli_options import (DeviceOpt, DtypeOpt, FiguresOpt, MicroBatchOpt, ModelOpt, OverwriteOpt,
                           ProgressOpt, SeedOpt, WeightsOpt, run_options)
 
 ANALYSES = ("qkv", "rsa", "length", "punct")

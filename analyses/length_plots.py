@@ -23,6 +23,7 @@ import numpy as np
 from lamina.engine.store import Run
 
 from .common import title_suffix
+from .plotting import bin_centres, depth_colours, save_figure
 
 SPLIT_STYLE = {  # colour, line style, width, label: styles differ so that identical curves stay visible
     "below": ("tab:blue", "-", 2.4, "length < median"),
@@ -51,28 +52,6 @@ def plot(run: Run, figdir: Path) -> list[Path]:
     return paths
 
 
-def _save(fig, figdir: Path, stem: str) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    out = [figdir / f"{stem}.png", figdir / f"{stem}.pdf"]
-    fig.savefig(out[0], dpi=150)
-    fig.savefig(out[1])
-    plt.close(fig)
-    return out
-
-
-def _centres(edges: np.ndarray) -> np.ndarray:
-    return (edges[:-1] + edges[1:]) / 2
-
-
-def _depth_colours(n: int):
-    """One plasma colour per block (stopping short of plasma's pale yellow end, invisible on white)."""
-    import matplotlib as mpl
-
-    colours = [mpl.colormaps["plasma"](0.9 * i / max(n - 1, 1)) for i in range(n)]
-    return mpl.colors.ListedColormap(colours, name="plasma_blocks"), colours
-
-
 def _depth_colorbar(fig, ax, cmap, n: int) -> None:
     """A discrete colour bar, one cell per block, integer ticks."""
     import matplotlib as mpl
@@ -92,7 +71,7 @@ def _median_split(run: Run, what: str, suffix: str, figdir: Path) -> list[Path]:
     splits, median, block = list(attrs["splits"]), attrs["median"], attrs["block"]
     n_tokens = attrs.get("n_tokens", [None] * len(splits))
     fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
-    x = _centres(edges)
+    x = bin_centres(edges)
     for s, name in enumerate(splits):
         colour, style, width, label = SPLIT_STYLE.get(name, (None, "-", 1.6, name))
         if not np.isfinite(dens[s]).any():
@@ -106,16 +85,16 @@ def _median_split(run: Run, what: str, suffix: str, figdir: Path) -> list[Path]:
     ax.legend(title=f"median token length = {median:g} characters", fontsize=9)
     ax.grid(alpha=0.3)
     ax.set_title(f"Block {block} activations split at the median token length ({what})\n{suffix}", fontsize=10)
-    return _save(fig, figdir, f"length_median_split_block{block}")
+    return save_figure(fig, figdir, f"length_median_split_block{block}")
 
 
 def _corr_lines(hist: np.ndarray, edges: np.ndarray, what: str, suffix: str, figdir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     n = hist.shape[0]
-    cmap, colours = _depth_colours(n)
+    cmap, colours = depth_colours(n)
     fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
-    x = _centres(edges)
+    x = bin_centres(edges)
     for l in range(n):
         ax.plot(x, np.nan_to_num(hist[l]), color=colours[l], lw=1.2)
     ax.axvline(0, color="0.5", lw=0.8, ls=":")
@@ -126,7 +105,7 @@ def _corr_lines(hist: np.ndarray, edges: np.ndarray, what: str, suffix: str, fig
     ax.grid(alpha=0.3)
     _depth_colorbar(fig, ax, cmap, n)
     ax.set_title(f"Correlation with token length per block ({what})\n{suffix}", fontsize=10)
-    return _save(fig, figdir, "length_corr_by_block")
+    return save_figure(fig, figdir, "length_corr_by_block")
 
 
 def _corr_heatmap(hist: np.ndarray, edges: np.ndarray, what: str, suffix: str, figdir: Path) -> list[Path]:
@@ -141,7 +120,7 @@ def _corr_heatmap(hist: np.ndarray, edges: np.ndarray, what: str, suffix: str, f
     ax.set_yticks(range(0, n, max(1, n // 12)))
     fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02).set_label("density")
     ax.set_title(f"Correlation with token length: block x r ({what})\n{suffix}", fontsize=10)
-    return _save(fig, figdir, "length_corr_heatmap")
+    return save_figure(fig, figdir, "length_corr_heatmap")
 
 
 def _partial(run: Run, edges: np.ndarray, what: str, suffix: str, figdir: Path) -> list[Path]:
@@ -152,8 +131,8 @@ def _partial(run: Run, edges: np.ndarray, what: str, suffix: str, figdir: Path) 
     partial = run.numpy("results/partial_corr_hist")  # (layer, bin)
     r, pr = run.numpy("results/corr"), run.numpy("results/partial_corr")  # (layer, neuron)
     n = plain.shape[0]
-    cmap, colours = _depth_colours(n)
-    x = _centres(edges)
+    cmap, colours = depth_colours(n)
+    x = bin_centres(edges)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), layout="constrained",
                              gridspec_kw={"width_ratios": [1, 1, 0.8]})
     top = max(np.nanmax(plain, initial=0), np.nanmax(partial, initial=0)) * 1.05 or 1.0
@@ -184,7 +163,7 @@ def _partial(run: Run, edges: np.ndarray, what: str, suffix: str, figdir: Path) 
     conf = f"; r(length, log frequency) = {r_xz:.3f}" if isinstance(r_xz, (int, float)) else ""
     fig.suptitle(f"Token-frequency confound: plain vs partial correlation with token length ({what}{conf})\n{suffix}",
                  fontsize=10)
-    return _save(fig, figdir, "length_partial_corr")
+    return save_figure(fig, figdir, "length_partial_corr")
 
 
 def _nanmean_rows(a: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ import numpy as np
 from lamina.engine.store import Run
 
 from .common import title_suffix
+from .plotting import save_figure
 from .punct import CLASSES, STATS, pearson
 
 COLORS = {"internal": "tab:blue", "terminal": "tab:orange"}
@@ -52,16 +53,6 @@ def plot_all(run: Run, figdir: Path) -> list[Path]:
     paths += _per_state_histograms(data, suffix, figdir)
     paths += _per_state_means(mean, r, n, suffix, figdir)
     return paths
-
-
-def _save(fig, figdir: Path, stem: str) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    out = [figdir / f"{stem}.png", figdir / f"{stem}.pdf"]
-    fig.savefig(out[0], dpi=150)
-    fig.savefig(out[1])
-    plt.close(fig)
-    return out
 
 
 def _finite(v: np.ndarray) -> np.ndarray:
@@ -124,7 +115,7 @@ def _matrices(data, state: int, n: int, suffix: str, figdir: Path) -> list[Path]
             fig.colorbar(im, ax=ax, shrink=0.85, label=LABELS[stat])
     fig.suptitle(f"punct: pairwise MI, covariance and correlation at hidden state {state} "
                  f"({n} sequences per class, upper triangle i < j)\n{suffix}")
-    return _save(fig, figdir, f"punct_matrices_state{state}")
+    return save_figure(fig, figdir, f"punct_matrices_state{state}")
 
 
 def _class_histograms(data, state: int, n: int, suffix: str, figdir: Path) -> list[Path]:
@@ -144,7 +135,7 @@ def _class_histograms(data, state: int, n: int, suffix: str, figdir: Path) -> li
         ax.set_title(f"{LABELS[stat]}, 60 bins")
         ax.legend(fontsize=8)
     fig.suptitle(f"punct: internal (,) vs terminal (.) at hidden state {state}, {n} sequences per class\n{suffix}")
-    return _save(fig, figdir, f"punct_hist_state{state}")
+    return save_figure(fig, figdir, f"punct_hist_state{state}")
 
 
 def _scatter_panel(ax, data, state: int, *, ms: float) -> tuple[float, float, float]:
@@ -175,7 +166,7 @@ def _scatter(data, state: int, n: int, suffix: str, figdir: Path) -> list[Path]:
                  f"corrcoef(cov, MI): internal {_fmt_r(ri, 3)}, terminal {_fmt_r(rt, 3)}, pooled {_fmt_r(rp, 3)}"
                  f"\n{suffix}",
                  fontsize=10)
-    return _save(fig, figdir, f"punct_scatter_state{state}")
+    return save_figure(fig, figdir, f"punct_scatter_state{state}")
 
 
 def _scatter_grid(data, r: np.ndarray, suffix: str, figdir: Path) -> list[Path]:
@@ -201,7 +192,7 @@ def _scatter_grid(data, r: np.ndarray, suffix: str, figdir: Path) -> list[Path]:
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=9)
     fig.suptitle("punct: covariance (x) vs MI (y) per hidden state\n"
                  f"r = corrcoef(cov, MI) internal / terminal (n/a: one value for every pair)\n{suffix}")
-    return _save(fig, figdir, "punct_scatter_grid")
+    return save_figure(fig, figdir, "punct_scatter_grid")
 
 
 def _per_state_histograms(data, suffix: str, figdir: Path) -> list[Path]:
@@ -241,7 +232,7 @@ def _per_state_histograms(data, suffix: str, figdir: Path) -> list[Path]:
         fig.colorbar(ScalarMappable(norm, cmap), ax=axes[:, k], label="hidden state", shrink=0.8)
     fig.suptitle("punct: density of pairwise covariance, MI and correlation per hidden state "
                  f"(dashed: every pair has the same value)\n{suffix}")
-    return _save(fig, figdir, "punct_per_state_hist")
+    return save_figure(fig, figdir, "punct_per_state_hist")
 
 
 def _per_state_means(mean: np.ndarray, r: np.ndarray, n: int, suffix: str, figdir: Path) -> list[Path]:
@@ -264,4 +255,4 @@ def _per_state_means(mean: np.ndarray, r: np.ndarray, n: int, suffix: str, figdi
         ax.set_title(label)
         ax.legend(fontsize=8)
     fig.suptitle(f"punct: per-state means over all pairs ({n} sequences per class)\n{suffix}")
-    return _save(fig, figdir, "punct_per_state_means")
+    return save_figure(fig, figdir, "punct_per_state_means")

@@ -22,6 +22,7 @@ import numpy as np
 from lamina.engine.store import Run
 
 from .common import title_suffix
+from .plotting import bin_centres, depth_colours, save_figure
 
 STATS = ("cosine", "correlation")
 ROLE_NAMES = {"target": "target", "nontarget": "non-target"}
@@ -58,16 +59,6 @@ def plot_all(run: Run, figdir: Path) -> list[Path]:
     return paths
 
 
-def _save(fig, figdir: Path, stem: str) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    out = [figdir / f"{stem}.png", figdir / f"{stem}.pdf"]
-    fig.savefig(out[0], dpi=150)
-    fig.savefig(out[1])
-    plt.close(fig)
-    return out
-
-
 def _density(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Counts (..., bin) -> densities like np.histogram(density=True); zeros where nothing was counted."""
     total = counts.sum(-1, keepdims=True).astype(float)
@@ -80,15 +71,11 @@ def _integer_ticks(axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _centres(edges: np.ndarray) -> np.ndarray:
-    return (edges[:-1] + edges[1:]) / 2
-
-
 def _single_block(hist, base, edges, layer, roles, blocks, stat, what, suffix, figdir) -> list[Path]:
     """2 x 2: rows = role, columns = within (QQ, KK, VV) / across (QK, QV, KV); baseline dashed."""
     import matplotlib.pyplot as plt
 
-    x = _centres(edges)
+    x = bin_centres(edges)
     groups = {"within": ("QQ", "KK", "VV"), "across": ("QK", "QV", "KV")}
     base_density = _density(base[layer], edges)
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True, sharey=True)
@@ -110,16 +97,7 @@ def _single_block(hist, base, edges, layer, roles, blocks, stat, what, suffix, f
             if c == 0:
                 ax.set_ylabel("density")
     fig.suptitle(f"Feature {stat} at block {layer}, {what} - {suffix}")
-    return _save(fig, figdir, f"qkv_block{layer}_{stat}")
-
-
-def _depth_colors(n_layers: int):
-    """plasma without its palest tenth (yellow lines vanish on white), and one colour per block."""
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
-    cmap = ListedColormap(plt.get_cmap("plasma")(np.linspace(0.0, 0.9, 256)), name="plasma_0.9")
-    return cmap, [cmap(l / max(n_layers - 1, 1)) for l in range(n_layers)]
+    return save_figure(fig, figdir, f"qkv_block{layer}_{stat}")
 
 
 def _layer_lines(hist, edges, roles, blocks, stat, what, suffix, figdir) -> list[Path]:
@@ -129,9 +107,9 @@ def _layer_lines(hist, edges, roles, blocks, stat, what, suffix, figdir) -> list
     from matplotlib.colors import Normalize
     from matplotlib.ticker import EngFormatter
 
-    x = _centres(edges)
+    x = bin_centres(edges)
     n_roles, n_layers, n_blocks = hist.shape[:3]
-    cmap, colors = _depth_colors(n_layers)
+    cmap, colors = depth_colours(n_layers)
     fig, axes = plt.subplots(n_roles, n_blocks, figsize=(3.2 * n_blocks + 1.2, 3.0 * n_roles + 0.8),
                              sharex=True, squeeze=False)  # constrained layout doubles the drawing time here
     fig.subplots_adjust(left=0.05, right=0.95, bottom=0.1, top=0.86, wspace=0.3, hspace=0.25)
@@ -153,7 +131,7 @@ def _layer_lines(hist, edges, roles, blocks, stat, what, suffix, figdir) -> list
     cbar = fig.colorbar(sm, ax=axes, fraction=0.02, pad=0.01, label="block (layer)")
     _integer_ticks(cbar.ax.yaxis)
     fig.suptitle(f"Feature {stat} histograms per block, coloured by depth, {what} - {suffix}")
-    return _save(fig, figdir, f"qkv_layers_{stat}")
+    return save_figure(fig, figdir, f"qkv_layers_{stat}")
 
 
 def _heatmaps(hist, base, edges, roles, blocks, stat, what, suffix, figdir) -> list[Path]:
@@ -178,7 +156,7 @@ def _heatmaps(hist, base, edges, roles, blocks, stat, what, suffix, figdir) -> l
         _integer_ticks(ax.yaxis)
         fig.colorbar(im, ax=ax, label="count", pad=0.02, format=EngFormatter(sep=""))
     fig.suptitle(f"Feature {stat} per block (QQ), {what} - {suffix}")
-    return _save(fig, figdir, f"qkv_heatmap_QQ_{stat}")
+    return save_figure(fig, figdir, f"qkv_heatmap_QQ_{stat}")
 
 
 def _mean_variance(run: Run, what: str, suffix: str, figdir: Path) -> list[Path]:
@@ -207,4 +185,4 @@ def _mean_variance(run: Run, what: str, suffix: str, figdir: Path) -> list[Path]
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=9, title="component, role")  # off the data
     fig.suptitle(f"Q/K/V mean and variance per block, {what} - {suffix}")
-    return _save(fig, figdir, "qkv_mean_variance")
+    return save_figure(fig, figdir, "qkv_mean_variance")

@@ -21,6 +21,7 @@ import numpy as np
 from lamina.engine.store import Run
 
 from .common import title_suffix
+from .plotting import save_figure
 from .rsa import COMPONENTS, PAIRS, shown_blocks
 
 COLORS = {"Q": "tab:blue", "K": "tab:orange", "V": "tab:green", "QK": "tab:purple", "QV": "tab:brown",
@@ -46,16 +47,6 @@ def plot(run: Run, figdir: Path) -> list[Path]:
     paths += _rsa(run.numpy("results/rsa"), suffix, figdir)
     paths += _rsm_grid(run.numpy("results/rsm"), labels, categories, suffix, figdir)
     return paths
-
-
-def _save(fig, figdir: Path, stem: str) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    out = [figdir / f"{stem}.png", figdir / f"{stem}.pdf"]
-    fig.savefig(out[0], dpi=150)
-    fig.savefig(out[1])
-    plt.close(fig)
-    return out
 
 
 def _block_axis(ax, n_layers: int) -> None:
@@ -85,7 +76,7 @@ def _selectivity(si: np.ndarray, pvalue: np.ndarray, permutations, suffix: str, 
     ax.set_ylabel("selectivity index SI\n(mean within-category / mean between-category cosine)")
     ax.set_title(f"Category selectivity of the final word's Q, K, V per block\n{suffix}")
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, figdir, "rsa_selectivity")
+    return save_figure(fig, figdir, "rsa_selectivity")
 
 
 def _rsa(rsa: np.ndarray, suffix: str, figdir: Path) -> list[Path]:
@@ -103,7 +94,7 @@ def _rsa(rsa: np.ndarray, suffix: str, figdir: Path) -> list[Path]:
     ax.set_ylabel("RSA: Pearson r between two RSMs\n(strict upper triangles)")
     ax.set_title(f"Representational similarity between Q, K and V per block\n{suffix}")
     ax.legend(fontsize=9, loc="lower left")
-    return _save(fig, figdir, "rsa_against_block")
+    return save_figure(fig, figdir, "rsa_against_block")
 
 
 def _rsm_grid(rsm: np.ndarray, labels: np.ndarray, categories: list[str], suffix: str, figdir: Path) -> list[Path]:
@@ -153,4 +144,4 @@ def _rsm_grid(rsm: np.ndarray, labels: np.ndarray, categories: list[str], suffix
         ax.set_xlabel("item (by category)", fontsize=9)
     fig.suptitle(f"RSMs (cosine) of the final word's Q, K, V, {n_items} items, first / middle / last block\n"
                  f"{suffix}  ·  each panel its own colour range, diagonal masked")
-    return _save(fig, figdir, "rsa_rsm_grid")
+    return save_figure(fig, figdir, "rsa_rsm_grid")

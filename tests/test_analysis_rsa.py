@@ -249,7 +249,7 @@ def _fails(gpt2_dir, tmp_path, cfg_kwargs, *needles):
 
 
 def test_error_multi_token_word(gpt2_dir, tmp_path):
-    msg = _fails(gpt2_dir, tmp_path, {"words": _words(tmp_path, GOOD + "supercalifragilistic\tfruit\n")},
+    _ = _fails(gpt2_dir, tmp_path, {"words": _words(tmp_path, GOOD + "supercalifragilistic\tfruit\n")},
                  "'supercalifragilistic'", "line 5", "not one final token", "' super'", "10 tokens")
 
 
