@@ -257,7 +257,9 @@ def _restore_sdpa(bridge, enabled: bool = True) -> int:
     import types
 
     import torch.nn.functional as F
-    from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
+    from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import (
+        JointQKVAttentionBridge,
+    )
 
     def hooked(attn) -> bool:
         return attn.hook_attn_scores.has_hooks() or attn.hook_pattern.has_hooks()
