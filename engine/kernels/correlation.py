@@ -61,6 +61,9 @@ def _check_dtype(dtype: torch.dtype) -> None:
         raise InputError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
 
 
+_SLICE_TOKENS = 128  # tokens per slice of the one-read moment pass
+
+
 def _moments(acts: Tensor, x: Tensor, z: Tensor | None, dtype: torch.dtype) -> dict[str, Tensor]:
     """Count, means, centred second moments and extremes of one block of tokens.
 
@@ -72,32 +75,51 @@ def _moments(acts: Tensor, x: Tensor, z: Tensor | None, dtype: torch.dtype) -> d
         (..., neuron), ``mean_x``/``m2_x``/``min_x``/``max_x`` (), ``c_ax`` (..., neuron),
         and when z is given the same for z plus ``c_az`` (..., neuron) and ``c_xz`` ().
     """
-    a = acts.to(dtype)  # (..., token, neuron)
-    mean_a = a.mean(-2)  # (..., neuron)
-    ac = a - mean_a.unsqueeze(-2)  # (..., token, neuron)
-    st: dict[str, Tensor] = {
-        "count": torch.tensor(a.shape[-2], dtype=torch.int64, device=a.device),
-        "mean_act": mean_a,
-        "m2_act": ac.square().sum(-2),
-        "min_act": a.amin(-2),
-        "max_act": a.amax(-2),
-    }
+    # One read of the activations, a token slice at a time through one reused ``dtype`` (float64)
+    # buffer: shift every neuron by its first value (small sums, hence stable), then ONE matrix
+    # product gives the shifted sums against [1, x_c, z_c] and an in-place square the sum of squares.
+    work = dtype  # float64 accumulation, but only ever one token slice converted at a time
+    a = acts  # (..., token, neuron), any float dtype
+    n_tok = a.shape[-2]
+    shift = a[..., :1, :].to(work)  # (..., 1, neuron)
+    cols, vals = [torch.ones(n_tok, dtype=work, device=a.device)], {}
     for name, v in (("x", x), ("z", z)):
         if v is None:
             continue
         v = v.to(dtype)  # (token,)
-        mv = v.mean()
-        vc = v - mv
+        vals[name] = (v, v.mean(), v - v.mean())
+        cols.append(vals[name][2].to(work))
+    w = torch.stack(cols)  # (k, token)
+    # Token slices through one reused buffer: no fresh (token x neuron) temporaries to fault in.
+    step = min(n_tok, _SLICE_TOKENS)
+    buf = torch.empty((*a.shape[:-2], step, a.shape[-1]), dtype=work, device=a.device)
+    sums = torch.zeros((*a.shape[:-2], len(cols), a.shape[-1]), dtype=dtype, device=a.device)
+    ssq = torch.zeros((*a.shape[:-2], a.shape[-1]), dtype=dtype, device=a.device)
+    for t0 in range(0, n_tok, step):
+        t1 = min(t0 + step, n_tok)
+        sa = buf[..., : t1 - t0, :]
+        sa.copy_(a[..., t0:t1, :]).sub_(shift)  # (..., slice, neuron) shifted, in ``work`` precision
+        sums += torch.matmul(w[:, t0:t1], sa)  # sum(sa), sum(sa * x_c), sum(sa * z_c)
+        ssq += sa.square_().sum(-2)
+    lo, hi = a.amin(-2), a.amax(-2)  # (torch.aminmax is several times slower on CPU)
+    s1 = sums[..., 0, :]  # (..., neuron)
+    shift64 = shift.squeeze(-2).to(dtype)
+    st: dict[str, Tensor] = {
+        "count": torch.tensor(n_tok, dtype=torch.int64, device=a.device),
+        "mean_act": shift64 + s1 / n_tok,
+        "m2_act": (ssq - s1 * s1 / n_tok).clamp_min(0),
+        "min_act": lo.to(dtype),
+        "max_act": hi.to(dtype),
+    }
+    for i, (name, (v, mv, vc)) in enumerate(vals.items(), start=1):
         st[f"mean_{name}"] = mv
         st[f"m2_{name}"] = vc.square().sum()
         st[f"min_{name}"] = v.amin()
         st[f"max_{name}"] = v.amax()
-        st[f"c_a{name}"] = torch.matmul(vc, ac)  # (token,) @ (..., token, neuron) -> (..., neuron)
-        st[f"_c_{name}"] = vc
+        # sum((a - mean_a) * x_c) = sum(sa * x_c) - (s1 / n) * sum(x_c)   (x_c sums to ~0)
+        st[f"c_a{name}"] = sums[..., i, :] - (s1 / n_tok) * cols[i].to(dtype).sum()
     if z is not None:
-        st["c_xz"] = (st["_c_x"] * st["_c_z"]).sum()
-    st.pop("_c_x", None)
-    st.pop("_c_z", None)
+        st["c_xz"] = (vals["x"][2] * vals["z"][2]).sum()
     return st
 
 
