@@ -33,6 +33,10 @@ class HookError(LaminaError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class RunNotFoundError(LaminaError, FileNotFoundError):
+    """A path or URL that holds no lamina run."""
+
+
 class StoreExistsError(LaminaError, FileExistsError):
     """The output store already holds a complete run (pass overwrite=True / --overwrite)."""
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .errors import StoreExistsError, StoreLockedError, StoreMismatchError, StoreNotWritableError
+from .errors import RunNotFoundError, StoreExistsError, StoreLockedError, StoreMismatchError, StoreNotWritableError
 
 MiB = 1 << 20
 _LOCK_NAME = ".lamina.lock"
@@ -247,7 +247,7 @@ class Run:
     def __init__(self, url: str):
         self.url = str(url)
         if _read_attrs(self.url) is None:
-            raise FileNotFoundError(f"{self.url!r} is not a lamina run (no Zarr group there)")
+            raise RunNotFoundError(f"{self.url!r} is not a lamina run (no Zarr group there); give the --out of a run")
         self.group = zarr.open_group(self.url, mode="r")
 
     @property

@@ -110,3 +110,13 @@ def test_gpt2_xl_random_captures_qkv():
     out = capture_arrays(m, batch, [Capture("qkv", qkv_hooks(range(48)), Selector.last())])
     assert out["qkv"].shape == (48, 2, 4800)
     assert torch.isfinite(out["qkv"]).all()
+
+
+def test_info_on_a_path_without_a_run_is_one_clear_line(tmp_path, capsys):
+    from lamina.analyses.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", str(tmp_path / "nothing-here")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "is not a lamina run" in err and "Traceback" not in err
