@@ -15,6 +15,8 @@ from torch import Tensor
 
 from lamina.engine.errors import InputError
 
+from .similarity import _check_qkv
+
 __all__ = ["component_mean_variance"]
 
 
@@ -37,19 +39,9 @@ def component_mean_variance(x: Tensor) -> tuple[Tensor, Tensor]:
         (mean, variance), each Tensor[..., component=3], float32 (float64 for
         float64 input).
     """
-    if not isinstance(x, Tensor) or x.ndim < 2:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise InputError(f"expected Q|K|V activations of shape [..., sample, 3*d_model], got {shape}")
-    if x.is_complex():
+    if isinstance(x, Tensor) and x.is_complex():
         raise InputError(f"expected a real tensor, got dtype {x.dtype}")
-    features = x.shape[-1]
-    if features == 0 or features % 3:
-        raise InputError(
-            f"the feature axis must hold Q, K and V of equal length (3*d_model), got {features} "
-            f"in shape {tuple(x.shape)}"
-        )
-    if x.shape[-2] == 0:
-        raise InputError(f"no samples: shape {tuple(x.shape)}")
+    features = 3 * _check_qkv(x, "..., ")
     x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     var, mean = torch.var_mean(x, dim=-2, correction=0)  # (..., 3*d_model)
     per_component = (*mean.shape[:-1], 3, features // 3)  # (..., component, feature)

@@ -112,9 +112,11 @@ def feature_correlation(x: Tensor) -> Tensor:
 
 
 def _check_qkv(x: Tensor, leading: str) -> int:
-    """d_model of a Tensor[{leading}sample, 3*d_model]; raise InputError otherwise."""
-    want = 3 if leading else 2
-    if not isinstance(x, Tensor) or x.ndim != want:
+    """d_model of a Tensor[{leading}sample, 3*d_model]; raise InputError otherwise.
+
+    ``leading`` is "" (exactly 2-D), "layer, " (exactly 3-D) or "..., " (2-D or more)."""
+    want = 3 if leading == "layer, " else 2
+    if not isinstance(x, Tensor) or (x.ndim < want if leading == "..., " else x.ndim != want):
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise InputError(f"expected Q|K|V activations of shape [{leading}sample, 3*d_model], got {shape}")
     features = x.shape[-1]
