@@ -42,7 +42,8 @@ from lamina.analyses.common import stimulus_path
 from lamina.engine.capture import auto_micro_batch
 from lamina.engine.hooks import Capture, hidden_state_hooks, layer_hooks, qkv_hooks
 from lamina.engine.inputs import Selector, TokenBatch, encode_texts
-from lamina.engine.models import MODEL_SPECS, LoadedModel, _restore_sdpa, load_model
+from lamina.engine.models import MODEL_SPECS, LoadedModel, load_model
+from lamina.engine.sdpa import restore_sdpa
 from lamina.engine.pipeline import capture_to_store
 from lamina.engine.store import RunStore, open_run
 
@@ -169,12 +170,12 @@ def stock_transformer_lens(model: LoadedModel):
     """The bridge as TransformerLens ships it: eager attention, a KV cache built by every forward."""
     config = model.bridge.original_model.config
     old = config.use_cache
-    _restore_sdpa(model.bridge, enabled=False)
+    restore_sdpa(model.bridge, enabled=False)
     config.use_cache = True
     try:
         yield
     finally:
-        _restore_sdpa(model.bridge, enabled=True)
+        restore_sdpa(model.bridge, enabled=True)
         config.use_cache = old
 
 
