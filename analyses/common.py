@@ -24,6 +24,7 @@ import torch
 
 from lamina.engine.distributed import World, device_for, world as get_world
 from lamina.engine.errors import InputError
+from lamina.engine.inputs import TokenBatch
 from lamina.engine.models import RANDOM_WEIGHTS_WARNING, LoadedModel, load_model
 from lamina.engine.provenance import machine, versions
 from lamina.engine.store import RunStore, check_writable, open_run
@@ -169,12 +170,33 @@ def _jsonable(obj):
     return obj
 
 
-def read_lines(path: str | os.PathLike, what: str) -> list[str]:
-    p = Path(path)
+def read_text_file(path: str | os.PathLike, what: str, fix: str) -> str:
+    """The whole of a user's UTF-8 file; missing, not a file, unreadable or not UTF-8 is an
+    InputError naming the file (``what`` file ...) and the ``fix``."""
+    p = Path(path).expanduser()
     if not p.exists():
-        raise InputError(f"{what} file {str(p)!r} does not exist")
-    lines = [ln.rstrip("\n") for ln in p.read_text(encoding="utf-8").splitlines()]
-    return [ln for ln in lines if ln.strip()]
+        raise InputError(f"{what} file {str(p)!r} does not exist; {fix}")
+    if not p.is_file():
+        raise InputError(f"{what} file {str(p)!r} is not a file; {fix}")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{what} file {str(p)!r} is not UTF-8 text (byte {e.start}: {e.reason}); convert it, e.g. "
+                         f"`iconv -t utf-8 {p.name} > {p.stem}.utf8{p.suffix}`") from None
+    except OSError as e:
+        raise InputError(f"{what} file {str(p)!r} cannot be read: {e.strerror}") from None
+
+
+def read_lines(path: str | os.PathLike, what: str, fix: str) -> list[tuple[int, str]]:
+    """(1-based line number, line) for every non-blank line of a user's file."""
+    text = read_text_file(path, what, fix)
+    return [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip()]
+
+
+def put_batch(store: RunStore, batch: TokenBatch, **attrs: Any) -> None:
+    """``inputs/tokens`` (sample, pos) and ``inputs/lengths`` (sample), int32: what the model was fed."""
+    store.put("inputs/tokens", batch.tokens.numpy().astype(np.int32), dims=("sample", "pos"), attrs=attrs or None)
+    store.put("inputs/lengths", batch.lengths.numpy().astype(np.int32), dims=("sample",))
 
 
 def stimulus_path(name: str) -> Path:

@@ -31,7 +31,7 @@ import numpy as np
 
 from lamina.engine.errors import InputError, OfflineError
 
-from .common import stimulus_path
+from .common import read_text_file, stimulus_path
 
 DEFAULT_CORPUS = "corpus.txt"  # in lamina/analyses/stimuli/
 TEXT_FIELD = "text"
@@ -58,19 +58,7 @@ def corpus_tokens(tok, *, text: str | os.PathLike | None, dataset: str | None, n
 def read_text(path: str | os.PathLike) -> str:
     """The whole file as a string; missing, unreadable, non-UTF-8 or blank files are input errors."""
     p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(f"text file {str(p)!r} does not exist; pass an existing UTF-8 text file with --text")
-    if not p.is_file():
-        raise InputError(f"text file {str(p)!r} is not a file; pass a UTF-8 text file with --text")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(
-            f"text file {str(p)!r} is not UTF-8 (byte {e.start}: {e.reason}); convert it, e.g. "
-            f"`iconv -t utf-8 {p.name} > {p.stem}.utf8.txt`"
-        ) from None
-    except OSError as e:
-        raise InputError(f"text file {str(p)!r} cannot be read: {e.strerror}") from None
+    text = read_text_file(p, "text", "pass an existing UTF-8 text file with --text")
     if not text.strip():
         raise InputError(f"text file {str(p)!r} is empty (only whitespace); it needs running text")
     return text

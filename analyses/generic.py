@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 
 from lamina.engine.hooks import Capture, parse_layers
 from lamina.engine.inputs import Selector, encode_texts
@@ -20,7 +19,7 @@ from .common import RunOptions
 
 def capture_texts(opts: RunOptions, *, hooks: list[str], text_file: str, layers: str = "all",
                   positions: str = "last", samples_per_chunk: int | None = None) -> str:
-    texts = common.read_lines(text_file, "text")
+    texts = [t for _, t in common.read_lines(text_file, "text", "pass --text-file FILE (one text per line)")]
     tok, n_ctx, n_layers = peek(opts.model, opts.weights)
     batch = encode_texts(tok, texts, n_ctx=n_ctx, what="text")
     layer_list = parse_layers(layers, n_layers)
@@ -39,8 +38,7 @@ def capture_texts(opts: RunOptions, *, hooks: list[str], text_file: str, layers:
     options = {"hooks": hooks, "layers": layer_list, "positions": positions}
     session = common.start("capture", opts, stimuli_sha256=sha256_texts(texts), options=options)
     store = session.store
-    store.put("inputs/tokens", batch.tokens.numpy().astype(np.int32), dims=("sample", "pos"))
-    store.put("inputs/lengths", batch.lengths.numpy().astype(np.int32), dims=("sample",))
+    common.put_batch(store, batch)
     cap = Capture("acts/capture", groups, select)
     capture_to_store(session.model, batch, [cap], store, micro_batch=opts.micro_batch, world=session.world,
                      samples_per_chunk=samples_per_chunk, progress=opts.progress)

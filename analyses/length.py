@@ -339,9 +339,7 @@ def _run(session: common.Session, prep: Prepared, cfg: Config) -> str:
     L, N = model.n_layers, model.d_mlp
     units = _unit_plan(session, cfg)
     if world.is_main:
-        tokens = prep.batch.tokens.numpy().astype(np.int32)
-        store.put("inputs/tokens", tokens, dims=("sample", "pos"))
-        store.put("inputs/lengths", prep.batch.lengths.numpy().astype(np.int32), dims=("sample",))
+        common.put_batch(store, prep.batch)
         store.put("token_length", prep.token_length.reshape(-1), dims=("token",),
                   attrs={"unit": "characters of the decoded token, leading space included", "median": prep.median})
         store.put("results/token_frequency", prep.token_frequency.reshape(-1), dims=("token",),

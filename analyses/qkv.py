@@ -119,17 +119,6 @@ class Stimuli:
         return self.target_pos - 1
 
 
-def read_sentences(path: Path) -> list[tuple[int, str]]:
-    """(line number, sentence) for every non-blank line of ``path`` (1-based line numbers)."""
-    if not path.is_file():
-        raise InputError(f"sentences file {str(path)!r} does not exist; pass --sentences FILE (one sentence per line)")
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"sentences file {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return [(i + 1, ln) for i, ln in enumerate(raw.splitlines()) if ln.strip()]
-
-
 def _short(text: str, width: int = 80) -> str:
     return repr(text if len(text) <= width else text[: width - 3] + "...")
 
@@ -168,7 +157,7 @@ def prepare(opts: RunOptions, cfg: Config = Config()) -> Stimuli:
         )
     target_id = int(ids[0])
     path = cfg.sentences_path()
-    lines = read_sentences(path)
+    lines = common.read_lines(path, "sentences", "pass --sentences FILE (one sentence per line)")
     if not lines:
         raise InputError(
             f"sentences file {str(path)!r} has no sentences (it is empty or only blank lines); "
@@ -314,9 +303,7 @@ def run(opts: RunOptions, cfg: Config = Config()) -> str:
     store, model, world = session.store, session.model, session.world
     batch = stim.batch
     if world.is_main:
-        store.put("inputs/tokens", batch.tokens.numpy().astype(np.int32), dims=("sample", "pos"),
-                  attrs={"pad_id": batch.pad_id, "padding": "right"})
-        store.put("inputs/lengths", batch.lengths.numpy().astype(np.int32), dims=("sample",))
+        common.put_batch(store, batch, pad_id=batch.pad_id, padding="right")
         pos_attrs = {"target": stim.target_text, "target_id": stim.target_id}
         store.put("inputs/target_pos", stim.target_pos.numpy().astype(np.int32), dims=("sample",),
                   attrs={**pos_attrs, "rule": "first occurrence of the target token"})

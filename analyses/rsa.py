@@ -112,13 +112,7 @@ def read_categories(path: str | Path) -> list[tuple[int, str, str]]:
     a repeated word or an empty file is an input error naming the line.
     """
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"words file {str(p)!r} does not exist; pass --words FILE with one "
-                         "'word<TAB>category' per line")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"words file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = common.read_text_file(p, "words", "pass --words FILE with one 'word<TAB>category' per line")
     out: list[tuple[int, str, str]] = []
     first_line: dict[str, int] = {}
     for n, raw in enumerate(text.splitlines(), start=1):
@@ -251,8 +245,7 @@ def run(opts: RunOptions, cfg: Config = Config()) -> str:
     res = compute(acts, labels, permutations=cfg.permutations, generator=session.generator(_PVALUE_SEED_OFFSET))
     res = {k: v.to("cpu", torch.float32).numpy() for k, v in res.items()}
 
-    store.put("inputs/tokens", stim.batch.tokens.numpy().astype(np.int32), dims=("sample", "pos"))
-    store.put("inputs/lengths", stim.batch.lengths.numpy().astype(np.int32), dims=("sample",))
+    common.put_batch(store, stim.batch)
     store.put("inputs/labels", stim.labels, dims=("item",),
               attrs={"categories": list(stim.categories), "words": list(stim.words), "prompts": list(stim.prompts),
                      "template": cfg.template})
