@@ -109,10 +109,10 @@ def capture_to_store(
             tensors = _run_unit(model, batch, layouts, rows, units)
             if consumer is not None:
                 consumer(u, rows, tensors)
-            host = {k: v.to("cpu", non_blocking=False).numpy() for k, v in tensors.items()} if keep else {}
             while len(pending) >= 2:  # bound memory: at most two units in flight
                 pending.popleft().result()
-            pending.append(writer.submit(_write_unit, store, arrays, layouts, host, rows, phase, u))
+            # the device-to-host copy happens in the writer thread too, overlapping the next unit's forward
+            pending.append(writer.submit(_write_unit, store, arrays, layouts, tensors if keep else {}, rows, phase, u))
             bar.update(len(rows))
         for f in pending:
             f.result()
@@ -140,7 +140,8 @@ def _run_unit(model, batch, layouts, rows: range, units: UnitPlan) -> dict[str, 
             tqdm.write(f"lamina: CUDA out of memory, micro-batch reduced to {mb}")
 
 
-def _write_unit(store: RunStore, arrays, layouts, host: dict[str, np.ndarray], rows: range, phase: str, u: int):
+def _write_unit(store: RunStore, arrays, layouts, tensors: dict[str, torch.Tensor], rows: range, phase: str, u: int):
+    host = {k: v.cpu().numpy() for k, v in tensors.items()}
     for lay in layouts:
         name = lay.capture.name
         if name not in host:
