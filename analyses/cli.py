@@ -1,143 +1,227 @@
-"""The ``lamina`` command line (typer): run, capture, info, plot, bench.
+"""The ``lamina`` command line (click), generated from the registered analyses' Config dataclasses.
 
-    lamina run qkv|rsa|length|punct [OPTIONS]   one analysis of EXPERIMENTS.md
-    lamina run all --weights random             the four with their defaults
-    lamina capture --model M --hook 'blocks.{layer}.attn.hook_q' --text-file F --out STORE
-    lamina info STORE                           provenance, status, progress, arrays, key numbers
-    lamina plot STORE                           (re)draw a run's figures
-    lamina bench [--quick]                      benchmarks side by side
+    lamina run NAME [OPTIONS]        one analysis (qkv, rsa, length, punct, capture, plugins)
+    lamina run all --weights random  the four course analyses with their default models
+    lamina capture --hook H --text-file F --out STORE     (= lamina run capture)
+    lamina info STORE [--verify]     provenance, status, progress, arrays, key numbers
+    lamina verify STORE              every chunk present and matching its checksum
+    lamina plot STORE [FIGURE OPTIONS]   redraw a run's figures
+    lamina analyses                  what is registered (built-ins and plugins)
+    lamina bench [--quick]           benchmarks side by side
+
+User errors print one line ``lamina: error: ...`` and exit 2; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
 import sys
-from typing import Annotated, Optional
 
-import typer
+import click
 
 from lamina.engine.errors import LaminaError
 
-from .cli_options import (DeviceOpt, DtypeOpt, FiguresOpt, MicroBatchOpt, ModelOpt, OverwriteOpt,
-                          ProgressOpt, SeedOpt, WeightsOpt, run_options)
+from . import registry
+from .cli_config import build, click_options, split
+from .options import RunOptions
 
-ANALYSES = ("qkv", "rsa", "length", "punct")
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="lamina: layer-wise analyses of language-model representations, streamed to Zarr.")
-run_app = typer.Typer(no_args_is_help=True, help="Run an analysis of EXPERIMENTS.md into a Zarr run store.")
-app.add_typer(run_app, name="run")
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
-def analysis(name: str):
-    return importlib.import_module(f"lamina.analyses.{name}")
+def _run_command(name: str) -> click.Command:
+    """``lamina run NAME``: the analysis' Config and PlotOptions plus the options every run takes."""
+    analysis = registry.get(name)
+    params = click_options(RunOptions) + click_options(analysis.Config)
+    if analysis.PlotOptions is not None:
+        params += click_options(analysis.PlotOptions)
+
+    def callback(**values):
+        from .runner import execute
+        from .summary import describe
+
+        run_v, cfg_v, fig_v = split(values, RunOptions, analysis.Config, analysis.PlotOptions)
+        opts = build(RunOptions, run_v)
+        run = execute(analysis, build(analysis.Config, cfg_v), opts, figure_options=fig_v, allow_memory=False,
+                      echo=click.echo)
+        if run is not None and _is_main():
+            click.echo(describe(run.url))
+
+    doc = (analysis.Config.__doc__ or "").strip().splitlines()[0] if analysis.Config.__doc__ else ""
+    return click.Command(name, params=params, callback=callback, help=f"{analysis.title}.\n\n{doc}".strip(),
+                         short_help=analysis.title, context_settings=CONTEXT)
 
 
-for _name in ANALYSES:
-    analysis(_name).add_command(run_app)
+class _RunGroup(click.Group):
+    """Subcommands come from the registry (so plugins appear), plus ``all``."""
+
+    def list_commands(self, ctx):
+        return [*registry.names(), "all"]
+
+    def get_command(self, ctx, name):
+        if name == "all":
+            return run_all
+        try:
+            return _run_command(name)
+        except LaminaError:
+            return None
 
 
-@run_app.command("all")
-def run_all(
-    weights: WeightsOpt = "pretrained", seed: SeedOpt = 0, device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
-    out_dir: Annotated[str, typer.Option("--out-dir", help="Folder for the four runs.")] = "runs",
-    overwrite: OverwriteOpt = False, micro_batch: MicroBatchOpt = None, figures: FiguresOpt = True,
-    progress: ProgressOpt = True,
-):
+@click.group(context_settings=CONTEXT, help="lamina: layer-wise analyses of language-model representations, "
+                                            "streamed to Zarr.")
+def app():
+    pass
+
+
+@app.group("run", cls=_RunGroup, context_settings=CONTEXT,
+           help="Run an analysis into a Zarr run (definitions: docs/analyses.md).")
+def run_group():
+    pass
+
+
+def _run_all(out_dir: str, **values):
     """Run qkv, rsa, length and punct, each with its default model (``--weights random`` works offline)."""
-    for name in ANALYSES:
-        mod = analysis(name)
-        opts = run_options(None, mod.DEFAULT_MODEL, weights, seed, device, dtype, None, overwrite, micro_batch,
-                           figures, progress)
-        opts = type(opts)(**{**opts.__dict__, "out": f"{out_dir}/" + opts.out_for(name).split("/", 1)[1]})
-        typer.echo(f"== lamina run {name} --model {opts.model} --weights {weights} -> {opts.out}")
-        url = mod.run(opts, mod.Config())
-        typer.echo(_summary_text(url))
+    from .runner import execute
+    from .summary import describe
+
+    if values.get("out") is not None:
+        raise click.UsageError("lamina run all writes one run per analysis under --out-dir; --out is not used")
+    for name in registry.COURSE:
+        analysis = registry.get(name)
+        opts = build(RunOptions, values).with_model(analysis.default_model)
+        url = opts.out_for(name, out_dir)
+        click.echo(f"== lamina run {name} --model {opts.model} --weights {opts.weights} -> {url}")
+        run = execute(analysis, None, RunOptions(**{**opts.__dict__, "out": url}), allow_memory=False,
+                      echo=click.echo)
+        if _is_main():
+            click.echo(describe(run.url))
 
 
-@app.command()
-def capture(
-    hook: Annotated[list[str], typer.Option("--hook", help="Hook name; '{layer}' expands over --layers. Repeat to concatenate features (e.g. q, k, v).")],
-    text_file: Annotated[str, typer.Option("--text-file", help="One text per line.")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Run store.")],
-    model: ModelOpt = None, weights: WeightsOpt = "pretrained", seed: SeedOpt = 0, device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
-    layers: Annotated[str, typer.Option("--layers", help="all, 6, 0,3,5 or 2-7")] = "all",
-    positions: Annotated[str, typer.Option("--positions", help="last | all | an index for every text")] = "last",
-    overwrite: OverwriteOpt = False, micro_batch: MicroBatchOpt = None, progress: ProgressOpt = True,
-    chunk_samples: Annotated[Optional[int], typer.Option("--chunk-samples", help="Samples per store chunk (default: chunks of >= 1 MiB).")] = None,
-):
-    """Capture named hooks for every text of a file into a store (acts/capture: layer, sample, [pos,] feature)."""
-    from .generic import capture_texts
-
-    opts = run_options(model, "gpt2", weights, seed, device, dtype, out, overwrite, micro_batch, False, progress)
-    url = capture_texts(opts, hooks=hook, text_file=text_file, layers=layers, positions=positions,
-                        samples_per_chunk=chunk_samples)
-    typer.echo(_summary_text(url))
+run_all = click.Command("all", callback=_run_all, context_settings=CONTEXT, help=_run_all.__doc__,
+                        params=[p for p in click_options(RunOptions) if p.name not in ("model", "out")]
+                        + [click.Option(["--out-dir"], default="runs", show_default=True,
+                                        help="Folder for the four runs.")])
 
 
-@app.command()
-def info(store: Annotated[str, typer.Argument(help="A run store.")],
-         as_json: Annotated[bool, typer.Option("--json", help="Print the attributes as JSON.")] = False):
+def _capture_command() -> click.Command:
+    """``lamina capture`` is ``lamina run capture``."""
+    cmd = _run_command("capture")
+    cmd.name = "capture"
+    return cmd
+
+
+@app.command(context_settings=CONTEXT)
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the attributes as JSON.")
+@click.option("--verify", "check", is_flag=True, help="Also read every chunk and check its checksum.")
+def info(store, as_json, check):
     """What is in a run: provenance, status (and how far an interrupted run got), arrays, key numbers."""
-    from lamina.engine.store import open_run
+    import json
+
+    from lamina.engine.reader import open_run
+
+    from .summary import describe
 
     run = open_run(store)
-    if as_json:
-        typer.echo(json.dumps(run.attrs, indent=2, default=str))
-        return
-    typer.echo(_summary_text(store))
+    click.echo(json.dumps(run.attrs, indent=2, default=str) if as_json else describe(store))
+    if check:
+        _verify(run)
 
 
-@app.command()
-def plot(store: Annotated[str, typer.Argument(help="A complete run store.")]):
-    """(Re)draw the figures of a run into STORE/figures."""
-    from lamina.engine.store import open_run
+@app.command(context_settings=CONTEXT)
+@click.argument("store")
+def verify(store):
+    """Read every chunk of every array: present, and matching its checksum. Exit 2 when not."""
+    from lamina.engine.reader import open_run
 
-    from .common import figures_dir
+    _verify(open_run(store))
+
+
+def _verify(run) -> None:
+    from lamina.engine.verify import verify as check
+
+    report = check(run)
+    click.echo(report.summary())
+    report.raise_if_bad("reading it")
+
+
+@app.command(context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("store")
+@click.pass_context
+def plot(ctx, store):
+    """(Re)draw the figures of a complete run into STORE/figures; figure options as for `lamina run`."""
+    from lamina.engine.reader import open_run
+    from lamina.engine.verify import verify as check
+
+    from .runner import draw, figure_settings
 
     run = open_run(store)
-    exp = run.attrs.get("experiment")
-    if exp not in ANALYSES:
-        raise LaminaError(f"{store!r} is a {exp!r} run; only {', '.join(ANALYSES)} runs have figures")
+    analysis = registry.get(run.experiment)
     if not run.complete:
         raise LaminaError(f"{store!r} is {run.status}: finish it (run the same command again) before plotting")
-    for p in analysis(exp).plot(run, figures_dir(store)):
-        typer.echo(str(p))
+    check(run).raise_if_bad("plotting it")
+    params = click_options(analysis.PlotOptions) if analysis.PlotOptions is not None else []
+    parser = click.Command(f"plot {analysis.name}", params=params, context_settings=CONTEXT)
+    sub = parser.make_context("lamina plot STORE", list(ctx.args), parent=ctx)
+    for path in draw(analysis, run, figure_settings(analysis, sub.params)):
+        click.echo(str(path))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench(ctx: typer.Context):
+@app.command("analyses", context_settings=CONTEXT)
+def list_analyses():
+    """The analyses lamina knows: built-ins, then plugins (entry-point group lamina.analyses)."""
+    for name in registry.names():
+        try:
+            a = registry.get(name)
+            click.echo(f"{name:<10} {a.title} (default model {a.default_model})")
+        except Exception as e:  # noqa: BLE001 - a broken plugin should not hide the others
+            click.echo(f"{name:<10} cannot be loaded: {e}")
+
+
+@app.command(context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_extra_args": True},
+             add_help_option=False)
+@click.pass_context
+def bench(ctx):
     """Benchmarks (same as ``python -m lamina.benchmarks``); ``lamina bench --help`` for options."""
     from lamina.benchmarks.__main__ import main as bench_main
 
     bench_main(list(ctx.args))
 
 
-def _summary_text(url: str) -> str:
-    from .summary import describe
+app.add_command(_capture_command(), "capture")
 
-    return describe(url)
+
+def _is_main() -> bool:
+    from lamina.engine.distributed import world
+
+    return world().is_main
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: lamina errors print one clear line and exit 2 (no traceback)."""
+    """Entry point: user errors print one clear line and exit 2 (no traceback); Ctrl-C exits 130."""
+    _quiet_asyncio()
     try:
-        app(args=argv, standalone_mode=False)
+        app.main(args=argv, prog_name="lamina", standalone_mode=False)
     except LaminaError as e:
-        typer.secho(f"lamina: error: {e}", err=True, fg="red")
+        click.secho(f"lamina: error: {e}", err=True, fg="red")
         sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.secho("lamina: interrupted; run the same command again to resume", err=True)
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else str(e), err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) is not None else ""
+        click.secho(f"lamina: error: {e.format_message()}{hint}", err=True, fg="red")
+        sys.exit(2)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.secho("lamina: interrupted; the run is left incomplete and consistent: run the same command again to "
+                    "resume it", err=True)
         sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
 
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+
+def _quiet_asyncio() -> None:
+    """zarr writes through asyncio; when a write fails (disk full) every pending task would log its own
+    traceback at exit. The failure itself is reported once, as a lamina error."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 if __name__ == "__main__":

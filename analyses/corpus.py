@@ -31,7 +31,7 @@ import numpy as np
 
 from lamina.engine.errors import InputError, OfflineError
 
-from .common import read_text_file, stimulus_path
+from .textfiles import read_text_file, stimulus_path
 
 DEFAULT_CORPUS = "corpus.txt"  # in lamina/analyses/stimuli/
 TEXT_FIELD = "text"

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lamina.engine.store import Run
+from lamina.engine.reader import Run
 
-from .common import title_suffix
-from .plotting import bin_centres, depth_colours, save_figure
+from .plotting import bin_centres, depth_colours, save_figure, start
 
 SPLIT_STYLE = {  # colour, line style, width, label: styles differ so that identical curves stay visible
     "below": ("tab:blue", "-", 2.4, "length < median"),
@@ -34,12 +33,7 @@ SPLIT_STYLE = {  # colour, line style, width, label: styles differ so that ident
 
 def plot(run: Run, figdir: Path) -> list[Path]:
     """Draw every figure of a complete length run into ``figdir``; returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    figdir = Path(figdir)
-    figdir.mkdir(parents=True, exist_ok=True)
-    suffix = title_suffix(run.attrs)
+    figdir, suffix = start(run, figdir)
     summary = run.attrs.get("summary") or {}
     what = f"{summary.get('n_tokens', '?')} tokens"
     paths: list[Path] = []
@@ -68,7 +62,7 @@ def _median_split(run: Run, what: str, suffix: str, figdir: Path) -> list[Path]:
     dens = run.numpy("results/median_split_hist")  # (split, bin)
     edges = run.numpy("results/median_split_bin_edges").astype(np.float64)  # (edge,)
     attrs = dict(run["results/median_split_hist"].attrs)
-    splits, median, block = list(attrs["splits"]), attrs["median"], attrs["block"]
+    splits, median, block = run.labels("results/median_split_hist", "split"), attrs["median"], attrs["block"]
     n_tokens = attrs.get("n_tokens", [None] * len(splits))
     fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     x = bin_centres(edges)

@@ -1,6 +1,6 @@
 """Figures of a punct run (EXPERIMENTS.md D), drawn from the store alone.
 
->>> paths = plot_all(open_run("runs/punct-gpt2-medium-random"), Path("figs"))   # doctest: +SKIP
+>>> paths = plot(open_run("runs/punct-gpt2-medium-random"), Path("figs"), state=1)   # doctest: +SKIP
 >>> sorted(p.name for p in paths)[:2]                                           # doctest: +SKIP
 ['punct_hist_state1.pdf', 'punct_hist_state1.png']
 
@@ -20,29 +20,28 @@ from pathlib import Path
 
 import numpy as np
 
-from lamina.engine.store import Run
+from lamina.engine.reader import Run
 
-from .common import title_suffix
-from .plotting import save_figure
-from .punct import CLASSES, STATS, pearson
+from .plotting import save_figure, start
+from .punct_stats import pearson
 
 COLORS = {"internal": "tab:blue", "terminal": "tab:orange"}
 LABELS = {"mi": "MI (bits)", "cov": "covariance", "corr": "correlation (Pearson r)"}
 MAX_GRID_STATES = 25  # the lecture's 5 x 5 grid
+CLASSES: tuple[str, ...] = ("internal", "terminal")  # replaced by the run's labels in plot()
+STATS: tuple[str, ...] = ("mi", "cov", "corr")
 
 
-def plot_all(run: Run, figdir: Path) -> list[Path]:
-    """Draw every figure of ``run`` into ``figdir``; returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    figdir = Path(figdir)
-    figdir.mkdir(parents=True, exist_ok=True)
+def plot(run: Run, figdir: Path, *, state: int = 1) -> list[Path]:
+    """Draw every figure of ``run`` into ``figdir`` (``state``: the hidden state of the single-state
+    figures, clipped to the last); returns the files written."""
+    global CLASSES, STATS
+    figdir, suffix = start(run, figdir)
+    CLASSES, STATS = tuple(run.labels("results/mean", "class")), tuple(run.labels("results/mean", "stat"))
     data = {k: run.numpy(f"results/{k}") for k in STATS}  # each (class, state, pair)
     n_states = data["mi"].shape[1]
     n = int(run["acts/hidden"].shape[2])
-    state = min(int(run.attrs.get("options", {}).get("state", 1)), n_states - 1)
-    suffix = title_suffix(run.attrs)
+    state = min(int(state), n_states - 1)
     mean = run.numpy("results/mean")  # (class, state, stat)
     r = run.numpy("results/r_cov_mi")  # (class, state)
     paths: list[Path] = []

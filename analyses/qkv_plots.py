@@ -1,6 +1,6 @@
 """Figures of a qkv run (EXPERIMENTS.md A), drawn from the store alone.
 
->>> paths = plot_all(open_run("runs/qkv-gpt2-random"), Path("figs"))   # doctest: +SKIP
+>>> paths = plot(open_run("runs/qkv-gpt2-random"), Path("figs"), layer=6)   # doctest: +SKIP
 >>> sorted(p.name for p in paths)[:2]                                  # doctest: +SKIP
 ['qkv_block6_correlation.pdf', 'qkv_block6_correlation.png']
 
@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lamina.engine.store import Run
+from lamina.engine.reader import Run
 
-from .common import title_suffix
-from .plotting import bin_centres, depth_colours, save_figure
+from .plotting import bin_centres, depth_colours, save_figure, start
 
 STATS = ("cosine", "correlation")
 ROLE_NAMES = {"target": "target", "nontarget": "non-target"}
@@ -32,19 +31,14 @@ COMPONENT_COLORS = {"Q": "tab:blue", "K": "tab:orange", "V": "tab:green"}
 STAT_LABEL = {"cosine": "cosine similarity", "correlation": "correlation (Pearson r)"}
 
 
-def plot_all(run: Run, figdir: Path) -> list[Path]:
-    """Draw every figure of ``run`` into ``figdir``; returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    figdir = Path(figdir)
-    figdir.mkdir(parents=True, exist_ok=True)
-    suffix = title_suffix(run.attrs)
+def plot(run: Run, figdir: Path, *, layer: int = 6) -> list[Path]:
+    """Draw every figure of ``run`` into ``figdir`` (``layer``: the single-block figure's block, clipped
+    to the last block); returns the files written."""
+    figdir, suffix = start(run, figdir)
     edges = run.numpy("results/bin_edges")  # (edge,)
-    attrs = dict(run["results/cosine_hist"].attrs)
-    roles, blocks = list(attrs["role"]), list(attrs["block"])
+    roles, blocks = run.labels("results/cosine_hist", "role"), run.labels("results/cosine_hist", "block")
     n_layers = int(run["results/cosine_hist"].shape[1])
-    layer = min(int(run.attrs.get("options", {}).get("layer", 6)), n_layers - 1)
+    layer = min(int(layer), n_layers - 1)
     target = run.attrs.get("options", {}).get("target", "?")
     n = int(run["inputs/lengths"].shape[0])
     what = f"{target!r} ({n} sentences)"
@@ -163,8 +157,7 @@ def _mean_variance(run: Run, what: str, suffix: str, figdir: Path) -> list[Path]
     """Mean and variance of Q, K, V per block; target solid, non-target dashed."""
     import matplotlib.pyplot as plt
 
-    attrs = dict(run["results/mean"].attrs)
-    roles, comps = list(attrs["role"]), list(attrs["component"])
+    roles, comps = run.labels("results/mean", "role"), run.labels("results/mean", "component")
     styles = {"target": "-", "nontarget": "--"}
     fig, axes = plt.subplots(1, 2, figsize=(13.5, 4.6))
     fig.subplots_adjust(left=0.06, right=0.85, bottom=0.12, top=0.84, wspace=0.22)

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lamina.engine.store import Run
+from lamina.engine.reader import Run
 
-from .common import title_suffix
-from .plotting import save_figure
-from .rsa import COMPONENTS, PAIRS, shown_blocks
+from .plotting import save_figure, shown_blocks, start
 
 COLORS = {"Q": "tab:blue", "K": "tab:orange", "V": "tab:green", "QK": "tab:purple", "QV": "tab:brown",
           "KV": "tab:cyan"}
@@ -31,21 +29,17 @@ ALPHA = 0.05  # p-value threshold of the markers
 
 def plot(run: Run, figdir: Path) -> list[Path]:
     """Draw every figure of ``run`` into ``figdir``; returns the files written (PNG and PDF)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    figdir = Path(figdir)
-    figdir.mkdir(parents=True, exist_ok=True)
-    suffix = title_suffix(run.attrs)
-    label_attrs = dict(run["inputs/labels"].attrs)
+    figdir, suffix = start(run, figdir)
     labels = run.numpy("inputs/labels")  # (item,)
-    categories = list(label_attrs.get("categories", []))
+    categories = list(run["inputs/labels"].attrs.get("categories", []))
     permutations = dict(run["results/selectivity_pvalue"].attrs).get("permutations", "?")
+    components = run.labels("results/selectivity", "component")
+    pairs = run.labels("results/rsa", "pair")
     paths: list[Path] = []
-    paths += _selectivity(run.numpy("results/selectivity"), run.numpy("results/selectivity_pvalue"), permutations,
-                          suffix, figdir)
-    paths += _rsa(run.numpy("results/rsa"), suffix, figdir)
-    paths += _rsm_grid(run.numpy("results/rsm"), labels, categories, suffix, figdir)
+    paths += _selectivity(run.numpy("results/selectivity"), run.numpy("results/selectivity_pvalue"), components,
+                          permutations, suffix, figdir)
+    paths += _rsa(run.numpy("results/rsa"), pairs, suffix, figdir)
+    paths += _rsm_grid(run.numpy("results/rsm"), labels, categories, components, suffix, figdir)
     return paths
 
 
@@ -57,14 +51,15 @@ def _block_axis(ax, n_layers: int) -> None:
         ax.set_xticks(range(n_layers))
 
 
-def _selectivity(si: np.ndarray, pvalue: np.ndarray, permutations, suffix: str, figdir: Path) -> list[Path]:
+def _selectivity(si: np.ndarray, pvalue: np.ndarray, components, permutations, suffix: str,
+                 figdir: Path) -> list[Path]:
     """si, pvalue: (component, layer)."""
     import matplotlib.pyplot as plt
 
     n_layers = si.shape[1]
     blocks = np.arange(n_layers)
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
-    for i, c in enumerate(COMPONENTS):
+    for i, c in enumerate(components):
         ax.plot(blocks, si[i], color=COLORS[c], lw=1.6, label=c)
         sig = pvalue[i] < ALPHA
         ax.plot(blocks[sig], si[i, sig], "o", color=COLORS[c], ms=5)
@@ -79,13 +74,13 @@ def _selectivity(si: np.ndarray, pvalue: np.ndarray, permutations, suffix: str, 
     return save_figure(fig, figdir, "rsa_selectivity")
 
 
-def _rsa(rsa: np.ndarray, suffix: str, figdir: Path) -> list[Path]:
+def _rsa(rsa: np.ndarray, pairs, suffix: str, figdir: Path) -> list[Path]:
     """rsa: (pair, layer)."""
     import matplotlib.pyplot as plt
 
     n_layers = rsa.shape[1]
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
-    for i, pair in enumerate(PAIRS):
+    for i, pair in enumerate(pairs):
         ax.plot(np.arange(n_layers), rsa[i], "o-", color=COLORS[pair], lw=1.6, ms=3.5, label=f"{pair[0]}–{pair[1]}")
     _block_axis(ax, n_layers)
     finite = rsa[np.isfinite(rsa)]
@@ -97,7 +92,8 @@ def _rsa(rsa: np.ndarray, suffix: str, figdir: Path) -> list[Path]:
     return save_figure(fig, figdir, "rsa_against_block")
 
 
-def _rsm_grid(rsm: np.ndarray, labels: np.ndarray, categories: list[str], suffix: str, figdir: Path) -> list[Path]:
+def _rsm_grid(rsm: np.ndarray, labels: np.ndarray, categories: list[str], components, suffix: str,
+              figdir: Path) -> list[Path]:
     """rsm: (layer, component, item, item); items re-ordered so each category is one block.
 
     Each panel has its own colour range (its off-diagonal min..max): deep blocks often
@@ -120,7 +116,7 @@ def _rsm_grid(rsm: np.ndarray, labels: np.ndarray, categories: list[str], suffix
 
     fig, axes = plt.subplots(3, len(depths), figsize=(3.6 * len(depths) + 0.6, 9.6), squeeze=False,
                              layout="constrained")
-    for r, comp in enumerate(COMPONENTS):
+    for r, comp in enumerate(components):
         for c, layer in enumerate(depths):
             ax = axes[r, c]
             vals = shown[c, r][np.isfinite(shown[c, r])]

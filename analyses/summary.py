@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from lamina.engine.store import open_run
+from lamina.engine.reader import open_run
 
 
 def describe(url: str) -> str:
@@ -26,6 +26,8 @@ def describe(url: str) -> str:
         lines.append(f"WARNING   {model['warning']}")
     lines.append(f"dtype     {a.get('dtype')}   device {a.get('device')}   world size {a.get('world_size', 1)}")
     lines.append(f"stimuli   sha256 {str(a.get('stimuli_sha256'))[:16]}...   created {a.get('created')}")
+    if a.get("timings"):
+        lines.append("timings   " + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in a["timings"].items()))
     lines.append("arrays:")
     for name in run.arrays():
         arr = run[name]

@@ -38,14 +38,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from lamina.analyses.common import stimulus_path
+from lamina.analyses.textfiles import stimulus_path
 from lamina.engine.capture import auto_micro_batch
 from lamina.engine.hooks import Capture, hidden_state_hooks, layer_hooks, qkv_hooks
 from lamina.engine.inputs import Selector, TokenBatch, encode_texts
 from lamina.engine.models import MODEL_SPECS, LoadedModel, load_model
 from lamina.engine.sdpa import restore_sdpa
 from lamina.engine.pipeline import capture_to_store
-from lamina.engine.store import RunStore, open_run
+from lamina.engine.reader import open_run
+from lamina.engine.store import RunStore
 
 from . import course_style
 from .report import CaseResult

@@ -41,7 +41,7 @@ def make_model(folder: Path) -> Path:
 
 
 def make_corpus(path: Path, tokens: int) -> Path:
-    from lamina.analyses.common import stimulus_path
+    from lamina.analyses.textfiles import stimulus_path
 
     text = stimulus_path("corpus.txt").read_text(encoding="utf-8")
     repeats = math.ceil(tokens / 11_000) + 1  # the shipped corpus has ~11.4k GPT-2 tokens

@@ -44,8 +44,16 @@ class CaptureLayout:
 
     @property
     def dims(self) -> tuple[str, ...]:
-        inner = ("sample", "pos") if self.per_position else ("sample",)
-        return (self.capture.layer_dim, *inner, self.capture.feature_dim)
+        """[*outer, layer, sample, (pos,) feature] dimension names of the stored array."""
+        sample = self.capture.sample_dim
+        inner = (sample, "pos") if self.per_position else (sample,)
+        outer = tuple(d for d, _ in self.capture.outer)
+        return (*outer, self.capture.layer_dim, *inner, self.capture.feature_dim)
+
+    def shape(self, n_samples: int, max_len: int) -> tuple[int, ...]:
+        """The stored array's shape: [*outer, layer, sample, (pos,) feature]."""
+        outer = tuple(n for _, n in self.capture.outer)
+        return (*outer, self.n_entries, n_samples, *self.sample_shape(max_len))
 
 
 def plan(model: LoadedModel, captures: Sequence[Capture]) -> list[CaptureLayout]:

@@ -53,6 +53,20 @@ class StoreNotWritableError(LaminaError, PermissionError):
     """The destination cannot be written (read-only, or no space left)."""
 
 
+class NotARunError(LaminaError, FileExistsError):
+    """``--out`` holds something lamina did not write (files, or a Zarr group of someone else's):
+    lamina writes only into a new path, an empty folder or one of its own runs."""
+
+
+class StoreURLError(LaminaError, ValueError):
+    """A store URL whose scheme lamina cannot write end to end (``memory://`` on the command line,
+    a missing fsspec backend, an unknown scheme)."""
+
+
+class RunCorruptError(LaminaError, ValueError):
+    """A run whose chunks are missing or fail their checksum (``lamina verify`` names them)."""
+
+
 class NonFiniteError(LaminaError, FloatingPointError):
     """NaN or inf appeared in captured activations (message names hook, layer and position)."""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .errors import HookError
 from .inputs import Selector
@@ -29,8 +29,10 @@ HookGroups = tuple[tuple[str, ...], ...]  # [layer entry][hook names concatenate
 class Capture:
     """One array to capture: ``name`` in the store, hooks per layer entry, positions kept.
 
-    ``prefix`` places the capture inside a larger array (e.g. the class axis of
-    ``acts/hidden``): written region = array[prefix + (layer, samples, ...)].
+    ``outer`` places the capture inside a larger array with leading axes of its own (e.g.
+    the class axis of ``acts/hidden``: ``outer=(("class", 2),)``) and ``prefix`` says where:
+    written region = array[prefix + (layer, samples, ...)]; several captures (one per
+    pass) fill one array. ``layer_labels`` label the layer axis (default 0..n-1).
     """
 
     name: str
@@ -38,7 +40,14 @@ class Capture:
     select: Selector
     layer_dim: str = "layer"
     feature_dim: str = "feature"
+    sample_dim: str = "sample"
     prefix: tuple[int, ...] = ()
+    outer: tuple[tuple[str, int], ...] = ()
+    layer_labels: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if len(self.prefix) != len(self.outer):
+            raise ValueError(f"capture {self.name!r}: prefix {self.prefix} does not match the outer axes {self.outer}")
 
     @property
     def hook_names(self) -> tuple[str, ...]:
@@ -109,3 +118,46 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int]:
     if bad:
         raise HookError(f"layer(s) {bad} do not exist: the model has {n_layers} blocks (0..{n_layers - 1})")
     return sorted(out)
+
+
+HookSpec = str | Sequence[str] | Callable[[str], bool]
+
+
+def normalize_hooks(hooks: HookSpec, available: Iterable[str], n_layers: int,
+                    layers: Sequence[int] | None = None) -> dict[str, HookGroups]:
+    """Hook names as TransformerLens filters take them, normalised once: {template: hooks per layer entry}.
+
+    ``hooks`` is a name (``"ln_final.hook_out"``), a ``{layer}`` template (``"blocks.{layer}.attn.hook_q"``,
+    expanded over ``layers``, default all), a list of those, or a predicate on names (as
+    ``names_filter`` in TransformerLens). Concrete per-block names are grouped under their template,
+    in block order; a name outside the blocks is its own single entry.
+
+    >>> avail = [f"blocks.{l}.attn.hook_{c}" for l in range(2) for c in "qk"] + ["ln_final.hook_out"]
+    >>> normalize_hooks("blocks.{layer}.attn.hook_q", avail, 2)
+    {'blocks.{layer}.attn.hook_q': (('blocks.0.attn.hook_q',), ('blocks.1.attn.hook_q',))}
+    >>> list(normalize_hooks(lambda n: n.endswith("hook_k") or n.startswith("ln_final"), avail, 2))
+    ['blocks.{layer}.attn.hook_k', 'ln_final.hook_out']
+    """
+    available = list(available)
+    layer_list = list(range(n_layers)) if layers is None else list(layers)
+    if callable(hooks):
+        names = [n for n in available if hooks(n)]
+        if not names:
+            raise HookError("the hook predicate matched no hook point of this model")
+    elif isinstance(hooks, str):
+        names = [hooks]
+    else:
+        names = list(hooks)
+        if not names:
+            raise HookError("no hooks were given: pass a hook name, a '{layer}' template, a list, or a predicate")
+    out: dict[str, list[tuple[int, str]]] = {}
+    for name in names:
+        if not isinstance(name, str):
+            raise HookError(f"hook names must be strings, got {name!r}")
+        if "{layer}" in name:
+            out.setdefault(name, []).extend((l, name.format(layer=l)) for l in layer_list)
+            continue
+        m = _LAYER_RE.match(name)
+        template = _LAYER_RE.sub("blocks.{layer}.", name) if m else name
+        out.setdefault(template, []).append((int(m.group(1)) if m else -1, name))
+    return {t: tuple((n,) for _, n in sorted(entries)) for t, entries in out.items()}

@@ -15,22 +15,21 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import partials
 from .capture import CaptureLayout, auto_micro_batch, capture_batches, is_oom, plan
-from .distributed import World, barrier
+from .distributed import World, barrier, broadcast_object
 from .hooks import Capture
 from .inputs import TokenBatch
 from .models import LoadedModel
+from .reducers import Reducer, Unit
 from .store import MiB, RunStore
-
-# consumer(unit, rows, {capture name: [layer, batch, (pos,) feature] device tensor})
-Consumer = Callable[[int, range, dict[str, torch.Tensor]], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,29 +70,32 @@ def capture_to_store(
     samples_per_chunk: int | None = None,
     world: World = World(),
     keep: bool = True,
-    consumer: Consumer | None = None,
+    reducers: Sequence[Reducer] = (),
+    unit_bytes: int | None = None,
     progress: bool = True,
 ) -> UnitPlan:
     """Capture ``captures`` for every sample of ``batch`` into ``store`` (resuming if it can).
 
-    With ``keep=False`` nothing is stored (a ``consumer`` reduces each unit on the device,
-    e.g. streaming correlations). Returns the unit plan (for consumers' bookkeeping).
+    With ``keep=False`` no activations are stored; ``reducers`` reduce each unit on the device
+    and their per-unit states are stored instead (fold them with :func:`partials.fold`).
+    ``unit_bytes`` caps one unit's captured activations when the micro-batch is automatic.
+    Returns the unit plan.
     """
     layouts = plan(model, captures)
     n = len(batch)
-    mb = micro_batch or auto_micro_batch(model, batch.max_len, n)
+    mb = micro_batch or _auto_micro_batch(model, layouts, batch, unit_bytes, world)
     spc = samples_per_chunk or chunk_samples(layouts, batch.max_len, n)
     units = UnitPlan(n, spc, mb)
+    widths = {lay.capture.name: (lay.n_entries, lay.n_features) for lay in layouts}
     if world.is_main:  # rank 0 creates every array; the others open them after the barrier
         if keep:
             for lay in layouts:
-                c = lay.capture
-                if c.prefix:  # the caller made the enclosing array (e.g. acts/hidden with a class axis)
-                    continue
-                shape = (lay.n_entries, n, *lay.sample_shape(batch.max_len))
-                chunks = (1, spc, *lay.sample_shape(batch.max_len))
-                store.array(c.name, shape=shape, chunks=chunks, dims=lay.dims,
-                            attrs={"hooks": [list(g) for g in c.hooks], "select": c.select.kind})
+                shape = lay.shape(n, batch.max_len)
+                chunks = (*(1 for _ in lay.capture.outer), 1, spc, *lay.sample_shape(batch.max_len))
+                store.array(lay.capture.name, shape=shape, chunks=chunks, dims=lay.dims,
+                            attrs={"hooks": [list(g) for g in lay.capture.hooks], "select": lay.capture.select.kind})
+        for r in reducers:
+            partials.create(store, r, r.state_specs(widths), units.n_units)
         store.progress_array(phase, units.n_units, {"n_samples": n, "samples_per_chunk": spc,
                                                      "unit_samples": units.unit_samples})
     barrier(world)
@@ -102,23 +104,38 @@ def capture_to_store(
     todo = [u for u in range(units.n_units) if world.owns(u) and not (u < len(done) and done[u])]
     bar = tqdm(total=sum(len(units.rows(u)) for u in todo), desc=f"{phase} ({model.n_layers} layers)",
                unit="sample", disable=not (progress and world.is_main), leave=False)
+    lengths = batch.lengths.to(model.device)
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lamina-writer") as writer:
         for u in todo:
             rows = units.rows(u)
             tensors = _run_unit(model, batch, layouts, rows, units)
-            if consumer is not None:
-                consumer(u, rows, tensors)
+            unit = Unit(u, rows, tensors, lengths[rows.start:rows.stop])
+            states = [(r, r.reduce(unit)) for r in reducers]
             while len(pending) >= 2:  # bound memory: at most two units in flight
                 pending.popleft().result()
             # the device-to-host copy happens in the writer thread too, overlapping the next unit's forward
-            pending.append(writer.submit(_write_unit, store, arrays, layouts, tensors if keep else {}, rows, phase, u))
+            pending.append(writer.submit(_write_unit, store, arrays, layouts, tensors if keep else {}, states, rows,
+                                         phase, u))
             bar.update(len(rows))
         for f in pending:
             f.result()
     bar.close()
     barrier(world)  # every rank's chunks are written before anyone reads or finalises
     return units
+
+
+def _auto_micro_batch(model: LoadedModel, layouts, batch: TokenBatch, unit_bytes: int | None, world: World) -> int:
+    """What fits the device, and with ``unit_bytes`` also that cap per unit, spread into equal units;
+    rank 0's choice for every rank (free memory differs between GPUs)."""
+    n = len(batch)
+    mb = auto_micro_batch(model, batch.max_len, n)
+    if unit_bytes is not None:
+        per_sample = sum(4 * lay.n_entries * int(np.prod(lay.sample_shape(batch.max_len))) for lay in layouts)
+        budget = torch.cuda.mem_get_info(model.device)[0] // 8 if model.device.type == "cuda" else unit_bytes
+        mb = max(1, min(mb, budget // max(per_sample, 1)))
+        mb = math.ceil(n / math.ceil(n / mb))  # equal units rather than one short straggler
+    return int(broadcast_object(world, mb))
 
 
 def _run_unit(model, batch, layouts, rows: range, units: UnitPlan) -> dict[str, torch.Tensor]:
@@ -140,7 +157,9 @@ def _run_unit(model, batch, layouts, rows: range, units: UnitPlan) -> dict[str, 
             tqdm.write(f"lamina: CUDA out of memory, micro-batch reduced to {mb}")
 
 
-def _write_unit(store: RunStore, arrays, layouts, tensors: dict[str, torch.Tensor], rows: range, phase: str, u: int):
+def _write_unit(store: RunStore, arrays, layouts, tensors: dict[str, torch.Tensor], states, rows: range, phase: str,
+                u: int):
+    """A unit's chunks and reducer states, then its done flag (in that order: a flag never lies)."""
     host = {k: v.cpu().numpy() for k, v in tensors.items()}
     for lay in layouts:
         name = lay.capture.name
@@ -148,4 +167,6 @@ def _write_unit(store: RunStore, arrays, layouts, tensors: dict[str, torch.Tenso
             continue
         region = (*lay.capture.prefix, slice(None), slice(rows.start, rows.stop))
         store.write(arrays[name], region, host[name])
+    for reducer, state in states:
+        partials.write(store, reducer, u, state)
     store.mark_done(phase, [u])

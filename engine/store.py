@@ -1,18 +1,20 @@
-"""The run store: one Zarr v3 group per run, written chunk by chunk, resumable, read back by name.
+"""The writer side of a run: one Zarr v3 group, written chunk by chunk, resumable, replaced atomically.
 
 Layout (see README "Store schema"):
   zarr.json           group attrs: provenance, ``status`` ("running" -> "complete" after the last write)
-  inputs/...          token ids and lengths of the stimuli
+  inputs/...          what the model was fed
   acts/...            captured activations, [layer, sample, (pos,) feature]
-  results/...         computed statistics
+  results/...         computed statistics, with coordinate variables per labelled dimension
   _progress/{phase}   one bool per work unit, set only after that unit's chunks are written
+  _partials/...       per-unit states of streaming reducers
 
-Every array has ``dimension_names``, so ``xarray.open_zarr(path, group="results")``
-works, as does plain ``zarr.open_group(path)``.
+Every chunk carries a crc32c checksum (zarr's own codec), and every chunk is written
+even when it equals the fill value, so a missing or damaged chunk is always detectable
+(:mod:`lamina.engine.verify`). With ``overwrite`` the new run is built beside the old
+one and swapped in by :meth:`RunStore.publish` only when complete
+(:mod:`lamina.engine.destination`).
 
->>> run = open_run("runs/qkv")                     # doctest: +SKIP
->>> run.status, run["results/cosine_hist"].shape   # doctest: +SKIP
-('complete', (2, 12, 6, 100))
+>>> store = RunStore.open(check_destination("runs/x"), experiment="capture", key="{}", provenance={})  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,28 +23,23 @@ import datetime as _dt
 import errno
 import json
 import os
-import shutil
 import socket
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 
-from .errors import RunNotFoundError, StoreExistsError, StoreLockedError, StoreMismatchError, StoreNotWritableError
+from . import destination as dst
+from .destination import Destination
+from .errors import StoreLockedError, StoreNotWritableError
+from .labelled import Coord, Labelled
 
 MiB = 1 << 20
-_LOCK_NAME = ".lamina.lock"
-
-
-def is_local(url: str | os.PathLike) -> bool:
-    s = str(url)
-    return "://" not in s or s.startswith("file://")
-
-
-def _local_path(url: str | os.PathLike) -> Path:
-    return Path(str(url).removeprefix("file://")).expanduser()
+_WRITE_EMPTY = {"write_empty_chunks": True}  # a chunk equal to the fill value is still a chunk: never "missing"
 
 
 def check_writable(url: str | os.PathLike) -> None:
@@ -50,11 +47,11 @@ def check_writable(url: str | os.PathLike) -> None:
 
     Probes by creating a temporary file in the nearest existing folder (``os.access`` is
     not enough: it says yes to root on read-only mounts)."""
-    if not is_local(url):
+    if not dst.is_local(url):
         return
     import tempfile
 
-    path = _local_path(url)
+    path = dst.local_path(url)
     probe = path if path.is_dir() else next((p for p in path.parents if p.exists()), Path("."))
     try:
         if not probe.is_dir():
@@ -69,80 +66,76 @@ def check_writable(url: str | os.PathLike) -> None:
 
 
 class RunStore:
-    """Writer side of one run. Use :meth:`open` (create, or resume an incomplete run)."""
+    """Writer side of one run. Use :meth:`open` (rank 0) or :meth:`attach` (other ranks)."""
 
-    def __init__(self, url: str, group: zarr.Group, *, resumed: bool, lock=None, rank: int = 0):
-        self.url = url
+    def __init__(self, url: str, write_url: str, group: zarr.Group, *, resumed: bool, locks=(), rank: int = 0):
+        self.url = url  # where the run will be
+        self.write_url = write_url  # where it is being written: url, or the hidden sibling for --overwrite
         self.group = group
         self.resumed = resumed
-        self._lock = lock
+        self._locks = list(locks)
         self.rank = rank
+
+    @property
+    def staged(self) -> bool:
+        return self.write_url != self.url
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
     def open(
         cls,
-        url: str | os.PathLike,
+        dest: Destination | str | os.PathLike,
         *,
         experiment: str,
-        key: Mapping[str, Any],
+        key: str | Mapping[str, Any],
         provenance: Mapping[str, Any],
         overwrite: bool = False,
-        rank: int = 0,
     ) -> RunStore:
-        """Create the run at ``url`` or resume it.
+        """Create the run, resume it, or start its replacement beside it (rank 0 only).
 
-        - nothing there: create, status "running";
-        - a complete run: refused (StoreExistsError) unless ``overwrite``;
-        - an incomplete run made by the same command (same ``key``): resumed;
-        - an incomplete run of another command: refused (StoreMismatchError) unless ``overwrite``;
-        - a run locked by a live writer: refused (StoreLockedError), whatever ``overwrite`` says.
-        Only rank 0 creates, locks and decides; other ranks open what rank 0 made.
+        ``dest`` comes from :func:`check_destination` (already refused: files, foreign folders and
+        groups, a complete run without ``overwrite``). Here, under the lock:
+        - nothing there: create at the URL;
+        - an incomplete run with the same ``key``: resume it in place;
+        - a complete run, or (with ``overwrite``) an incomplete one of another command: build the
+          new run in ``.NAME.lamina-new`` beside it (resuming that when it holds the same command)
+          and swap it in at :meth:`publish`; until then the old run is untouched.
+        - a run locked by a live writer: StoreLockedError, whatever ``overwrite`` says.
+        ``dest`` may be a URL (checked here); ``key`` a mapping (as JSON) or its JSON.
         """
-        url = str(url)
-        key_json = json.dumps(dict(key), sort_keys=True, default=str)
-        if rank != 0:
-            return cls(url, zarr.open_group(url, mode="r+"), resumed=True, rank=rank)
+        if not isinstance(dest, Destination):
+            dest = dst.check_destination(dest, overwrite=overwrite, allow_memory=True)
+        if not isinstance(key, str):
+            key = json.dumps(dict(key), sort_keys=True, default=str)
+        provenance = {"lamina_version": _lamina_version(), **provenance}
+        url = dest.url
         check_writable(url)
-        lock = _acquire_lock(url)
+        locks = [_acquire_lock(url)]
         try:
-            existing = _read_attrs(url)
-            resumed = False
-            if existing is not None:
-                same = existing.get("key") == key_json
-                if existing.get("status") == "complete" and not overwrite:
-                    raise StoreExistsError(
-                        f"{url!r} already holds a complete {existing.get('experiment', '')} run "
-                        f"(created {existing.get('created', '?')}); pass --overwrite to replace it or choose another --out"
-                    )
-                if existing.get("status") != "complete" and not same and not overwrite:
-                    raise StoreMismatchError(
-                        f"{url!r} holds an incomplete run of a different command "
-                        f"({existing.get('experiment', '?')}, model {existing.get('model', {}).get('model', '?')}); "
-                        "it cannot be resumed with these options. Pass --overwrite to start afresh or choose another --out"
-                    )
-                resumed = existing.get("status") != "complete" and same and not overwrite
-                if not resumed:
-                    _clear(url)
-            if resumed:
-                group = zarr.open_group(url, mode="r+")
-                group.attrs.update({"status": "running", "resumed": _now()})
+            dest = dst.check_destination(url, overwrite=overwrite, allow_memory=True)  # again, under the lock
+            dst.check_resumable(dest, key, overwrite=overwrite)
+            attrs = dest.attrs or {}
+            same = dest.state == "run" and attrs.get("key") == key
+            if dest.state == "run" and not (same and not dest.complete):
+                write_url = dst.sibling(url, "new")
+                locks.append(_acquire_lock(write_url))
+                staged = dst.read_attrs(write_url)
+                resumed = dst.is_run(staged) and staged.get("key") == key
+                if not resumed:  # an abandoned replacement of another command: ours to clear
+                    dst.remove_run(write_url, keep_lock=True)
             else:
-                group = zarr.open_group(url, mode="a", zarr_format=3)
-                group.attrs.update(
-                    {
-                        "experiment": experiment,
-                        "status": "running",
-                        "created": _now(),
-                        "key": key_json,
-                        **provenance,
-                    }
-                )
-            group.attrs["writer"] = {"host": socket.gethostname(), "pid": os.getpid()}
-            return cls(url, group, resumed=resumed, lock=lock)
+                write_url, resumed = url, same
+            group = _open_group(write_url, resumed, experiment, key, provenance)
+            return cls(url, write_url, group, resumed=resumed, locks=locks)
         except BaseException:
-            _release(lock)
+            for lock in locks:
+                _release(lock)
             raise
+
+    @classmethod
+    def attach(cls, url: str, write_url: str, rank: int) -> RunStore:
+        """What rank > 0 writes through: the group rank 0 opened (no lock, no metadata writes)."""
+        return cls(url, write_url, zarr.open_group(write_url, mode="r+"), resumed=True, rank=rank)
 
     # ---- arrays --------------------------------------------------------------------------
     def array(
@@ -152,41 +145,79 @@ class RunStore:
         shape: Sequence[int],
         dims: Sequence[str],
         chunks: Sequence[int] | None = None,
-        dtype: str | np.dtype = "float32",
+        dtype: str | np.dtype | type = "float32",
         attrs: Mapping[str, Any] | None = None,
         fill_value: Any = 0,
     ) -> zarr.Array:
-        """Create ``name`` (or reopen it on resume / on other ranks when the shape matches)."""
+        """Create ``name``, or reopen it when it exists with this shape, dtype and chunks (resume,
+        a later phase of the same run, other ranks). Only rank 0 creates."""
         if len(dims) != len(shape):
             raise ValueError(f"array {name!r}: {len(dims)} dimension names {tuple(dims)} for shape {tuple(shape)}")
-        if name in self.group and (self.resumed or self.rank != 0):
+        shape = tuple(int(s) for s in shape)
+        chunks = tuple(int(c) for c in (chunks or shape))
+        if name in self.group:
             arr = self.group[name]
-            if tuple(arr.shape) == tuple(shape):
+            if isinstance(arr, zarr.Array) and arr.shape == shape and tuple(arr.chunks) == chunks and (
+                    dtype is str or arr.dtype == np.dtype(dtype)):
                 return arr
         if self.rank != 0:
             return self.group[name]
         arr = self.group.create_array(
-            name,
-            shape=tuple(int(s) for s in shape),
-            chunks=tuple(int(c) for c in (chunks or shape)),
-            dtype=dtype,
-            dimension_names=tuple(dims),
-            fill_value=fill_value,
-            compressors=None,  # dense float activations barely compress; raw writes keep up with the GPU
-            overwrite=True,
+            name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=tuple(dims), fill_value=fill_value,
+            compressors=[Crc32cCodec()],  # dense floats barely compress; the checksum catches damage
+            overwrite=True, config=_WRITE_EMPTY,
         )
         if attrs:
-            arr.attrs.update(dict(attrs))
+            arr.attrs.update(_jsonable(dict(attrs)))
         return arr
 
     def put(self, name: str, data: np.ndarray, *, dims: Sequence[str], attrs: Mapping[str, Any] | None = None) -> None:
-        """Write a whole (small) array in one go: results, labels, edges (rank 0 only)."""
+        """Write a whole (small) array in one go: inputs, results (rank 0 only)."""
         if self.rank != 0:
             return
         data = np.asarray(data)
+        if data.dtype.kind in "UO":  # labels: variable-length UTF-8 strings
+            arr = self.array(name, shape=data.shape, dims=dims, dtype=str, attrs=attrs, fill_value="")
+            self.write(arr, (), data.astype(str))
+            return
         arr = self.array(name, shape=data.shape, dims=dims, chunks=auto_chunks(data.shape, data.dtype.itemsize),
                          dtype=data.dtype, attrs=attrs, fill_value=_fill(data.dtype))
         self.write(arr, (), data)
+
+    def put_labelled(self, name: str, value: Labelled) -> None:
+        """``name`` with its dims and attributes, and a coordinate variable per labelled dim beside it.
+
+        A coordinate that already exists in the group must hold the same labels: two arrays of one
+        group that disagree on a dimension would make the group unreadable as one xarray Dataset.
+        """
+        if self.rank != 0:
+            return
+        group = name.rsplit("/", 1)[0] + "/" if "/" in name else ""
+        for dim, coord in value.coord_items():
+            self.put_coord(f"{group}{dim}", dim, coord)
+        attrs = dict(value.attrs)
+        self.put(name, value.numpy(), dims=value.dims, attrs=attrs)
+
+    def put_coord(self, path: str, dim: str, coord: Coord) -> None:
+        """The coordinate variable ``path`` of ``dim`` (and ``{path}_bounds`` for bins), once per group."""
+        if self.rank != 0:
+            return
+        values = np.asarray(coord.values)
+        if path in self.group:
+            have = np.asarray(self.group[path][...])
+            same = have.shape == values.shape and (
+                [str(v) for v in have.tolist()] == [str(v) for v in values.tolist()] if values.dtype.kind in "UO"
+                else np.array_equal(have, values, equal_nan=True))
+            if not same:
+                raise ValueError(f"coordinate {path!r} is already written with other labels ({have[:4]} vs "
+                                 f"{values[:4]}): use another dimension name")
+            return
+        attrs = dict(coord.attrs)
+        if coord.bounds is not None:
+            attrs["bounds"] = f"{dim}_bounds"
+        self.put(path, values, dims=(dim,), attrs=attrs)
+        if coord.bounds is not None:
+            self.put(f"{path}_bounds", np.asarray(coord.bounds), dims=(dim, "nv"))
 
     def write(self, arr: zarr.Array, region: tuple, data: np.ndarray) -> None:
         try:
@@ -194,9 +225,9 @@ class RunStore:
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
                 raise StoreNotWritableError(
-                    f"writing {arr.path!r} to {self.url!r} failed: {os.strerror(e.errno)}. The run is left "
+                    f"writing {arr.path!r} to {self.write_url!r} failed: {os.strerror(e.errno)}. The run is left "
                     "incomplete and consistent; free space / fix permissions and run the same command again to resume"
-                ) from e
+                ) from None
             raise
 
     # ---- progress ------------------------------------------------------------------------
@@ -223,94 +254,33 @@ class RunStore:
 
     # ---- finishing -----------------------------------------------------------------------
     def finalise(self, **attrs: Any) -> None:
-        """Record ``attrs`` and set status "complete" (only after every write)."""
+        """Record ``attrs``, set status "complete" (only after every write) and consolidate the
+        metadata (xarray opens the run whole without listing it)."""
         if self.rank != 0:
             return
-        self.group.attrs.update({**attrs, "status": "complete", "completed": _now()})
-        self.close()
+        self.group.attrs.update(_jsonable({**attrs, "status": "complete", "completed": _now()}))
+        consolidate(self.write_url)
+
+    def publish(self) -> str:
+        """Move a staged run into place (the old run is deleted only now). Returns the run's URL."""
+        if self.rank == 0 and self.staged:
+            dst.swap_in(self.url, self.write_url)
+            self.write_url = self.url
+        return self.url
 
     def close(self) -> None:
-        _release(self._lock)
-        self._lock = None
-
-
-# ---- reader ------------------------------------------------------------------------------
-
-
-class Run:
-    """Read side: named arrays and provenance of a run (complete or not).
-
-    >>> run = open_run("runs/rsa")          # doctest: +SKIP
-    >>> run.numpy("results/selectivity")    # (component, layer)  # doctest: +SKIP
-    """
-
-    def __init__(self, url: str):
-        self.url = str(url)
-        if _read_attrs(self.url) is None:
-            raise RunNotFoundError(f"{self.url!r} is not a lamina run (no Zarr group there); give the --out of a run")
-        self.group = zarr.open_group(self.url, mode="r")
-
-    @property
-    def attrs(self) -> dict:
-        return dict(self.group.attrs)
-
-    @property
-    def status(self) -> str:
-        return str(self.attrs.get("status", "unknown"))
-
-    @property
-    def complete(self) -> bool:
-        return self.status == "complete"
-
-    def arrays(self) -> list[str]:
-        """All array paths, e.g. ['acts/target', 'results/cosine_hist', ...] (progress hidden)."""
-        import warnings
-
-        out = []
-        with warnings.catch_warnings():  # our lock file is not a Zarr node; zarr says so
-            warnings.simplefilter("ignore")
-            members = list(self.group.members(max_depth=None))
-        for path, node in members:
-            if isinstance(node, zarr.Array) and not path.startswith("_"):
-                out.append(path)
-        return sorted(out)
-
-    def __getitem__(self, name: str) -> zarr.Array:
-        return self.group[name]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.group
-
-    def numpy(self, name: str) -> np.ndarray:
-        return np.asarray(self.group[name][...])
-
-    def dims(self, name: str) -> tuple[str, ...]:
-        return tuple(self.group[name].metadata.dimension_names or ())
-
-    def progress(self) -> dict[str, tuple[int, int]]:
-        """{phase: (units done, units total)}, e.g. to see how far an interrupted run got."""
-        if "_progress" not in self.group:
-            return {}
-        out = {}
-        for name, arr in self.group["_progress"].arrays():
-            done = np.asarray(arr[...])
-            out[name] = (int(done.sum()), int(done.size))
-        return out
-
-    def dataset(self, group: str = "results"):
-        """The arrays of one subgroup as a lazy, dask-backed ``xarray.Dataset`` (needs the xarray extra)."""
-        try:
-            import xarray as xr
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("Run.dataset needs xarray and dask: pip install 'lamina[xarray]'") from e
-        return xr.open_zarr(self.url, group=group, consolidated=False, zarr_format=3)
-
-
-def open_run(url: str | os.PathLike) -> Run:
-    return Run(str(url))
+        for lock in self._locks:
+            _release(lock)
+        self._locks = []
 
 
 # ---- helpers -----------------------------------------------------------------------------
+
+
+def consolidate(url: str) -> None:
+    with warnings.catch_warnings():  # zarr notes that consolidated metadata is not in the v3 spec yet
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(url, zarr_format=3)
 
 
 def auto_chunks(shape: Sequence[int], itemsize: int, *, target: int = 4 * MiB) -> tuple[int, ...]:
@@ -324,6 +294,25 @@ def auto_chunks(shape: Sequence[int], itemsize: int, *, target: int = 4 * MiB) -
         rest = size // max(chunks[axis], 1)
         chunks[axis] = max(1, target // max(rest, 1))
     return tuple(max(1, c) for c in chunks)
+
+
+def _open_group(url: str, resumed: bool, experiment: str, key: str, provenance: Mapping[str, Any]) -> zarr.Group:
+    if resumed:
+        group = zarr.open_group(url, mode="r+")
+        if group.attrs.get("status") != "complete":  # a complete staged run only lacks figures and the swap
+            group.attrs.update({"status": "running", "resumed": _now()})
+    else:
+        group = zarr.open_group(url, mode="a", zarr_format=3)
+        group.attrs.update(_jsonable({"experiment": experiment, "status": "running", "created": _now(), "key": key,
+                                      **provenance}))
+    group.attrs["writer"] = {"host": socket.gethostname(), "pid": os.getpid()}
+    return group
+
+
+def _lamina_version() -> str:
+    from .provenance import versions
+
+    return str(versions().get("lamina"))
 
 
 def _fill(dtype: np.dtype):
@@ -341,52 +330,47 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _read_attrs(url: str) -> dict | None:
-    if is_local(url):
-        meta = _local_path(url) / "zarr.json"
-        if not meta.exists():
-            return None
-        return json.loads(meta.read_text()).get("attributes", {})
-    try:
-        return dict(zarr.open_group(url, mode="r").attrs)
-    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):  # type: ignore[attr-defined]
+def _jsonable(obj):
+    """Attributes as JSON can hold them: NumPy scalars and tensors to Python, non-finite floats to None."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if hasattr(obj, "tolist") and hasattr(obj, "detach"):  # a torch tensor
+        return _jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, float) and not np.isfinite(obj):
         return None
-
-
-def _clear(url: str) -> None:
-    """Delete an old run's contents (keeping our lock file) before writing a new one."""
-    if is_local(url):
-        path = _local_path(url)
-        for child in path.iterdir():
-            if child.name == _LOCK_NAME:
-                continue
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-    else:
-        zarr.open_group(url, mode="w", zarr_format=3)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
 
 
 def _acquire_lock(url: str):
-    if not is_local(url):
+    if not dst.is_local(url):
         return None  # object stores have no flock; one writer per URL is the user's contract
     from filelock import FileLock, Timeout
 
-    path = _local_path(url)
+    path = dst.local_path(url)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise StoreNotWritableError(f"cannot create the run folder {str(path)!r}: {e.strerror}") from e
-    lock = FileLock(str(path / _LOCK_NAME), timeout=0)
+        raise StoreNotWritableError(f"cannot create the run folder {str(path)!r}: {e.strerror}") from None
+    lock = FileLock(str(path / dst.LOCK_NAME), timeout=0)
     try:
         lock.acquire()
     except Timeout:
-        attrs = _read_attrs(url) or {}
+        attrs = dst.read_attrs(url) or {}
         who = attrs.get("writer", {})
         raise StoreLockedError(
             f"{str(path)!r} is being written by another live process (host {who.get('host', '?')}, pid "
             f"{who.get('pid', '?')}); wait for it to finish or stop it, then run again to resume"
         ) from None
     except OSError as e:
-        raise StoreNotWritableError(f"cannot lock {str(path)!r}: {e.strerror}") from e
+        raise StoreNotWritableError(f"cannot lock {str(path)!r}: {e.strerror}") from None
     return lock
 
 

@@ -16,13 +16,17 @@ import numpy as np
 import pytest
 import torch
 
-from lamina.analyses import cli, common, length
-from lamina.analyses.common import RunOptions
+from lamina.analyses import cli, length, runner
+from lamina.analyses.options import RunOptions
+from lamina.analyses.textfiles import stimulus_path
 from lamina.engine.errors import InputError, OfflineError
 from lamina.engine.inputs import TokenBatch
-from lamina.engine.store import open_run
+from lamina.engine.kernels.correlation import StreamingPearson
+from lamina.engine.reducers import GroupHistogram, TokenPearson, Unit
+from lamina.engine.reader import open_run
 from lamina.engine.tokenizer import gpt2_tokenizer
 
+from .helpers import run_analysis, spec_of
 from .reference_hf import hf_reference
 
 N_SEQ, SEQ_LEN, BLOCK = 6, 32, 2
@@ -148,7 +152,7 @@ def cli_run(ckpt, corpus, tmp_path_factory):
 def stream_run(ckpt, corpus, tmp_path_factory):
     """Six work units of one sequence each, no activations stored."""
     out = tmp_path_factory.mktemp("runs") / "stream"
-    return open_run(length.run(_opts(ckpt, out, micro_batch=1), _cfg(corpus, unit_tokens=SEQ_LEN, store_acts=False)))
+    return run_analysis("length", _cfg(corpus, unit_tokens=SEQ_LEN, store_acts=False), _opts(ckpt, out, micro_batch=1))
 
 
 # ---- results against the reference -----------------------------------------------------------
@@ -180,7 +184,7 @@ def test_every_result_matches_numpy_reference(cli_run, reference):
     for name, stored_r, ref_hist in (("results/corr_hist", corr, ref["corr_hist"]),
                                      ("results/partial_corr_hist", partial, ref["partial_hist"])):
         hist = run.numpy(name)
-        assert run.dims(name) == ("layer", "bin") and hist.shape == (corr.shape[0], 80)
+        assert run.dims(name) == ("layer", "corr_bin") and hist.shape == (corr.shape[0], 80)
         exact = np.stack([np.histogram(r[np.isfinite(r)], bins=80, range=(-0.8, 0.8), density=True)[0]
                           for r in stored_r])
         np.testing.assert_array_equal(hist, exact)
@@ -190,12 +194,12 @@ def test_every_result_matches_numpy_reference(cli_run, reference):
     # median split: exactly NumPy on the stored activations; within a few bin flips of the HF ones
     split_attrs = dict(run["results/median_split_hist"].attrs)
     assert split_attrs["median"] == ref["median"] and split_attrs["block"] == BLOCK
-    assert split_attrs["splits"] == ["below", "above", "equal"]
+    assert run.labels("results/median_split_hist", "split") == ["below", "above", "equal"]
     np.testing.assert_array_equal(run.numpy("results/median_split_bin_edges"), ref["split_edges"])
     mine = np_median_split(acts[BLOCK], ref["length"].reshape(N_SEQ, SEQ_LEN))
     np.testing.assert_array_equal(run.numpy("results/median_split_counts"), mine["split_counts"])
     np.testing.assert_array_equal(run.numpy("results/median_split_hist"), mine["split_hist"])
-    assert run.dims("results/median_split_hist") == ("split", "bin")
+    assert run.dims("results/median_split_hist") == ("split", "split_bin")
     counts = run.numpy("results/median_split_counts")
     assert np.abs(counts - ref["split_counts"]).sum() <= 8
     np.testing.assert_allclose(run.numpy("results/median_split_hist"), ref["split_hist"],
@@ -206,7 +210,7 @@ def test_every_result_matches_numpy_reference(cli_run, reference):
     lengths, logf = ref["length"], np.log(ref["freq"])
     assert summary["r_length_logfreq"] == pytest.approx(np.corrcoef(lengths, logf)[0, 1], abs=1e-4)
     assert summary["median_token_length"] == ref["median"] and summary["n_tokens"] == N_SEQ * SEQ_LEN
-    assert summary["work_units"] == 1 and summary["acts_stored"] is True
+    assert run.progress()["capture"] == (1, 1) and summary["acts_stored"] is True
 
 
 def test_figures_written(cli_run):
@@ -219,8 +223,8 @@ def test_figures_written(cli_run):
 
 
 def test_streaming_units_and_store_acts_give_the_same_results(cli_run, stream_run):
-    assert stream_run.attrs["summary"]["work_units"] == N_SEQ and "acts/mlp_pre" not in stream_run
-    assert stream_run["_partials/neuron_stats"].shape[0] == N_SEQ  # one partial state per unit
+    assert stream_run.progress()["capture"] == (N_SEQ, N_SEQ) and "acts/mlp_pre" not in stream_run
+    assert stream_run["_partials/pearson/mean_act"].shape[0] == N_SEQ  # one partial state per unit
     for name in RESULTS:
         a, b = cli_run.numpy(name), stream_run.numpy(name)
         if name == "results/median_split_counts":
@@ -237,23 +241,23 @@ def test_streaming_units_and_store_acts_give_the_same_results(cli_run, stream_ru
 def test_resume_after_interruption_is_bitwise_identical(ckpt, corpus, stream_run, tmp_path, monkeypatch):
     out = tmp_path / "resumed"
     opts, cfg = _opts(ckpt, out, micro_batch=1), _cfg(corpus, unit_tokens=SEQ_LEN, store_acts=False)
-    real, calls = length.unit_partials, []
+    real, calls = TokenPearson.reduce, []
 
-    def dies_at_unit_3(*args, **kwargs):
+    def dies_at_unit_3(self, unit):
         if len(calls) == 3:
             raise KeyboardInterrupt("simulated kill")
         calls.append(1)
-        return real(*args, **kwargs)
+        return real(self, unit)
 
-    monkeypatch.setattr(length, "unit_partials", dies_at_unit_3)
+    monkeypatch.setattr(TokenPearson, "reduce", dies_at_unit_3)
     with pytest.raises(KeyboardInterrupt):
-        length.run(opts, cfg)
+        run_analysis("length", cfg, opts)
     run = open_run(out)
     assert not run.complete and run.progress()["capture"] == (3, N_SEQ)
 
     calls.clear()
-    monkeypatch.setattr(length, "unit_partials", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-    resumed = open_run(length.run(opts, cfg))
+    monkeypatch.setattr(TokenPearson, "reduce", lambda self, unit: (calls.append(1), real(self, unit))[1])
+    resumed = run_analysis("length", cfg, opts)
     assert len(calls) == N_SEQ - 3, "only the units not done are recomputed"
     for name in RESULTS:
         np.testing.assert_array_equal(resumed.numpy(name), stream_run.numpy(name), err_msg=name)
@@ -262,20 +266,27 @@ def test_resume_after_interruption_is_bitwise_identical(ckpt, corpus, stream_run
 # ---- pure pieces -----------------------------------------------------------------------------
 
 
-def test_partials_merge_like_one_pass():
+def test_reducers_merge_like_one_pass():
+    """Per-sample units folded in order give the statistics of one pass, and those equal NumPy."""
     g = torch.Generator().manual_seed(0)
     acts = torch.randn(3, 4, 16, 7, generator=g) * 3  # [layer, sample, pos, neuron]
     acts[1, :, :, 2] = 0.5  # a constant neuron
     lengths = torch.randint(1, 8, (4, 16), generator=g)
     logf = torch.rand(4, 16, generator=g, dtype=torch.float64)
     med = float(lengths.double().median())
-    whole = length.compute(length.unit_partials(acts, lengths, logf, median=med, block=2))
-    parts = [length.unit_partials(acts[:, s:s + 1], lengths[s:s + 1], logf[s:s + 1], median=med, block=2)
-             for s in range(4)]
-    merged = parts[0]
-    for p in parts[1:]:
-        merged = merged.merge(length.Partials.unpack(*p.pack()))
-    split = length.compute(merged)
+    groups = torch.where(lengths < med, 0, torch.where(lengths > med, 1, 2))
+    reducers = (TokenPearson("a", lengths, logf), GroupHistogram("a", 2, groups, 3, 50, -8.0, 5.0))
+    full = torch.full((4,), 16)
+
+    def fold(units):
+        states = [[r.reduce(Unit(i, rows, {"a": acts[:, rows.start:rows.stop]}, full[rows.start:rows.stop]))
+                   for r in reducers] for i, rows in enumerate(units)]
+        merged = states[0]
+        for st in states[1:]:
+            merged = [r.merge(a, b) for r, a, b in zip(reducers, merged, st)]
+        return length.correlations(StreamingPearson.from_state_dict(merged[0]), merged[1]["counts"])
+
+    whole, split = fold([range(0, 4)]), fold([range(s, s + 1) for s in range(4)])
     for k in ("corr", "partial_corr"):
         torch.testing.assert_close(split[k], whole[k], equal_nan=True)
     assert torch.equal(split["median_split_counts"], whole["median_split_counts"])
@@ -296,17 +307,17 @@ def no_model(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the input was validated")
 
-    monkeypatch.setattr(common, "load_model", refuse)
+    monkeypatch.setattr(runner, "load_model", refuse)
 
 
 def test_shipped_defaults_validate():
-    prep = length.prepare(RunOptions(model=length.DEFAULT_MODEL, weights="random"), length.Config())
+    prep = spec_of("length", opts=RunOptions(weights="random")).state
     assert tuple(prep.batch.tokens.shape) == (16, 512) and length.Config().keep_acts
     tok = gpt2_tokenizer()
     ids = prep.batch.tokens.reshape(-1)[:50].tolist()
     assert prep.token_length.reshape(-1)[:50].tolist() == [len(tok.decode([i])) for i in ids]
     assert prep.median == float(np.median(prep.token_length))
-    text = common.stimulus_path("corpus.txt").read_text(encoding="utf-8")
+    text = stimulus_path("corpus.txt").read_text(encoding="utf-8")
     assert prep.batch.tokens.reshape(-1).tolist() == tok(text, add_special_tokens=False)["input_ids"][:8192]
     assert not length.Config(n_seq=1024, seq_len=512, store_acts=None).keep_acts
 
@@ -316,9 +327,9 @@ def test_corpus_too_short_says_found_and_needed(ckpt, tmp_path, no_model):
     short.write_text("Only a few words here.", encoding="utf-8")
     n_found = len(gpt2_tokenizer()("Only a few words here.", add_special_tokens=False)["input_ids"])
     with pytest.raises(InputError, match=rf"has {n_found} tokens, but {N_SEQ * SEQ_LEN} are needed"):
-        length.run(_opts(ckpt, tmp_path / "out"), _cfg(short))
+        run_analysis("length", _cfg(short), _opts(ckpt, tmp_path / "out"))
     with pytest.raises(InputError, match=r"has \d+ tokens, but 102400 are needed"):  # the shipped corpus
-        length.prepare(RunOptions(model=length.DEFAULT_MODEL, weights="random"), length.Config(n_seq=200))
+        spec_of("length", length.Config(n_seq=200), RunOptions(weights="random"))
     assert not (tmp_path / "out").exists()
 
 
@@ -330,19 +341,19 @@ def test_seq_len_longer_than_context(ckpt, corpus, tmp_path, no_model, capsys):
     err = capsys.readouterr().err
     assert "--seq-len 256 is longer than the context" in err and "(128 tokens)" in err
     with pytest.raises(InputError, match=r"--seq-len 4096 .* \(2048 tokens\)"):
-        length.prepare(RunOptions(model=length.DEFAULT_MODEL, weights="random"), length.Config(seq_len=4096))
+        spec_of("length", length.Config(seq_len=4096), RunOptions(weights="random"))
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_text_file(ckpt, tmp_path, no_model):
     with pytest.raises(InputError, match=r"text file .*nope\.txt' does not exist"):
-        length.run(_opts(ckpt, tmp_path / "out"), _cfg(tmp_path / "nope.txt"))
+        run_analysis("length", _cfg(tmp_path / "nope.txt"), _opts(ckpt, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
 def test_block_out_of_range_and_bad_options(ckpt, corpus, tmp_path, no_model):
     with pytest.raises(InputError, match=r"--block 4 does not exist: .* has 4 blocks \(0\.\.3\)"):
-        length.run(_opts(ckpt, tmp_path / "out"), length.Config(text=str(corpus), n_seq=2, seq_len=8))
+        run_analysis("length", length.Config(text=str(corpus), n_seq=2, seq_len=8), _opts(ckpt, tmp_path / "out"))
     with pytest.raises(InputError, match="not both"):
         length.Config(text="a.txt", dataset="wikitext")
     with pytest.raises(InputError, match="--seq-len must be a positive integer"):
@@ -368,16 +379,16 @@ def test_dataset_offline(ckpt, tmp_path, no_model, monkeypatch):
 
         monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     with pytest.raises(OfflineError, match=r"--dataset 'someone/web-text:train' .*HF_HUB_OFFLINE.*--text FILE"):
-        length.run(_opts(ckpt, tmp_path / "out"), length.Config(dataset="someone/web-text:train", n_seq=2,
-                                                                 seq_len=8, block=1))
+        run_analysis("length", length.Config(dataset="someone/web-text:train", n_seq=2, seq_len=8, block=1),
+                     _opts(ckpt, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
 def test_dataset_not_installed(ckpt, tmp_path, no_model, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
     with pytest.raises(InputError, match=r"needs the optional `datasets` package.*--text FILE"):
-        length.run(_opts(ckpt, tmp_path / "out"), length.Config(dataset="someone/web-text", n_seq=2, seq_len=8,
-                                                                 block=1))
+        run_analysis("length", length.Config(dataset="someone/web-text", n_seq=2, seq_len=8, block=1),
+                     _opts(ckpt, tmp_path / "out"))
 
 
 def test_dataset_local_folder_concatenates_documents(ckpt, tmp_path, no_model):
@@ -390,12 +401,12 @@ def test_dataset_local_folder_concatenates_documents(ckpt, tmp_path, no_model):
     (folder / "train.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
     tok = gpt2_tokenizer()
     ids = [i for d in docs for i in tok(d, add_special_tokens=False)["input_ids"]]
-    prep = length.prepare(_opts(ckpt, tmp_path / "out"), length.Config(dataset=f"{folder}:train", n_seq=2,
-                                                                       seq_len=12, block=1))
+    prep = spec_of("length", length.Config(dataset=f"{folder}:train", n_seq=2, seq_len=12, block=1),
+                   _opts(ckpt, tmp_path / "out")).state
     assert prep.batch.tokens.reshape(-1).tolist() == ids[:24] and prep.source == f"dataset {folder}:train"
     with pytest.raises(InputError, match=r"has \d+ tokens, but 400 are needed"):
-        length.prepare(_opts(ckpt, tmp_path / "out"), length.Config(dataset=str(folder), n_seq=4, seq_len=100, block=1))
+        spec_of("length", length.Config(dataset=str(folder), n_seq=4, seq_len=100, block=1), _opts(ckpt, tmp_path / "o"))
     (folder / "train.jsonl").write_text(json.dumps({"body": "no text field"}) + "\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"has no 'text' field \(its fields are \['body'\]\)"):
-        length.prepare(_opts(ckpt, tmp_path / "out2"), length.Config(dataset=str(folder), n_seq=2, seq_len=8, block=1))
+        spec_of("length", length.Config(dataset=str(folder), n_seq=2, seq_len=8, block=1), _opts(ckpt, tmp_path / "o"))
 

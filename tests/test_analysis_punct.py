@@ -16,12 +16,13 @@ import torch
 from transformers import AutoTokenizer
 
 from lamina.analyses import punct
-from lamina.analyses.common import RunOptions
+from lamina.analyses.options import RunOptions
 from lamina.engine.errors import InputError
 from lamina.engine.inputs import TokenBatch
-from lamina.engine.store import open_run
+from lamina.engine.reader import open_run
 from lamina.engine.tokenizer import gpt2_tokenizer
 
+from .helpers import run_analysis, spec_of
 from .reference_hf import hf_reference
 
 N, SKIP, BEFORE, AFTER = 12, 10, 20, 11
@@ -102,8 +103,7 @@ def hf_tokens(gpt2_dir):
 def punct_run(gpt2_dir, text_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("punct-run") / "run"
     opts = RunOptions(model=str(gpt2_dir), out=str(out), figures=True, progress=False, micro_batch=5)
-    url = punct.run(opts, punct.Config(text=str(text_file), n=N, skip=SKIP, before=BEFORE, after=AFTER))
-    return open_run(url)
+    return run_analysis("punct", punct.Config(text=str(text_file), n=N, skip=SKIP, before=BEFORE, after=AFTER), opts)
 
 
 @pytest.fixture(scope="module")
@@ -211,9 +211,9 @@ def test_state0_same_mark_token_gives_one_value(punct_run):
 def test_full_window_feeds_the_literal_sequences(punct_run, gpt2_dir, text_file, tmp_path):
     """--full-window runs all 31 tokens (the lecture's input): same states, the model being causal."""
     opts = RunOptions(model=str(gpt2_dir), out=str(tmp_path / "full"), figures=False, progress=False)
-    full = open_run(punct.run(opts, punct.Config(text=str(text_file), n=N, skip=SKIP, full_window=True)))
-    assert full["acts/hidden"].attrs["tokens_fed"] == BEFORE + AFTER
-    assert punct_run["acts/hidden"].attrs["tokens_fed"] == BEFORE + 1
+    full = run_analysis("punct", punct.Config(text=str(text_file), n=N, skip=SKIP, full_window=True), opts)
+    assert full.attrs["options"]["tokens_fed"] == BEFORE + AFTER
+    assert punct_run.attrs["options"]["tokens_fed"] == BEFORE + 1
     np.testing.assert_allclose(full.numpy("acts/hidden"), punct_run.numpy("acts/hidden"), atol=1e-6, rtol=1e-6)
     np.testing.assert_array_equal(full.numpy("inputs/tokens"), punct_run.numpy("inputs/tokens"))
     for k in ("mi", "cov", "corr"):
@@ -239,8 +239,8 @@ def test_too_few_marks_says_how_many(gpt2_dir, text_file, hf_tokens, tmp_path):
     n_int, n_term = (len(f) for f in reference_scan(ids, pieces, skip=SKIP, before=BEFORE, after=AFTER))
     out = tmp_path / "run"
     with pytest.raises(InputError, match=rf"{n_int} internal .*{n_term} terminal .*--n 500") as e:
-        punct.run(RunOptions(model=str(gpt2_dir), out=str(out), progress=False),
-                  punct.Config(text=str(text_file), n=500, skip=SKIP))
+        run_analysis("punct", punct.Config(text=str(text_file), n=500, skip=SKIP),
+                     RunOptions(model=str(gpt2_dir), out=str(out), progress=False))
     assert f"from token {SKIP} on" in str(e.value)
     assert not out.exists(), "the error must come before any store is made"
 
@@ -248,8 +248,8 @@ def test_too_few_marks_says_how_many(gpt2_dir, text_file, hf_tokens, tmp_path):
 def test_missing_text_file(gpt2_dir, tmp_path):
     missing = tmp_path / "nope.txt"
     with pytest.raises(InputError, match="nope.txt.*does not exist"):
-        punct.run(RunOptions(model=str(gpt2_dir), out=str(tmp_path / "run"), progress=False),
-                  punct.Config(text=str(missing)))
+        run_analysis("punct", punct.Config(text=str(missing)),
+                     RunOptions(model=str(gpt2_dir), out=str(tmp_path / "run"), progress=False))
     assert not (tmp_path / "run").exists()
 
 
@@ -269,16 +269,17 @@ def test_bad_options(gpt2_dir, text_file):
         punct.Config(n=1)
     with pytest.raises(InputError, match="--after must be >= 1"):
         punct.Config(after=0)
-    with pytest.raises(InputError, match="--state 4 does not exist.*4 hidden states"):
-        punct.prepare(opts, punct.Config(text=str(text_file), n=N, skip=SKIP, state=4))
+    with pytest.raises(InputError, match="--state must be >= 0"):
+        punct.PlotOptions(state=-1)
     with pytest.raises(InputError, match="130 tokens is longer than the context.*128"):
-        punct.prepare(opts, punct.Config(text=str(text_file), n=N, skip=SKIP, before=100, after=30))
+        spec_of("punct", punct.Config(text=str(text_file), n=N, skip=SKIP, before=100, after=30), opts)
 
 
 def test_shipped_defaults_validate():
     """The default corpus has >= 250 of each mark after token 400 for gpt2-medium (no weights loaded)."""
-    stim = punct.prepare(RunOptions(model=punct.DEFAULT_MODEL, weights="random"), punct.Config())
-    assert stim.tokens.shape == (2, 250, 31) and stim.n_states == 25
+    spec = spec_of("punct", opts=RunOptions(weights="random"))
+    stim = spec.state
+    assert stim.tokens.shape == (2, 250, 31) and len(spec.passes[0].captures[0].hooks) == 25
     tok = gpt2_tokenizer()  # the models' shared GPT-2 BPE (gpt2-medium has no local checkpoint here)
     ids = tok(Path(stim.text_path).read_text(encoding="utf-8"), add_special_tokens=False, verbose=False)["input_ids"]
     pieces = [tok.decode([i]) for i in ids]

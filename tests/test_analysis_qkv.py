@@ -20,12 +20,14 @@ import torch
 
 from lamina.analyses import qkv
 from lamina.analyses.cli import main as cli_main
-from lamina.analyses.common import RunOptions
+from lamina.analyses.options import RunOptions
+from lamina.analyses.textfiles import stimulus_path
 from lamina.engine.errors import InputError
-from lamina.engine.store import open_run
+from lamina.engine.reader import open_run
 from lamina.engine.tokenizer import gpt2_tokenizer
 
 from .conftest import make_checkpoint
+from .helpers import run_analysis, spec_of
 from .reference_hf import hf_reference
 
 EDGES = np.linspace(-1.0, 1.0, 101)
@@ -131,8 +133,8 @@ def check_run(url, folder, sentences, seed: int):
         hist = run.numpy(name)
         assert hist.dtype == np.int64 and hist.shape == (2, n_layers, 6, 100)
         assert run.dims(name) == ("role", "layer", "block", "bin")
-        assert list(run[name].attrs["role"]) == ["target", "nontarget"]
-        assert list(run[name].attrs["block"]) == BLOCK_NAMES
+        assert run.labels(name, "role") == ["target", "nontarget"]
+        assert run.labels(name, "block") == BLOCK_NAMES
         for r, x in enumerate((x_trg, x_non)):
             for l in range(n_layers):
                 vals = ref_block_values(x[l], center)
@@ -143,7 +145,7 @@ def check_run(url, folder, sentences, seed: int):
     for stat, fn in (("mean", np.mean), ("variance", np.var)):
         name = f"results/{stat}"
         assert run.dims(name) == ("role", "layer", "component")
-        assert list(run[name].attrs["component"]) == ["Q", "K", "V"]
+        assert run.labels(name, "component") == ["Q", "K", "V"]
         want = np.stack([fn(x, axis=1).reshape(n_layers, 3, d).mean(axis=-1) for x in (x_trg, x_non)])
         np.testing.assert_allclose(run.numpy(name), want, rtol=1e-5, atol=1e-5)
     # random baseline: one permutation of all elements of X_trg per layer, drawn in layer order from
@@ -165,11 +167,10 @@ def check_run(url, folder, sentences, seed: int):
 
 def test_qkv_default_sentences_match_numpy_reference(gpt2_dir, tmp_path):
     opts = RunOptions(model=str(gpt2_dir), out=str(tmp_path / "run"), figures=True, progress=False, seed=3)
-    url = qkv.run(opts, qkv.Config())
-    sentences = [ln for ln in qkv.common.stimulus_path("her_sentences.txt").read_text().splitlines() if ln.strip()]
+    url = run_analysis("qkv", qkv.Config(), opts).url
+    sentences = [ln for ln in stimulus_path("her_sentences.txt").read_text().splitlines() if ln.strip()]
     assert len(sentences) == 54
     run = check_run(url, gpt2_dir, sentences, seed=3)
-    assert run.attrs["options"]["layer"] == 2  # default 6, clipped to the tiny model's last block
     assert run.attrs["summary"]["sentences"] == 54
     figs = sorted(p.name for p in (tmp_path / "run" / "figures").iterdir())
     stems = ["qkv_block2_cosine", "qkv_block2_correlation", "qkv_layers_cosine", "qkv_layers_correlation",
@@ -177,8 +178,8 @@ def test_qkv_default_sentences_match_numpy_reference(gpt2_dir, tmp_path):
     assert figs == sorted(f"{s}.{ext}" for s in stems for ext in ("png", "pdf"))
     # the baseline is a seeded permutation: same seed -> same counts, other seed -> other counts
     x = torch.from_numpy(run.numpy("acts/target"))
-    a = qkv.compute(x, x, generator=torch.Generator().manual_seed(3))
-    b = qkv.compute(x, x, generator=torch.Generator().manual_seed(4))
+    a = qkv.histograms(x, x, generator=torch.Generator().manual_seed(3))
+    b = qkv.histograms(x, x, generator=torch.Generator().manual_seed(4))
     for stat in ("cosine", "correlation"):
         key = f"baseline_{stat}_hist"
         np.testing.assert_array_equal(a[key].numpy(), run.numpy(f"results/{key}"))
@@ -200,7 +201,7 @@ def test_qkv_cli_on_gpt_neo_with_own_sentences(neo_dir, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "results/cosine_hist" in text and "status COMPLETE" in text
     run = check_run(out, neo_dir, SHORT, seed=5)
-    assert run.attrs["options"]["layer"] == 1 and run.attrs["options"]["target"] == " her"
+    assert run.attrs["options"]["target"] == " her" and "layer" not in run.attrs["options"]  # a figure option
     assert not (out / "figures").exists()
 
 
@@ -216,7 +217,7 @@ def _prepare_error(tmp_path, folder, lines: list[str] | None, **cfg) -> str:
     out = tmp_path / "out"
     opts = RunOptions(model=str(folder), out=str(out), progress=False, figures=False)
     with pytest.raises(InputError) as e:
-        qkv.run(opts, qkv.Config(sentences=str(path) if path else None, **cfg))
+        run_analysis("qkv", qkv.Config(sentences=str(path) if path else None, **cfg), opts)
     assert not out.exists(), "an input error must come before the store is created"
     return str(e.value)
 
@@ -251,9 +252,9 @@ def test_error_empty_sentences_file(gpt2_dir, tmp_path, lines):
 def test_error_missing_file_and_bad_config(gpt2_dir, tmp_path):
     opts = RunOptions(model=str(gpt2_dir), out=str(tmp_path / "out"))
     with pytest.raises(InputError, match="does not exist"):
-        qkv.prepare(opts, qkv.Config(sentences=str(tmp_path / "nope.txt")))
+        spec_of("qkv", qkv.Config(sentences=str(tmp_path / "nope.txt")), opts)
     with pytest.raises(InputError, match="--layer"):
-        qkv.Config(layer=-1)
+        qkv.PlotOptions(layer=-1)
     with pytest.raises(InputError, match="--target"):
         qkv.Config(target="  ")
 
@@ -269,13 +270,17 @@ def test_cli_input_error_exits_2(gpt2_dir, tmp_path, capsys):
 
 def test_shipped_defaults_validate_for_every_gpt2_size():
     """The shipped 54 sentences pass validation (tokenizer only, no weights) with the real context."""
-    stim = qkv.prepare(RunOptions(model="gpt2", weights="random"))
-    assert len(stim.texts) == 54 and stim.target_id == 607 and stim.layer == 6
+    stim = spec_of("qkv", opts=RunOptions(model="gpt2", weights="random")).state
+    assert len(stim.texts) == 54 and stim.target_id == 607
     assert (stim.target_pos >= 1).all() and (stim.target_pos < stim.batch.lengths).all()
-    assert qkv.prepare(RunOptions(model="gpt2-xl", weights="random")).layer == 6
+    assert len(spec_of("qkv", opts=RunOptions(model="gpt2-xl", weights="random")).passes[0].captures[0].hooks) == 48
 
 
-def test_clipped_layer_on_a_two_block_model(tmp_path):
+def test_figure_layer_is_clipped_and_redrawn_without_rerunning(tmp_path):
+    """--layer is a figure option: clipped to the last block, and `lamina plot --layer` redraws another."""
     folder = make_checkpoint(tmp_path / "two", "gpt2", n_layers=2, d_model=32, n_heads=2, n_ctx=64)
-    stim = qkv.prepare(RunOptions(model=str(folder)), qkv.Config(layer=6))
-    assert stim.layer == 1 and stim.n_layers == 2
+    out = tmp_path / "run"
+    run_analysis("qkv", qkv.Config(), RunOptions(model=str(folder), out=str(out), progress=False), layer=6)
+    assert (out / "figures" / "qkv_block1_cosine.png").exists()
+    cli_main(["plot", str(out), "--layer", "0"])
+    assert (out / "figures" / "qkv_block0_cosine.png").exists()

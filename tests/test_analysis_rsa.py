@@ -12,11 +12,13 @@ from transformers import AutoTokenizer
 
 from lamina.analyses import rsa
 from lamina.analyses.cli import main as cli_main
-from lamina.analyses.common import RunOptions, stimulus_path
+from lamina.analyses.options import RunOptions
+from lamina.analyses.textfiles import stimulus_path
 from lamina.engine.errors import InputError
 from lamina.engine.inputs import from_token_ids
-from lamina.engine.store import open_run
+from lamina.engine.reader import open_run
 
+from .helpers import run_analysis, spec_of
 from .reference_hf import hf_reference
 
 PERMUTATIONS = 500
@@ -94,8 +96,7 @@ def numpy_pvalue(rsm, g, n_perm, seed=0):
 def gpt2_run(gpt2_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("rsa") / "run"
     opts = RunOptions(model=str(gpt2_dir), out=str(out), seed=3, figures=True, progress=False)
-    url = rsa.run(opts, rsa.Config(permutations=PERMUTATIONS))
-    return open_run(url)
+    return run_analysis("rsa", rsa.Config(permutations=PERMUTATIONS), opts)
 
 
 def _check_against_reference(run, folder):
@@ -133,7 +134,7 @@ def _check_against_reference(run, folder):
         "inputs/lengths": (("sample",), (n,)),
         "inputs/labels": (("item",), (n,)),
         "acts/final": (("layer", "item", "feature"), acts.shape),
-        "results/rsm": (("layer", "component", "item", "item"), (L, 3, n, n)),
+        "results/rsm": (("layer", "component", "item_a", "item_b"), (L, 3, n, n)),
         "results/selectivity": (("component", "layer"), (3, L)),
         "results/selectivity_pvalue": (("component", "layer"), (3, L)),
         "results/rsa": (("pair", "layer"), (3, L)),
@@ -141,8 +142,9 @@ def _check_against_reference(run, folder):
     for name, (dims, shape) in expect.items():
         assert run.dims(name) == dims, name
         assert run[name].shape == tuple(shape), name
-    assert dict(run["results/rsa"].attrs)["pair"] == ["QK", "QV", "KV"]
-    assert dict(run["results/rsm"].attrs)["component"] == ["Q", "K", "V"]
+    assert run.labels("results/rsa", "pair") == ["QK", "QV", "KV"]
+    assert run.labels("results/rsm", "component") == ["Q", "K", "V"]
+    assert run.labels("results/rsm", "item_a") == run.labels("results/rsm", "item_b") == words
 
 
 def test_rsa_matches_numpy_reference_gpt2(gpt2_run, gpt2_dir):
@@ -168,7 +170,7 @@ def test_rsa_matches_numpy_reference_neo_via_cli(neo_dir, tmp_path, capsys):
 def test_pvalue_identical_for_same_seed(gpt2_run, gpt2_dir, tmp_path):
     """Same --seed -> bitwise the same p-values; the permutations are drawn from --seed alone."""
     opts = RunOptions(model=str(gpt2_dir), out=str(tmp_path / "again"), seed=3, figures=False, progress=False)
-    again = open_run(rsa.run(opts, rsa.Config(permutations=PERMUTATIONS)))
+    again = run_analysis("rsa", rsa.Config(permutations=PERMUTATIONS), opts)
     p = gpt2_run.numpy("results/selectivity_pvalue")
     np.testing.assert_array_equal(again.numpy("results/selectivity_pvalue"), p)
     np.testing.assert_array_equal(again.numpy("results/rsm"), gpt2_run.numpy("results/rsm"))
@@ -178,7 +180,7 @@ def test_pvalue_identical_for_same_seed(gpt2_run, gpt2_dir, tmp_path):
 
     def pvalue(seed):
         g = torch.Generator().manual_seed(seed + rsa._PVALUE_SEED_OFFSET)
-        return rsa.compute(acts, labels, permutations=PERMUTATIONS, generator=g)["selectivity_pvalue"].float().numpy()
+        return rsa.rsa_statistics(acts, labels, permutations=PERMUTATIONS, generator=g)["selectivity_pvalue"].float().numpy()
 
     np.testing.assert_array_equal(pvalue(3), p)
     assert not np.array_equal(pvalue(4), p)
@@ -191,7 +193,7 @@ def test_custom_words_and_template(gpt2_dir, tmp_path):
                      "one\tnumber\ntwo\tnumber\nthree\tnumber\ncar\tthing\nbook\tthing\n", encoding="utf-8")
     out = tmp_path / "run"
     opts = RunOptions(model=str(gpt2_dir), out=str(out), seed=0, figures=False, progress=False)
-    run = open_run(rsa.run(opts, rsa.Config(words=str(words), template="I think of {w}", permutations=50)))
+    run = run_analysis("rsa", rsa.Config(words=str(words), template="I think of {w}", permutations=50), opts)
     ws = ["red", "blue", "green", "dog", "cat", "one", "two", "three", "car", "book"]
     labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3])
     assert dict(run["inputs/labels"].attrs)["categories"] == ["colour", "animal", "number", "thing"]
@@ -221,10 +223,11 @@ def test_custom_words_and_template(gpt2_dir, tmp_path):
 
 
 def test_shipped_defaults_validate():
-    s = rsa.prepare("gpt2-large", "random")
+    spec = spec_of("rsa", opts=RunOptions(model="gpt2-large", weights="random"))
+    s = spec.state
     assert len(s.words) == 34 and s.categories == ("space", "interior", "fruit")
     assert np.bincount(s.labels).tolist() == [10, 13, 11]
-    assert s.batch.lengths.tolist() == [5] * 34 and s.n_layers == 36
+    assert s.batch.lengths.tolist() == [5] * 34 and len(spec.passes[0].captures[0].hooks) == 36
     assert s.prompts[0] == "The next word is galaxy"
 
 
@@ -241,7 +244,7 @@ def _fails(gpt2_dir, tmp_path, cfg_kwargs, *needles):
     out = tmp_path / "never"
     opts = RunOptions(model=str(gpt2_dir), out=str(out), figures=False, progress=False)
     with pytest.raises(InputError) as e:
-        rsa.run(opts, rsa.Config(**cfg_kwargs))
+        run_analysis("rsa", rsa.Config(**cfg_kwargs), opts)
     for needle in needles:
         assert needle in str(e.value), str(e.value)
     assert not out.exists(), "input errors must come before the store is created"

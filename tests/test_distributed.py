@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from lamina.engine.store import open_run
+from lamina.engine.reader import open_run
 
 WORDS = "a long road runs past the old mill, then north. rivers bend twice".split()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lamina.engine.store import open_run
+from lamina.engine.reader import open_run
 
 WORDS = "the cat sat on a mat and then it slept while rain fell, softly. again".split()
 

@@ -16,7 +16,8 @@ from lamina.engine.errors import StoreExistsError, StoreLockedError, StoreMismat
 from lamina.engine.hooks import Capture, hidden_state_hooks, layer_hooks, qkv_hooks
 from lamina.engine.inputs import Selector, encode_texts
 from lamina.engine.pipeline import capture_to_store
-from lamina.engine.store import RunStore, open_run
+from lamina.engine.reader import open_run
+from lamina.engine.store import RunStore
 
 WORDS = "alpha beta gamma delta, epsilon. zeta eta theta iota kappa lambda mu nu xi omicron pi".split()
 
@@ -78,6 +79,7 @@ def test_complete_run_is_refused_unless_overwrite(tmp_path):
     s = open_store(tmp_path / "run")
     s.put("results/x", np.arange(3.0), dims=("i",))
     s.finalise()
+    s.close()
     with pytest.raises(StoreExistsError, match="--overwrite"):
         open_store(tmp_path / "run")
     assert open_run(tmp_path / "run").numpy("results/x").tolist() == [0.0, 1.0, 2.0]  # untouched
@@ -171,12 +173,20 @@ def test_resume_with_another_micro_batch_rewrites_everything(tmp_path, gpt2_dir)
     path = tmp_path / "run"
     store = open_store(path)
 
-    def crash(unit, rows, tensors):
-        if unit == 2:
-            raise KeyboardInterrupt
+    class Crash:  # a reducer that interrupts the run at its third unit
+        name = "crash"
+
+        def state_specs(self, widths):
+            return {}
+
+        def reduce(self, unit):
+            if unit.index == 2:
+                raise KeyboardInterrupt
+            return {}
 
     with pytest.raises(KeyboardInterrupt):
-        capture_to_store(m, batch, caps, store, micro_batch=6, samples_per_chunk=1, consumer=crash, progress=False)
+        capture_to_store(m, batch, caps, store, micro_batch=6, samples_per_chunk=1, reducers=[Crash()],
+                         progress=False)
     store.close()
     store = open_store(path)
     assert store.resumed

@@ -1,0 +1,82 @@
+"""Command-line options generated from dataclasses: a Config's fields become ``--options``.
+
+Field type -> option: ``bool`` -> ``--name/--no-name``; ``int``, ``float``, ``str`` as such;
+``Optional[X]`` -> X with default None; ``Literal[...]`` -> a choice; ``tuple[str, ...]`` ->
+a repeatable option. The help is the field's :func:`~lamina.analyses.protocol.option` help.
+
+>>> import dataclasses
+>>> from lamina.analyses.protocol import option
+>>> @dataclasses.dataclass(frozen=True)
+... class C:
+...     n: int = option(250, "samples per class")
+...     full: bool = option(False, "feed the whole window")
+>>> [o.opts for o in click_options(C)]
+[['--n'], ['--full']]
+>>> build(C, {"n": 3, "full": True})
+C(n=3, full=True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal, Union
+
+import click
+
+
+def _unwrap(tp) -> tuple[Any, bool]:
+    """(inner type, optional?) of ``Optional[X]`` / ``X | None``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def click_options(cls) -> list[click.Option]:
+    """One click option per field of dataclass ``cls`` whose metadata does not say ``cli=False``."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True):
+            continue
+        tp, _ = _unwrap(hints[f.name])
+        name = "--" + f.name.replace("_", "-")
+        flags = [*f.metadata.get("flags", ()), name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_ = str(f.metadata.get("help", ""))
+        kw: dict[str, Any] = {"default": default, "help": help_, "show_default": default not in (None, ())}
+        if tp is bool:
+            out.append(click.Option([f"{name}/--no-{f.name.replace('_', '-')}", *f.metadata.get("flags", ()),
+                                     f.name], **kw))
+            continue
+        if typing.get_origin(tp) is Literal:
+            kw["type"] = click.Choice([str(a) for a in typing.get_args(tp)])
+        elif typing.get_origin(tp) is tuple:
+            kw.update(multiple=True, type=str, default=default or (), show_default=False)
+        elif tp in (int, float, str):
+            kw["type"] = tp
+        else:
+            kw["type"] = str
+        out.append(click.Option([*flags, f.name], **kw))
+    return out
+
+
+def build(cls, values: Mapping[str, Any]):
+    """``cls(**values)`` for the fields the command line sets (tuples for repeatable options)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+    return cls(**kwargs)
+
+
+def split(values: Mapping[str, Any], *classes) -> list[dict[str, Any]]:
+    """The parsed values shared out between dataclasses by field name."""
+    out = []
+    for cls in classes:
+        names = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+        out.append({k: v for k, v in values.items() if k in names})
+    return out

@@ -1,0 +1,61 @@
+"""The options every run takes, declared once: the command line and ``lamina.run`` both use them.
+
+>>> opts = RunOptions(model="gpt2", weights="random")
+>>> opts.out_for("qkv")
+'runs/qkv-gpt2-random'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Literal, Optional
+
+from lamina.engine.errors import InputError
+
+from .protocol import option
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """Options of every ``lamina run NAME`` (the analysis' own options come from its Config)."""
+
+    model: Optional[str] = option(None, "Model: a HuggingFace id (gpt2, EleutherAI/gpt-neo-125M, ...) or a local "
+                                        "checkpoint folder. Default: the analysis' own.", flags=("-m",))
+    weights: Literal["pretrained", "random"] = option(
+        "pretrained", "pretrained: weights from the HuggingFace cache (downloaded when online); random: the "
+                      "architecture at full size with seeded random weights (offline; scientifically meaningless).")
+    seed: int = option(0, "Seed of random weights, baselines and permutations.")
+    device: str = option("auto", "auto (cuda when available), cpu, cuda, cuda:1 ...")
+    dtype: Literal["float32", "bfloat16", "float16"] = option(
+        "float32", "Model dtype; statistics always accumulate in float32/float64.")
+    out: Optional[str] = option(None, "The run: a new or empty folder, one of lamina's runs, or an fsspec URL "
+                                      "(s3://...). Default: runs/ANALYSIS-MODEL[-random].", flags=("-o",))
+    overwrite: bool = option(False, "Replace the run at --out: the new run is built beside it and swapped in "
+                                    "only when complete.")
+    micro_batch: Optional[int] = option(None, "Samples per forward pass (default: fits the device).")
+    figures: bool = option(True, "Draw PNG and PDF figures into OUT/figures.")
+    progress: bool = option(True, "Progress bars.")
+
+    def __post_init__(self):
+        if self.weights not in ("pretrained", "random"):
+            raise InputError(f"--weights must be 'pretrained' or 'random', not {self.weights!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise InputError(f"--dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
+        if self.micro_batch is not None and (isinstance(self.micro_batch, bool) or self.micro_batch < 1):
+            raise InputError(f"--micro-batch must be >= 1, got {self.micro_batch}")
+        if self.model is not None and not str(self.model).strip():
+            raise InputError("--model is empty; give a model name or a checkpoint folder")
+
+    def with_model(self, default: str) -> RunOptions:
+        return self if self.model else dataclasses.replace(self, model=default)
+
+    def out_for(self, experiment: str, out_dir: str = "runs") -> str:
+        """``--out``, or the default ``runs/EXPERIMENT-MODEL[-random]``."""
+        if self.out is not None:
+            return self.out
+        model = str(self.model)
+        slug = re.sub(r"[^A-Za-z0-9.]+", "-", Path(model).name if os.sep in model else model)
+        return f"{out_dir}/{experiment}-{slug.strip('-')}" + ("-random" if self.weights == "random" else "")

@@ -1,0 +1,167 @@
+"""What an analysis is, as the runner sees it: a Config, a spec, a pure compute, a summary, a plot.
+
+An analysis never opens a store, loads a model, touches ranks or parses a command
+line: :mod:`lamina.analyses.runner` does all of that, once, for every analysis.
+
+>>> import dataclasses
+>>> @dataclasses.dataclass(frozen=True)
+... class Config:
+...     n: int = option(250, "samples per class")
+>>> [f.name for f in dataclasses.fields(Config)], option_help(dataclasses.fields(Config)[0])
+(['n'], 'samples per class')
+
+The parts (see README "Writing an analysis"):
+
+- ``Config``: a frozen dataclass of only what defines the computation (it is part of the
+  run's resume key); each field's :func:`option` help becomes its ``--option`` help.
+- ``spec(cfg, model) -> Spec``: stimuli to token batches, what to capture where, what to
+  reduce; every input error is raised here, before the model is loaded. ``model`` has the
+  tokenizer and the architecture's sizes (no weights).
+- ``compute(data, spec, cfg, ctx) -> {path: Labelled}``: pure; tensors in (``data.acts(name)``,
+  ``data.reduced[reducer]``), labelled results out.
+- ``summary(results, spec, cfg) -> dict``: the key numbers ``lamina info`` prints.
+- ``plot``: ``"module:function"`` drawing ``(run, folder, **figure_options) -> [paths]`` from the run
+  alone; ``PlotOptions`` (a dataclass) holds the figure-only choices, which are not part of the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from lamina.engine.hooks import Capture
+from lamina.engine.inputs import TokenBatch
+from lamina.engine.labelled import Coord, Labelled
+from lamina.engine.reducers import Reducer, State
+
+__all__ = ["Analysis", "Context", "Data", "Pass", "Spec", "option", "option_help", "batch_inputs"]
+
+
+def option(default: Any, help: str, *, flags: Sequence[str] = (), cli: bool = True, **metadata: Any):
+    """A Config field with its command-line help (``flags``: extra names such as ``-m``; ``cli=False``:
+    Python-only, e.g. in-memory texts)."""
+    meta = {"help": help, "flags": tuple(flags), "cli": cli, **metadata}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple (immutable) as the default of a Config field")
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def option_help(f: dataclasses.Field) -> str:
+    return str(f.metadata.get("help", ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass:
+    """One batched hooked pass over ``batch``: its captures, stored (``keep``) and/or reduced.
+
+    ``samples_per_chunk``: store chunking along samples (default: chunks of >= 1 MiB);
+    ``unit_bytes``: cap on one work unit's captured activations (bounds memory for long corpora).
+    """
+
+    batch: TokenBatch
+    captures: tuple[Capture, ...]
+    phase: str = "capture"
+    keep: bool = True
+    reducers: tuple[Reducer, ...] = ()
+    samples_per_chunk: int | None = None
+    unit_bytes: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """Everything the runner needs before the model loads.
+
+    passes: the hooked passes, in order; inputs: arrays written at the start ({path: Labelled},
+    e.g. ``inputs/tokens``); coords: extra coordinate variables ({path: Coord}, e.g. ``acts/class``);
+    stimuli_sha256: hash of the stimuli (provenance and resume key); options: resolved facts that
+    define the run beyond the Config (absolute paths, token ids); state: the analysis' own prepared
+    stimuli, handed back to compute and summary.
+    """
+
+    passes: tuple[Pass, ...]
+    stimuli_sha256: str
+    inputs: Mapping[str, Labelled] = dataclasses.field(default_factory=dict)
+    coords: Mapping[str, Coord] = dataclasses.field(default_factory=dict)
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    state: Any = None
+
+
+class Data:
+    """What compute reads: stored captures (loaded onto the device on first use) and folded reducer states."""
+
+    def __init__(self, load: Callable[[str], torch.Tensor], reduced: Mapping[str, State],
+                 widths: Mapping[str, tuple[tuple[int, ...], ...]]):
+        self._load = load
+        self._cache: dict[str, torch.Tensor] = {}
+        self.reduced = dict(reduced)  # {reducer name: merged state}
+        self.widths = dict(widths)  # {capture: per layer entry, the width of each hook concatenated}
+
+    def acts(self, name: str) -> torch.Tensor:
+        """The stored capture ``name`` as a float32 tensor on the device ([*outer, layer, sample, (pos,) feature])."""
+        if name not in self._cache:
+            self._cache[name] = self._load(name)
+        return self._cache[name]
+
+
+@dataclasses.dataclass
+class Context:
+    """The run's device and seed, seeded generators, and a progress callback factory."""
+
+    device: torch.device
+    seed: int
+    show_progress: bool = False
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A generator on the device seeded with ``seed + offset`` (baselines, permutations)."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed(self.seed + offset)
+        return g
+
+    def progress(self, total: int, desc: str) -> Callable[[], None] | None:
+        """A ``step()`` callable advancing a progress bar of ``total`` steps, or None when quiet."""
+        if not self.show_progress:
+            return None
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=desc, leave=False)
+
+        def step() -> None:
+            bar.update(1)
+            if bar.n >= total:
+                bar.close()
+
+        return step
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """One registered analysis (see the module docstring for the parts)."""
+
+    name: str
+    title: str
+    Config: type
+    spec: Callable[..., Spec]
+    compute: Callable[..., Mapping[str, Labelled]]
+    summary: Callable[..., Mapping[str, Any]] = lambda results, spec, cfg: {}
+    plot: str | Callable | None = None
+    PlotOptions: type | None = None
+    default_model: str = "gpt2"
+
+    def plot_function(self) -> Callable | None:
+        """The plot callable (imported on first use: figures need matplotlib, compute does not)."""
+        if self.plot is None or callable(self.plot):
+            return self.plot
+        module, _, attr = self.plot.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+def batch_inputs(batch: TokenBatch, **attrs: Any) -> dict[str, Labelled]:
+    """``inputs/tokens`` [sample, pos] and ``inputs/lengths`` [sample] (int32): what the model was fed."""
+    tokens = batch.tokens.numpy().astype("int32")
+    lengths = batch.lengths.numpy().astype("int32")
+    return {"inputs/tokens": Labelled(tokens, ("sample", "pos"), attrs={"long_name": "token ids", **attrs}),
+            "inputs/lengths": Labelled(lengths, ("sample",), attrs={"long_name": "real tokens per sample"})}

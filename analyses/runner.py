@@ -1,0 +1,266 @@
+"""The one runner: everything an analysis does not do, done once for every analysis.
+
+validate (options, ``--out``, stimuli: all before the model loads) -> load the model ->
+open, resume or stage the run (locked) -> write inputs -> capture / reduce, unit by unit,
+on every rank -> barrier -> compute on rank 0 -> write results with dims and coordinates ->
+finalise (status, summary, timings, consolidated metadata) -> figures -> swap a staged
+run into place -> unlock, on success or failure.
+
+>>> from lamina.analyses import registry
+>>> run = execute(registry.get("qkv"), opts=RunOptions(model="gpt2", weights="random"))   # doctest: +SKIP
+>>> run.status
+'complete'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lamina.engine import destination as dst
+from lamina.engine import partials
+from lamina.engine.capture import plan
+from lamina.engine.distributed import World, barrier, broadcast_object, device_for, world as get_world
+from lamina.engine.errors import InputError
+from lamina.engine.labelled import Coord
+from lamina.engine.models import RANDOM_WEIGHTS_WARNING, LoadedModel, load_model, resolve_device, resolve_dtype
+from lamina.engine.pipeline import capture_to_store
+from lamina.engine.provenance import machine, versions
+from lamina.engine.reader import Run, open_run
+from lamina.engine.store import RunStore, check_writable
+
+from .model_info import inspect
+from .options import RunOptions
+from .protocol import Analysis, Context, Data, Spec
+
+Echo = Callable[[str], None]
+
+
+def execute(
+    analysis: Analysis,
+    cfg: Any = None,
+    opts: RunOptions = RunOptions(),
+    *,
+    figure_options: Mapping[str, Any] | None = None,
+    model: LoadedModel | None = None,
+    allow_memory: bool = True,
+    echo: Echo = print,
+) -> Run:
+    """Run ``analysis`` with ``cfg`` (default: its Config()) and ``opts``; returns the complete run.
+
+    ``model``: an already loaded model (``opts.model`` etc. are then taken from it).
+    ``allow_memory``: accept ``memory://`` URLs (the command line does not: nothing would be kept).
+    """
+    cfg = analysis.Config() if cfg is None else cfg
+    if not isinstance(cfg, analysis.Config):
+        raise TypeError(f"{analysis.name}: cfg must be a {analysis.Config.__qualname__}, not {type(cfg).__name__}")
+    figs = figure_settings(analysis, figure_options or {})
+    if model is not None:
+        opts = dataclasses.replace(opts, model=model.name, weights="random" if model.is_random else "pretrained",
+                                   dtype=str(model.dtype).removeprefix("torch."), device=str(model.device))
+    opts = opts.with_model(analysis.default_model)
+    world = get_world()
+    url = opts.out_for(analysis.name)
+    dest = _on_main(world, lambda: _check_out(url, opts, allow_memory))
+    if model is None:
+        _check_device(world, opts)
+    info = model.info if model is not None and hasattr(model, "info") else inspect(opts, model)
+    spec = analysis.spec(cfg, info)  # every input error before the model loads
+    key = run_key(analysis, cfg, opts, spec)
+    _on_main(world, lambda: dst.check_resumable(dest, key, overwrite=opts.overwrite))
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if model is None:
+        model = load_model(opts.model, weights=opts.weights, seed=opts.seed, device=device_for(world, opts.device),
+                           dtype=opts.dtype)
+    timings["load_s"] = time.perf_counter() - t0
+    if model.is_random and world.is_main and opts.progress:
+        echo(f"lamina: {RANDOM_WEIGHTS_WARNING}")
+    store = _open_store(world, dest, analysis.name, key, provenance(model, cfg, opts, spec, world), opts.overwrite)
+    try:
+        if store.group.attrs.get("status") != "complete":  # a staged run may only lack figures and the swap
+            _fill(analysis, cfg, opts, spec, model, store, world, timings)
+        barrier(world)
+        if world.is_main:
+            if opts.figures:
+                t = time.perf_counter()
+                draw(analysis, open_run(store.write_url), figs)
+                _record(store, {"timings": {**store.group.attrs.get("timings", {}),
+                                            "figures_s": round(time.perf_counter() - t, 3)}})
+            store.publish()
+    finally:
+        store.close()
+    barrier(world)
+    return open_run(url)
+
+
+def _fill(analysis, cfg, opts, spec: Spec, model, store: RunStore, world: World, timings: dict) -> None:
+    """Inputs, every pass, then (rank 0) compute, results and finalise."""
+    if world.is_main:
+        for path, value in spec.inputs.items():
+            store.put_labelled(path, value)
+        for path, coord in spec.coords.items():
+            store.put_coord(path, path.rsplit("/", 1)[-1], coord)
+    barrier(world)
+    widths: dict[str, tuple] = {}
+    t = time.perf_counter()
+    for p in spec.passes:
+        capture_to_store(model, p.batch, p.captures, store, phase=p.phase, micro_batch=opts.micro_batch,
+                                 samples_per_chunk=p.samples_per_chunk, world=world, keep=p.keep,
+                                 reducers=p.reducers, unit_bytes=p.unit_bytes, progress=opts.progress)
+        for lay in plan(model, p.captures):
+            widths[lay.capture.name] = lay.widths
+            if world.is_main and p.keep:
+                c = lay.capture
+                labels = c.layer_labels if c.layer_labels is not None else range(lay.n_entries)
+                coord = Coord(np.asarray(list(labels), dtype=np.int64), {"long_name": c.layer_dim})
+                store.put_coord(f"{c.name.rsplit('/', 1)[0]}/{c.layer_dim}", c.layer_dim, coord)
+    timings["capture_s"] = time.perf_counter() - t
+    barrier(world)
+    if not world.is_main:
+        return
+    reduced = {r.name: partials.fold(store, r, _n_units(store, p.phase), model.device)
+               for p in spec.passes for r in p.reducers}
+    data = Data(lambda name: torch.from_numpy(np.asarray(store.group[name][...])).to(model.device), reduced, widths)
+    ctx = Context(model.device, opts.seed, opts.progress)
+    t = time.perf_counter()
+    results = analysis.compute(data, spec, cfg, ctx)
+    timings["compute_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for path, value in results.items():
+        store.put_labelled(path, value)
+    timings["write_s"] = time.perf_counter() - t
+    summary = analysis.summary(results, spec, cfg)
+    store.finalise(summary=dict(summary), timings={k: round(v, 3) for k, v in timings.items()})
+
+
+def _n_units(store: RunStore, phase: str) -> int:
+    done = store.done_units(phase)
+    if not done.all():
+        missing = [u for u in range(len(done)) if not done[u]]
+        raise RuntimeError(f"phase {phase!r}: units {missing[:10]} of {len(done)} were not captured")
+    return len(done)
+
+
+def run_key(analysis: Analysis, cfg, opts: RunOptions, spec: Spec) -> str:
+    """What makes two runs "the same command" (resume only continues the same command)."""
+    key = {"experiment": analysis.name, "model": opts.model, "weights": opts.weights, "seed": opts.seed,
+           "dtype": opts.dtype, "config": _config_dict(cfg), "options": dict(spec.options),
+           "stimuli": spec.stimuli_sha256}
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def provenance(model: LoadedModel, cfg, opts: RunOptions, spec: Spec, world: World) -> dict:
+    return {"lamina_version": versions().get("lamina"), "model": model.provenance(), "weights": model.weights,
+            "seed": opts.seed, "dtype": opts.dtype, "device": str(model.device),
+            "options": {**_config_dict(cfg), **dict(spec.options)}, "stimuli_sha256": spec.stimuli_sha256,
+            "versions": versions(), "machine": machine(), "world_size": world.size}
+
+
+def _config_dict(cfg) -> dict:
+    """The Config's fields that define the computation (Python-only fields such as in-memory texts are
+    represented by the stimuli hash instead)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata.get("cli", True)}
+
+
+def figure_settings(analysis: Analysis, values: Mapping[str, Any]):
+    """The analysis' PlotOptions from ``values`` (unknown names are an InputError)."""
+    if analysis.PlotOptions is None:
+        if values:
+            raise InputError(f"{analysis.name} has no figure options (got {', '.join(values)})")
+        return None
+    names = {f.name for f in dataclasses.fields(analysis.PlotOptions)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise InputError(f"{analysis.name}: unknown figure option(s) {unknown}; known: {sorted(names)}")
+    return analysis.PlotOptions(**values)
+
+
+def draw(analysis: Analysis, run: Run, figs=None) -> list[str]:
+    """The analysis' figures of ``run`` into ``RUN/figures`` (through a local folder for object stores)."""
+    fn = analysis.plot_function()
+    if fn is None:
+        return []
+    if figs is None and analysis.PlotOptions is not None:
+        figs = analysis.PlotOptions()
+    kwargs = dataclasses.asdict(figs) if figs is not None else {}
+    if dst.is_local(run.url):
+        folder = dst.local_path(run.url) / dst.FIGURES
+        folder.mkdir(parents=True, exist_ok=True)
+        return [str(p) for p in fn(run, folder, **kwargs)]
+    import fsspec
+
+    with tempfile.TemporaryDirectory(prefix="lamina-figures-") as tmp:
+        paths = fn(run, Path(tmp), **kwargs)
+        fs, root = fsspec.core.url_to_fs(run.url)
+        out = []
+        for p in paths:
+            target = f"{root.rstrip('/')}/{dst.FIGURES}/{Path(p).name}"
+            fs.put_file(str(p), target)
+            out.append(target)
+        return out
+
+
+def _record(store: RunStore, attrs: Mapping[str, Any]) -> None:
+    from lamina.engine.store import consolidate
+
+    store.group.attrs.update(dict(attrs))
+    consolidate(store.write_url)
+
+
+# ---- ranks ---------------------------------------------------------------------------------
+
+
+def _on_main(world: World, fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0; its result, or the exception it raised, on every rank (no rank hangs)."""
+    result: Any = None
+    if world.is_main:
+        try:
+            result = ("ok", fn())
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+            result = ("err", e)
+    result = broadcast_object(world, result)
+    if result[0] == "err":
+        raise result[1]
+    return result[1]
+
+
+def _check_out(url: str, opts: RunOptions, allow_memory: bool):
+    dest = dst.check_destination(url, overwrite=opts.overwrite, allow_memory=allow_memory)
+    check_writable(url)
+    return dest
+
+
+def _check_device(world: World, opts: RunOptions) -> None:
+    device = device_for(world, opts.device)
+    try:
+        resolve_device(device)
+    except RuntimeError as e:  # torch's own message for a malformed device string
+        raise InputError(f"--device {opts.device!r} is not a device ({str(e).splitlines()[0]}); use auto, cpu, "
+                         "cuda or cuda:N") from None
+    resolve_dtype(opts.dtype)
+
+
+def _open_store(world: World, dest, experiment: str, key: str, prov: dict, overwrite: bool) -> RunStore:
+    """Rank 0 opens (locks, creates, resumes or stages); the others attach to where it writes."""
+    store = None
+
+    def open_main():
+        nonlocal store
+        store = RunStore.open(dest, experiment=experiment, key=key, provenance=prov, overwrite=overwrite)
+        return store.write_url
+
+    write_url = _on_main(world, open_main)
+    if not world.is_main:
+        store = RunStore.attach(dest.url, write_url, world.rank)
+    barrier(world)
+    return store
