@@ -150,13 +150,22 @@ class Analysis:
     plot: str | Callable | None = None
     PlotOptions: type | None = None
     default_model: str = "gpt2"
+    curves: str | Callable | None = None  # "module:function" (run) -> per-layer curves for `lamina compare`
 
     def plot_function(self) -> Callable | None:
         """The plot callable (imported on first use: figures need matplotlib, compute does not)."""
-        if self.plot is None or callable(self.plot):
-            return self.plot
-        module, _, attr = self.plot.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return _resolve(self.plot)
+
+    def curves_function(self) -> Callable | None:
+        """The per-layer curves callable of ``lamina compare`` (None: the analysis cannot be compared)."""
+        return _resolve(self.curves)
+
+
+def _resolve(target: str | Callable | None) -> Callable | None:
+    if target is None or callable(target):
+        return target
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def batch_inputs(batch: TokenBatch, **attrs: Any) -> dict[str, Labelled]:
