@@ -188,6 +188,8 @@ def bench(ctx):
 
 app.add_command(_capture_command(), "capture")
 
+from . import cli_compare  # noqa: E402,F401  (lamina compare, lamina report)
+
 
 def _is_main() -> bool:
     from lamina.engine.distributed import world
@@ -220,8 +222,10 @@ def _quiet_asyncio() -> None:
     """zarr writes through asyncio; when a write fails (disk full) every pending task would log its own
     traceback at exit. The failure itself is reported once, as a lamina error."""
     import logging
+    import warnings
 
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
 
 
 if __name__ == "__main__":

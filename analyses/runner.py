@@ -15,7 +15,9 @@ run into place -> unlock, on success or failure.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -29,7 +31,7 @@ from lamina.engine import destination as dst
 from lamina.engine import partials
 from lamina.engine.capture import plan
 from lamina.engine.distributed import World, barrier, broadcast_object, device_for, world as get_world
-from lamina.engine.errors import InputError
+from lamina.engine.errors import InputError, StoreNotWritableError
 from lamina.engine.labelled import Coord
 from lamina.engine.models import RANDOM_WEIGHTS_WARNING, LoadedModel, load_model, resolve_device, resolve_dtype
 from lamina.engine.pipeline import capture_to_store
@@ -40,6 +42,7 @@ from lamina.engine.store import RunStore, check_writable
 from .model_info import inspect
 from .options import RunOptions
 from .protocol import Analysis, Context, Data, Spec
+from .report import write_report
 
 Echo = Callable[[str], None]
 
@@ -96,6 +99,7 @@ def execute(
                 draw(analysis, open_run(store.write_url), figs)
                 _record(store, {"timings": {**store.group.attrs.get("timings", {}),
                                             "figures_s": round(time.perf_counter() - t, 3)}})
+                write_report(analysis, open_run(store.write_url))
             store.publish()
     finally:
         store.close()
@@ -195,8 +199,15 @@ def draw(analysis: Analysis, run: Run, figs=None) -> list[str]:
     kwargs = dataclasses.asdict(figs) if figs is not None else {}
     if dst.is_local(run.url):
         folder = dst.local_path(run.url) / dst.FIGURES
-        folder.mkdir(parents=True, exist_ok=True)
-        return [str(p) for p in fn(run, folder, **kwargs)]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return [str(p) for p in fn(run, folder, **kwargs)]
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise StoreNotWritableError(f"cannot write the figures of {run.url!r} into {str(folder)!r}: "
+                                        f"{os.strerror(e.errno)}; copy the run somewhere writable and plot it there, "
+                                        "or free space") from None
     import fsspec
 
     with tempfile.TemporaryDirectory(prefix="lamina-figures-") as tmp:

@@ -167,20 +167,24 @@ def _forward_one(model, batch, layouts, positions, start, stop, check_finite) ->
             pad = torch.arange(batch.max_len, device=dev)[None, :] >= lengths.to(dev)[:, None]
             buf[:, pad] = 0.0
         if check_finite:
-            _check_finite(buf, lay, start, positions[lay.capture.name])
+            _check_finite(buf, lay, start, positions[lay.capture.name], model.dtype)
     return buffers
 
 
-def _check_finite(buf: torch.Tensor, lay: CaptureLayout, start: int, pos: torch.Tensor | None) -> None:
+def _check_finite(buf: torch.Tensor, lay: CaptureLayout, start: int, pos: torch.Tensor | None,
+                  dtype: torch.dtype = torch.float32) -> None:
     if bool(torch.isfinite(buf).all()):
         return
     bad = (~torch.isfinite(buf)).nonzero()[0].tolist()
     entry, sample = bad[0], bad[1] + start
     position = bad[2] if lay.per_position else int(pos[sample]) if pos is not None else "?"
     hooks = ", ".join(lay.capture.hooks[entry])
+    half = dtype in (torch.float16, torch.bfloat16)
+    fix = ("try --dtype float32 (half precision overflows) or check the weights" if half
+           else "the model itself produces it in float32: check the weights (e.g. a damaged checkpoint)")
     raise NonFiniteError(
         f"capture {lay.capture.name!r}: NaN or inf in {hooks} ({lay.capture.layer_dim} {entry}) at sample "
-        f"{sample + 1}, position {position}. Try --dtype float32 (half precision overflows) or check the weights."
+        f"{sample + 1}, position {position}; {fix}"
     )
 
 

@@ -108,8 +108,11 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int]:
         part = part.strip()
         try:
             if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                out.update(range(int(a), int(b) + 1))
+                a, b = (int(x) for x in part.split("-", 1))
+                if b < a:
+                    raise HookError(f"layer spec {spec!r}: the range {part!r} is empty (it goes down); write it "
+                                    f"low to high, e.g. {b}-{a}")
+                out.update(range(a, b + 1))
             else:
                 out.add(int(part))
         except ValueError:

@@ -220,6 +220,9 @@ class RunStore:
             self.put(f"{path}_bounds", np.asarray(coord.bounds), dims=(dim, "nv"))
 
     def write(self, arr: zarr.Array, region: tuple, data: np.ndarray) -> None:
+        """``arr[region] = data``, every chunk stored even when it equals the fill value (write_empty_chunks
+        is a per-handle setting in zarr 3, so it is set on every write, not only at creation)."""
+        arr = arr.with_config(_WRITE_EMPTY)
         try:
             arr[region if region else ...] = data
         except OSError as e:

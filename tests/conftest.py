@@ -66,3 +66,43 @@ def tiny_model(tiny_dir):
     from lamina.engine.models import load_model
 
     return load_model(str(tiny_dir))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every complete lamina run the tests made passes `lamina verify` (no missing chunk, every checksum right).
+
+    Runs that a test damages on purpose live under a folder named ``damaged-*`` and are skipped.
+    """
+    import json
+    from pathlib import Path
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or exitstatus != 0:
+        return
+    from lamina.engine.verify import verify
+
+    bad, checked = [], 0
+    for meta in Path(factory.getbasetemp()).rglob("zarr.json"):
+        folder = meta.parent
+        if "damaged-" in str(folder) or (folder.parent / "zarr.json").exists():
+            continue
+        try:
+            attrs = json.loads(meta.read_text()).get("attributes", {})
+        except ValueError:
+            continue
+        if "lamina_version" not in attrs or attrs.get("status") != "complete":
+            continue
+        checked += 1
+        report = verify(str(folder))
+        if not report.ok:
+            bad.append(report.summary())
+    session.config._lamina_verified = checked
+    if bad:
+        print("\nlamina verify failed on runs the tests made:\n" + "\n".join(bad))
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    n = getattr(config, "_lamina_verified", None)
+    if n is not None:
+        terminalreporter.write_line(f"lamina verify: all {n} complete runs made by the tests are intact")

@@ -1,0 +1,80 @@
+"""Checksummed chunks: `lamina verify` finds a truncated, a deleted and a flipped-byte chunk in acts/ and
+results/ of every analysis and names it; `lamina plot` and `lamina info --verify` refuse a damaged run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lamina.analyses import length, punct, qkv, rsa
+from lamina.analyses.cli import main as cli_main
+from lamina.analyses.options import RunOptions
+from lamina.engine.reader import open_run
+from lamina.engine.verify import verify
+
+from .helpers import run_analysis
+
+CONFIGS = {
+    "qkv": qkv.Config(),
+    "rsa": rsa.Config(permutations=20),
+    "length": length.Config(n_seq=2, seq_len=32, block=1),
+    "punct": punct.Config(n=10),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(gpt2_dir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("verify-runs")
+    return {name: run_analysis(name, cfg, RunOptions(model=str(gpt2_dir), out=str(base / name), progress=False,
+                                                     figures=False))
+            for name, cfg in CONFIGS.items()}
+
+
+def _chunk_file(run, group: str) -> tuple[str, Path, tuple]:
+    """The first stored chunk of the first data array in ``group`` (not a coordinate)."""
+    for name in run.arrays():
+        arr = run[name]
+        if name.startswith(group + "/") and name.rsplit("/", 1)[1] not in run.dims(name) and arr.nchunks:
+            coords = (0,) * arr.ndim
+            return name, Path(run.url) / name / arr.metadata.encode_chunk_key(coords), coords
+    raise AssertionError(f"no array in {group}")
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "deleted":
+        path.unlink()
+    else:  # one flipped bit in the middle of the chunk
+        b = bytearray(data)
+        b[len(b) // 2] ^= 0x10
+        path.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_complete_runs_verify(runs, name):
+    report = verify(runs[name])
+    assert report.ok and report.n_chunks > 0 and not report.unchecked, report.summary()
+
+
+@pytest.mark.parametrize("group", ["acts", "results"])
+@pytest.mark.parametrize("how", ["truncated", "deleted", "flipped"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_damage_is_found_and_named(runs, name, group, how, tmp_path, capsys):
+    copy = tmp_path / f"damaged-{name}-{group}-{how}"
+    shutil.copytree(runs[name].url, copy)
+    array, chunk, coords = _chunk_file(open_run(copy), group)
+    _damage(chunk, how)
+    report = verify(str(copy))
+    want = "missing" if how == "deleted" else "checksum mismatch"
+    assert report.problems == [f"{array} chunk {coords}: {want}"], report.summary()
+    for argv in (["plot", str(copy)], ["info", str(copy), "--verify"], ["verify", str(copy)]):
+        with pytest.raises(SystemExit) as e:
+            cli_main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{array} chunk {coords}: {want}" in err and "Traceback" not in err
+    assert not (copy / "figures").exists()
