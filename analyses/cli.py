@@ -45,7 +45,8 @@ def _run_command(name: str) -> click.Command:
         if run is not None and _is_main():
             click.echo(describe(run.url))
 
-    doc = (analysis.Config.__doc__ or "").strip().splitlines()[0] if analysis.Config.__doc__ else ""
+    doc = (analysis.Config.__doc__ or "").strip()
+    doc = "" if doc.startswith(analysis.Config.__name__ + "(") else doc.splitlines()[0]  # not dataclass's own
     return click.Command(name, params=params, callback=callback, help=f"{analysis.title}.\n\n{doc}".strip(),
                          short_help=analysis.title, context_settings=CONTEXT)
 
@@ -171,9 +172,9 @@ def list_analyses():
     for name in registry.names():
         try:
             a = registry.get(name)
-            click.echo(f"{name:<10} {a.title} (default model {a.default_model})")
+            click.echo(f"{name:<12} {a.title} (default model {a.default_model})")
         except Exception as e:  # noqa: BLE001 - a broken plugin should not hide the others
-            click.echo(f"{name:<10} cannot be loaded: {e}")
+            click.echo(f"{name:<12} cannot be loaded: {e}")
 
 
 @app.command(context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_extra_args": True},

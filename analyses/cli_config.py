@@ -47,9 +47,11 @@ def click_options(cls) -> list[click.Option]:
         tp, _ = _unwrap(hints[f.name])
         name = "--" + f.name.replace("_", "-")
         flags = [*f.metadata.get("flags", ()), name]
-        default = f.default if f.default is not dataclasses.MISSING else None
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else f.default
         help_ = str(f.metadata.get("help", ""))
-        kw: dict[str, Any] = {"default": default, "help": help_, "show_default": default not in (None, ())}
+        kw: dict[str, Any] = {"default": default, "help": help_, "show_default": default not in (None, ()),
+                              "required": required}
         if tp is bool:
             out.append(click.Option([f"{name}/--no-{f.name.replace('_', '-')}", *f.metadata.get("flags", ()),
                                      f.name], **kw))

@@ -88,8 +88,8 @@ def read_mark_windows(path: str | Path, tok, *, n: int, skip: int, before: int, 
         counts = ", ".join(f"{len(f)} {c} ({MARKS[c]!r})" for c, f in zip(CLASSES, found))
         raise InputError(
             f"{str(path)!r} has too few punctuation marks: from token {skip} on (of {len(ids)} tokens), counting "
-            f"marks with {before} tokens before and {after - 1} after them, it has {counts}; --n {n} of each is "
-            "needed. Use a longer --text, a smaller --n or a smaller --skip")
+            f"marks with {before} tokens before and {after - 1} after them, it has {counts}; --marks {n} of each is "
+            "needed. Use a longer --text, a smaller --marks or a smaller --skip")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     batches = tuple(from_token_ids([ids[loc - before: loc + after] for loc in locs], pad_id=int(pad), n_ctx=n_ctx,
                                    what=f"{c} window") for c, locs in zip(CLASSES, found))

@@ -36,6 +36,8 @@ class RunOptions:
     overwrite: bool = option(False, "Replace the run at --out: the new run is built beside it and swapped in "
                                     "only when complete.")
     micro_batch: Optional[int] = option(None, "Samples per forward pass (default: fits the device).")
+    unit_samples: Optional[int] = option(None, "Samples per work unit, the resume and multi-rank granularity "
+                                               "(default: whole store chunks of >= 1 MiB).")
     figures: bool = option(True, "Draw PNG and PDF figures into OUT/figures.")
     progress: bool = option(True, "Progress bars.")
 
@@ -46,6 +48,8 @@ class RunOptions:
             raise InputError(f"--dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
         if self.micro_batch is not None and (isinstance(self.micro_batch, bool) or self.micro_batch < 1):
             raise InputError(f"--micro-batch must be >= 1, got {self.micro_batch}")
+        if self.unit_samples is not None and (isinstance(self.unit_samples, bool) or self.unit_samples < 1):
+            raise InputError(f"--unit-samples must be >= 1, got {self.unit_samples}")
         if self.model is not None and not str(self.model).strip():
             raise InputError("--model is empty; give a model name or a checkpoint folder")
 

@@ -38,12 +38,14 @@ from lamina.engine.inputs import TokenBatch
 from lamina.engine.labelled import Coord, Labelled
 from lamina.engine.reducers import Reducer, State
 
-__all__ = ["Analysis", "Context", "Data", "Pass", "Spec", "option", "option_help", "batch_inputs"]
+__all__ = ["Analysis", "Context", "Data", "Pass", "REQUIRED", "Spec", "option", "option_help", "batch_inputs"]
+
+REQUIRED: Any = dataclasses.MISSING  # option(REQUIRED, "...") : a field without a default (a required --option)
 
 
 def option(default: Any, help: str, *, flags: Sequence[str] = (), cli: bool = True, **metadata: Any):
     """A Config field with its command-line help (``flags``: extra names such as ``-m``; ``cli=False``:
-    Python-only, e.g. in-memory texts)."""
+    Python-only, e.g. in-memory texts; ``REQUIRED`` as the default: the option must be given)."""
     meta = {"help": help, "flags": tuple(flags), "cli": cli, **metadata}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple (immutable) as the default of a Config field")

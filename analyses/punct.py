@@ -41,7 +41,7 @@ class Config:
     """Options of ``lamina run punct`` (defaults are the lecture's)."""
 
     text: Optional[str] = option(None, "Text file, tokenised whole as one document. Default: the shipped corpus.")
-    n: int = option(250, "Marks per class: the first N commas and the first N periods.")
+    marks: int = option(250, "Marks per class: the first MARKS commas and the first MARKS periods.")
     skip: int = option(400, "Scan token positions from this one on.")
     before: int = option(20, "Window tokens before the mark (the mark's index).")
     after: int = option(11, "Window = tokens loc-BEFORE up to (not including) loc+AFTER: the mark plus AFTER-1 "
@@ -52,7 +52,7 @@ class Config:
                                       "model is causal; 1/3 slower).")
 
     def __post_init__(self):
-        for name, low, what in (("n", 2, "pairs of sequences are compared"), ("skip", 0, ""), ("before", 0, ""),
+        for name, low, what in (("marks", 2, "pairs of sequences are compared"), ("skip", 0, ""), ("before", 0, ""),
                                 ("after", 1, "the window ends after the mark"), ("bins", 1, "")):
             v = getattr(self, name)
             if isinstance(v, bool) or v < low:
@@ -82,7 +82,7 @@ class PlotOptions:
 
 def spec(cfg: Config, model) -> Spec:
     path = cfg.text or stimulus_path(DEFAULT_CORPUS)
-    stim = read_mark_windows(path, model.tokenizer, n=cfg.n, skip=cfg.skip, before=cfg.before, after=cfg.after,
+    stim = read_mark_windows(path, model.tokenizer, n=cfg.marks, skip=cfg.skip, before=cfg.before, after=cfg.after,
                              n_ctx=model.n_ctx, model=str(model.name))
     hooks = hidden_state_hooks(model.n_layers)
     outer = (("class", len(CLASSES)),)
@@ -90,15 +90,15 @@ def spec(cfg: Config, model) -> Spec:
     for c, name in enumerate(CLASSES):
         full = stim.batches[c]
         fed = TokenBatch(full.tokens[:, :cfg.fed].contiguous(), full.lengths.clamp(max=cfg.fed), full.pad_id)
-        cap = Capture("acts/hidden", hooks, Selector.at([cfg.before] * cfg.n), layer_dim="state", prefix=(c,),
+        cap = Capture("acts/hidden", hooks, Selector.at([cfg.before] * cfg.marks), layer_dim="state", prefix=(c,),
                       outer=outer)
-        passes.append(Pass(fed, (cap,), phase=name, samples_per_chunk=cfg.n))
+        passes.append(Pass(fed, (cap,), phase=name, samples_per_chunk=cfg.marks))
     classes = {"class": labels(CLASSES)}
     marks = {"marks": [MARKS[c] for c in CLASSES]}
     inputs = {
         "inputs/tokens": Labelled(stim.tokens, ("class", "sample", "pos"), classes,
                                   {**marks, "mark_index": cfg.before, "long_name": "token windows"}),
-        "inputs/lengths": Labelled(np.full((len(CLASSES), cfg.n), cfg.window, dtype=np.int32), ("class", "sample"),
+        "inputs/lengths": Labelled(np.full((len(CLASSES), cfg.marks), cfg.window, dtype=np.int32), ("class", "sample"),
                                    classes),
         "inputs/locations": Labelled(stim.locations, ("class", "sample"), classes,
                                      {**marks, "n_text_tokens": stim.n_text_tokens, "skip": cfg.skip,
@@ -145,7 +145,7 @@ def compute(data, spec: Spec, cfg: Config, ctx) -> dict[str, Labelled]:
                                     {"units": units[k], "long_name": f"{names[k]} of each pair of sequences",
                                      "pairs": "numpy.triu_indices(n, 1) order, see results/pairs", "bins": cfg.bins,
                                      "z_max": cfg.z_max}) for k in STATS}
-    out["results/pairs"] = Labelled(np.stack(np.triu_indices(cfg.n, 1), axis=1).astype(np.int32), ("pair", "end"),
+    out["results/pairs"] = Labelled(np.stack(np.triu_indices(cfg.marks, 1), axis=1).astype(np.int32), ("pair", "end"),
                                     attrs={"long_name": "the (i, j) samples of each pair"})
     out["results/mean"] = Labelled(mean, ("class", "state", "stat"), coords, {"long_name": "mean over the pairs"})
     out["results/r_cov_mi"] = Labelled(r, ("class", "state"), {k: coords[k] for k in ("class", "state")},
@@ -159,7 +159,7 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
     def rounded(v):
         return [float(f"{x:.4g}") if np.isfinite(x) else None for x in np.asarray(v, dtype=float)]
 
-    out: dict = {"marks per class": cfg.n, "pairs per class": cfg.n * (cfg.n - 1) // 2}
+    out: dict = {"marks per class": cfg.marks, "pairs per class": cfg.marks * (cfg.marks - 1) // 2}
     for c, name in enumerate(CLASSES):
         out[f"{name} mean MI (bits) per state"] = rounded(mean[c, :, 0])
         out[f"{name} mean cov per state"] = rounded(mean[c, :, 1])
@@ -171,4 +171,5 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
 ANALYSIS = Analysis(
     name="punct", title="D: internal (,) vs terminal (.) marks: MI, covariance and correlation of all pairs, per "
                         "hidden state", Config=Config, spec=spec, compute=compute, summary=summary,
-    plot="lamina.analyses.punct_plots:plot", PlotOptions=PlotOptions, default_model="gpt2-medium")
+    plot="lamina.analyses.punct_plots:plot", PlotOptions=PlotOptions, default_model="gpt2-medium",
+    curves="lamina.analyses.punct_curves:curves")

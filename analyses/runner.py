@@ -118,9 +118,12 @@ def _fill(analysis, cfg, opts, spec: Spec, model, store: RunStore, world: World,
     widths: dict[str, tuple] = {}
     t = time.perf_counter()
     for p in spec.passes:
-        capture_to_store(model, p.batch, p.captures, store, phase=p.phase, micro_batch=opts.micro_batch,
-                                 samples_per_chunk=p.samples_per_chunk, world=world, keep=p.keep,
-                                 reducers=p.reducers, unit_bytes=p.unit_bytes, progress=opts.progress)
+        spc, mb = p.samples_per_chunk, opts.micro_batch
+        if opts.unit_samples is not None:  # whole chunks of unit_samples, one micro-batch at most per unit
+            spc, mb = opts.unit_samples, min(mb or opts.unit_samples, opts.unit_samples)
+        capture_to_store(model, p.batch, p.captures, store, phase=p.phase, micro_batch=mb, samples_per_chunk=spc,
+                         world=world, keep=p.keep, reducers=p.reducers, unit_bytes=p.unit_bytes,
+                         progress=opts.progress)
         for lay in plan(model, p.captures):
             widths[lay.capture.name] = lay.widths
             if world.is_main and p.keep:

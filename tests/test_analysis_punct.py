@@ -103,7 +103,7 @@ def hf_tokens(gpt2_dir):
 def punct_run(gpt2_dir, text_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("punct-run") / "run"
     opts = RunOptions(model=str(gpt2_dir), out=str(out), figures=True, progress=False, micro_batch=5)
-    return run_analysis("punct", punct.Config(text=str(text_file), n=N, skip=SKIP, before=BEFORE, after=AFTER), opts)
+    return run_analysis("punct", punct.Config(text=str(text_file), marks=N, skip=SKIP, before=BEFORE, after=AFTER), opts)
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +211,7 @@ def test_state0_same_mark_token_gives_one_value(punct_run):
 def test_full_window_feeds_the_literal_sequences(punct_run, gpt2_dir, text_file, tmp_path):
     """--full-window runs all 31 tokens (the lecture's input): same states, the model being causal."""
     opts = RunOptions(model=str(gpt2_dir), out=str(tmp_path / "full"), figures=False, progress=False)
-    full = run_analysis("punct", punct.Config(text=str(text_file), n=N, skip=SKIP, full_window=True), opts)
+    full = run_analysis("punct", punct.Config(text=str(text_file), marks=N, skip=SKIP, full_window=True), opts)
     assert full.attrs["options"]["tokens_fed"] == BEFORE + AFTER
     assert punct_run.attrs["options"]["tokens_fed"] == BEFORE + 1
     np.testing.assert_allclose(full.numpy("acts/hidden"), punct_run.numpy("acts/hidden"), atol=1e-6, rtol=1e-6)
@@ -238,8 +238,8 @@ def test_too_few_marks_says_how_many(gpt2_dir, text_file, hf_tokens, tmp_path):
     ids, pieces = hf_tokens
     n_int, n_term = (len(f) for f in reference_scan(ids, pieces, skip=SKIP, before=BEFORE, after=AFTER))
     out = tmp_path / "run"
-    with pytest.raises(InputError, match=rf"{n_int} internal .*{n_term} terminal .*--n 500") as e:
-        run_analysis("punct", punct.Config(text=str(text_file), n=500, skip=SKIP),
+    with pytest.raises(InputError, match=rf"{n_int} internal .*{n_term} terminal .*--marks 500") as e:
+        run_analysis("punct", punct.Config(text=str(text_file), marks=500, skip=SKIP),
                      RunOptions(model=str(gpt2_dir), out=str(out), progress=False))
     assert f"from token {SKIP} on" in str(e.value)
     assert not out.exists(), "the error must come before any store is made"
@@ -257,7 +257,7 @@ def test_missing_text_file_cli(gpt2_dir, tmp_path, capsys):
     from lamina.analyses.cli import main
 
     with pytest.raises(SystemExit) as e:
-        main(["run", "punct", "--model", str(gpt2_dir), "--text", str(tmp_path / "nope.txt"), "--n", "12",
+        main(["run", "punct", "--model", str(gpt2_dir), "--text", str(tmp_path / "nope.txt"), "--marks", "12",
               "--out", str(tmp_path / "run"), "--no-progress"])
     assert e.value.code == 2
     assert "nope.txt" in capsys.readouterr().err
@@ -265,14 +265,14 @@ def test_missing_text_file_cli(gpt2_dir, tmp_path, capsys):
 
 def test_bad_options(gpt2_dir, text_file):
     opts = RunOptions(model=str(gpt2_dir))
-    with pytest.raises(InputError, match="--n must be >= 2"):
-        punct.Config(n=1)
+    with pytest.raises(InputError, match="--marks must be >= 2"):
+        punct.Config(marks=1)
     with pytest.raises(InputError, match="--after must be >= 1"):
         punct.Config(after=0)
     with pytest.raises(InputError, match="--state must be >= 0"):
         punct.PlotOptions(state=-1)
     with pytest.raises(InputError, match="130 tokens is longer than the context.*128"):
-        spec_of("punct", punct.Config(text=str(text_file), n=N, skip=SKIP, before=100, after=30), opts)
+        spec_of("punct", punct.Config(text=str(text_file), marks=N, skip=SKIP, before=100, after=30), opts)
 
 
 def test_shipped_defaults_validate():

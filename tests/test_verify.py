@@ -20,7 +20,7 @@ CONFIGS = {
     "qkv": qkv.Config(),
     "rsa": rsa.Config(permutations=20),
     "length": length.Config(n_seq=2, seq_len=32, block=1),
-    "punct": punct.Config(n=10),
+    "punct": punct.Config(marks=10),
 }
 
 
