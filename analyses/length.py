@@ -243,4 +243,5 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
 ANALYSIS = Analysis(
     name="length", title="C: MLP pre-activations vs token length: median split, per-neuron r and partial r (streamed)",
     Config=Config, spec=spec, compute=compute, summary=summary, plot="lamina.analyses.length_plots:plot",
-    default_model="EleutherAI/gpt-neo-125M")
+    default_model="EleutherAI/gpt-neo-125M",
+    curves="lamina.analyses.length_curves:curves")

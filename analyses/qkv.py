@@ -194,4 +194,5 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
 ANALYSIS = Analysis(
     name="qkv", title="A: feature cosine / correlation within and across Q, K, V at a target word and the token "
                       "before it", Config=Config, spec=spec, compute=compute, summary=summary,
-    plot="lamina.analyses.qkv_plots:plot", PlotOptions=PlotOptions, default_model="gpt2")
+    plot="lamina.analyses.qkv_plots:plot", PlotOptions=PlotOptions, default_model="gpt2",
+    curves="lamina.analyses.qkv_curves:curves")

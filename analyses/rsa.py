@@ -151,4 +151,5 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
 ANALYSIS = Analysis(
     name="rsa", title="B: RSA between Q, K, V and category selectivity of a final word, at every block",
     Config=Config, spec=spec, compute=compute, summary=summary, plot="lamina.analyses.rsa_plots:plot",
-    default_model="gpt2-large")
+    default_model="gpt2-large",
+    curves="lamina.analyses.rsa_curves:curves")
