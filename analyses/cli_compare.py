@@ -1,0 +1,44 @@
+"""``lamina compare`` and ``lamina report``, registered on :data:`lamina.analyses.cli.app`.
+
+    lamina compare RUN RUN [RUN...] --out FOLDER [--allow-different-stimuli]
+    lamina report STORE          (re)write STORE/report.html (a run, or a comparison folder)
+
+Imported once at the bottom of :mod:`lamina.analyses.cli`; user errors are LaminaErrors, which the
+CLI's ``main`` prints as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .cli import CONTEXT, app
+
+
+@app.command("compare", context_settings=CONTEXT)
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", "-o", required=True, help="Folder for the figures, key_numbers.csv and report.html.")
+@click.option("--allow-different-stimuli", is_flag=True,
+              help="Compare runs made on different stimuli (stimuli_sha256) anyway.")
+def compare_command(runs, out, allow_different_stimuli):
+    """Overlay runs of ONE analysis (different models, seeds or dtypes) on a shared relative-depth axis.
+
+    Writes OUT/figures/compare_*.png|pdf, OUT/key_numbers.csv and OUT/report.html.
+    """
+    from .compare import compare
+
+    result = compare(list(runs), out=out, allow_different_stimuli=allow_different_stimuli)
+    click.echo(f"compared {len(result.runs)} {result.experiment} runs: {', '.join(result.labels)}")
+    for path in (*[p for p in result.figures if p.endswith(".png")], result.table, result.report):
+        click.echo(path)
+
+
+@app.command("report", context_settings=CONTEXT)
+@click.argument("store")
+def report_command(store):
+    """(Re)write STORE/report.html: provenance, key numbers and every figure with its caption.
+
+    STORE is a complete run or a `lamina compare` folder.
+    """
+    from .report import report
+
+    click.echo(report(store))
