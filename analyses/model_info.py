@@ -1,7 +1,7 @@
 """What an analysis' spec may know of the model before any weights load: tokenizer and sizes.
 
 >>> info = inspect(RunOptions(model="gpt2", weights="random"))    # doctest: +SKIP
->>> info.n_layers, info.n_ctx
+>>> info.n_layers, info.n_ctx                                     # doctest: +SKIP
 (12, 1024)
 """
 

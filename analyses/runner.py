@@ -8,7 +8,7 @@ run into place -> unlock, on success or failure.
 
 >>> from lamina.analyses import registry
 >>> run = execute(registry.get("qkv"), opts=RunOptions(model="gpt2", weights="random"))   # doctest: +SKIP
->>> run.status
+>>> run.status                                                                           # doctest: +SKIP
 'complete'
 """
 

@@ -8,7 +8,7 @@ new one is complete: the new run is built in a hidden sibling folder
 renames is repaired the next time the path is opened (:func:`recover`).
 
 >>> d = check_destination("runs/new-run", overwrite=False)      # doctest: +SKIP
->>> d.state
+>>> d.state                                                     # doctest: +SKIP
 'new'
 """
 

@@ -7,7 +7,7 @@ one; ``lamina verify STORE`` prints the report, and ``lamina plot`` / ``compare`
 ``report`` refuse a run that fails it.
 
 >>> report = verify("runs/qkv-gpt2")        # doctest: +SKIP
->>> report.ok, report.n_chunks
+>>> report.ok, report.n_chunks               # doctest: +SKIP
 (True, 1734)
 """
 

@@ -1,0 +1,144 @@
+"""The shape of the code base: no import cycles, figures never import their analysis, no file refers outside
+the repository, analysis modules stay small, and every runnable docstring example runs."""
+
+from __future__ import annotations
+
+import ast
+import doctest
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"lamina": ROOT / "lamina", "lamina.engine": ROOT / "engine", "lamina.analyses": ROOT / "analyses",
+            "lamina.benchmarks": ROOT / "benchmarks"}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for pkg, folder in PACKAGES.items():
+        for path in folder.rglob("*.py"):
+            rel = path.relative_to(folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            out[".".join([pkg, *parts])] = path
+    return out
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every lamina module ``name`` imports, anywhere in the file (function-level imports included)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*up, base] if base else up)
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name and not (t in PACKAGES and t != "lamina"):
+                found.add(t)
+    return found
+
+
+def test_no_import_cycles():
+    mods = modules()
+    graph = {m: imports_of(m, p, set(mods)) for m, p in mods.items()}
+    graph["lamina"] = set()  # the front door re-exports; nothing imports it back but user code and examples
+    index, low, stack, on, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_figures_never_import_their_analysis():
+    mods = modules()
+    for name, path in mods.items():
+        if name.endswith("_plots"):
+            analysis = name.removesuffix("_plots")
+            assert analysis not in imports_of(name, path, set(mods)), f"{name} imports {analysis}"
+
+
+def test_nothing_refers_outside_the_repository():
+    offenders = []
+    for path in ROOT.rglob("*"):
+        if any(p in path.parts for p in (".git", ".venv", "__pycache__", "runs", "bench-results")) or not path.is_file():
+            continue
+        if path.suffix in (".py", ".md", ".toml", ".txt", ".j2", ".html", ".cfg") or path.name in ("Makefile", "run"):
+            if ".." + "/shared" in path.read_text(encoding="utf-8", errors="ignore"):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert not offenders
+
+
+@pytest.mark.parametrize("name", ["qkv", "rsa", "length", "punct", "capture"])
+def test_analysis_modules_stay_small(name):
+    lines = len((ROOT / "analyses" / f"{name}.py").read_text().splitlines())
+    assert lines <= 260, f"analyses/{name}.py has {lines} lines"
+
+
+def test_no_analysis_touches_zarr_ranks_or_the_cli():
+    for name in ("qkv", "rsa", "length", "punct", "capture"):
+        text = (ROOT / "analyses" / f"{name}.py").read_text()
+        for forbidden in ("import zarr", "distributed", "barrier", "import click", "import typer", "is_main"):
+            assert forbidden not in text, f"analyses/{name}.py: {forbidden}"
+
+
+DOCTESTED = sorted(m for m, p in modules().items()
+                   if ">>>" in p.read_text(encoding="utf-8") and not m.endswith("__main__"))
+
+
+@pytest.mark.parametrize("name", DOCTESTED)
+def test_docstring_examples_run(name):
+    module = importlib.import_module(name)
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    result = doctest.testmod(module, optionflags=flags, verbose=False, report=True)
+    assert result.failed == 0, f"{name}: {result.failed} of {result.attempted} examples failed"
+
+
+def test_front_door_surface():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import lamina; print(lamina.__all__)"], capture_output=True,
+                         text=True, check=True).stdout
+    names = eval(out)
+    assert {"load_model", "capture", "run", "open_run", "errors"} <= set(names)
+    import lamina
+
+    for n in names:
+        obj = getattr(lamina, n)
+        doc = getattr(obj, "__doc__", "") or ""
+        assert re.search(r">>>", doc) or n == "errors" or n == "Run", f"lamina.{n} has no example"
