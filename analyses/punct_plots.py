@@ -28,17 +28,26 @@ from .punct_stats import pearson
 COLORS = {"internal": "tab:blue", "terminal": "tab:orange"}
 LABELS = {"mi": "MI (bits)", "cov": "covariance", "corr": "correlation (Pearson r)"}
 MAX_GRID_STATES = 25  # the lecture's 5 x 5 grid
-CLASSES: tuple[str, ...] = ("internal", "terminal")  # replaced by the run's labels in plot()
-STATS: tuple[str, ...] = ("mi", "cov", "corr")
+
+
+class PairData(dict):
+    """{stat: [class, state, pair] values} with the run's class labels (stats in the run's order)."""
+
+    def __init__(self, values: dict, classes: list[str]):
+        super().__init__(values)
+        self.classes = list(classes)
+
+    @property
+    def stats(self) -> list[str]:
+        return list(self)
 
 
 def plot(run: Run, figdir: Path, *, state: int = 1) -> list[Path]:
     """Draw every figure of ``run`` into ``figdir`` (``state``: the hidden state of the single-state
     figures, clipped to the last); returns the files written."""
-    global CLASSES, STATS
     figdir, suffix = start(run, figdir)
-    CLASSES, STATS = tuple(run.labels("results/mean", "class")), tuple(run.labels("results/mean", "stat"))
-    data = {k: run.numpy(f"results/{k}") for k in STATS}  # each (class, state, pair)
+    stats = run.labels("results/mean", "stat")
+    data = PairData({k: run.numpy(f"results/{k}") for k in stats}, run.labels("results/mean", "class"))
     n_states = data["mi"].shape[1]
     n = int(run["acts/hidden"].shape[2])
     state = min(int(state), n_states - 1)
@@ -50,7 +59,7 @@ def plot(run: Run, figdir: Path, *, state: int = 1) -> list[Path]:
     paths += _scatter(data, state, n, suffix, figdir)
     paths += _scatter_grid(data, r, suffix, figdir)
     paths += _per_state_histograms(data, suffix, figdir)
-    paths += _per_state_means(mean, r, n, suffix, figdir)
+    paths += _per_state_means(data, mean, r, n, suffix, figdir)
     return paths
 
 
@@ -100,11 +109,11 @@ def _color_scale(vals: np.ndarray) -> tuple[str, float, float]:
 def _matrices(data, state: int, n: int, suffix: str, figdir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(CLASSES), len(STATS), figsize=(13, 8.2), squeeze=False, layout="constrained")
-    for k, stat in enumerate(STATS):
+    fig, axes = plt.subplots(len(data.classes), len(data.stats), figsize=(13, 8.2), squeeze=False, layout="constrained")
+    for k, stat in enumerate(data.stats):
         vals = data[stat][:, state]  # (class, pair)
         cmap, vmin, vmax = _color_scale(vals)
-        for c, name in enumerate(CLASSES):
+        for c, name in enumerate(data.classes):
             ax = axes[c, k]
             cm = plt.get_cmap(cmap).with_extremes(bad="white")
             im = ax.imshow(_upper(vals[c], n), cmap=cm, vmin=vmin, vmax=vmax, interpolation="nearest")
@@ -120,11 +129,11 @@ def _matrices(data, state: int, n: int, suffix: str, figdir: Path) -> list[Path]
 def _class_histograms(data, state: int, n: int, suffix: str, figdir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(STATS), figsize=(14, 4.4), squeeze=False, layout="constrained")
-    for k, stat in enumerate(STATS):
+    fig, axes = plt.subplots(1, len(data.stats), figsize=(14, 4.4), squeeze=False, layout="constrained")
+    for k, stat in enumerate(data.stats):
         ax = axes[0, k]
         edges = np.linspace(*_range(data[stat][:, state]), 61)
-        for c, name in enumerate(CLASSES):
+        for c, name in enumerate(data.classes):
             v = _finite(data[stat][c, state])
             ax.hist(v, bins=edges, histtype="stepfilled", alpha=0.45, color=COLORS[name],
                     label=f"{name} ({v.size} pairs)")
@@ -140,7 +149,7 @@ def _class_histograms(data, state: int, n: int, suffix: str, figdir: Path) -> li
 def _scatter_panel(ax, data, state: int, *, ms: float) -> tuple[float, float, float]:
     """cov (x) vs MI (y) of both classes at ``state``; returns r(cov, MI) internal, terminal, pooled."""
     rs = []
-    for c, name in enumerate(CLASSES):
+    for c, name in enumerate(data.classes):
         cov, mi = data["cov"][c, state], data["mi"][c, state]
         if _is_constant(_finite(cov)) and _is_constant(_finite(mi)):  # state 0: one point for every pair
             ax.plot(cov[:1], mi[:1], "o", ms=7, mfc="none", mew=2, color=COLORS[name], label=name)
@@ -187,7 +196,7 @@ def _scatter_grid(data, r: np.ndarray, suffix: str, figdir: Path) -> list[Path]:
             ax.set_xlabel("covariance", fontsize=7)
         if s % side == 0:
             ax.set_ylabel("MI (bits)", fontsize=7)
-    handles = [plt.Line2D([], [], ls="", marker="o", color=COLORS[c], label=c) for c in CLASSES]
+    handles = [plt.Line2D([], [], ls="", marker="o", color=COLORS[c], label=c) for c in data.classes]
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=9)
     fig.suptitle("punct: covariance (x) vs MI (y) per hidden state\n"
                  f"r = corrcoef(cov, MI) internal / terminal (n/a: one value for every pair)\n{suffix}")
@@ -203,7 +212,7 @@ def _per_state_histograms(data, suffix: str, figdir: Path) -> list[Path]:
     n_states = data["mi"].shape[1]
     cmap = plt.get_cmap("plasma")
     norm = Normalize(0, max(n_states - 1, 1))
-    fig, axes = plt.subplots(len(CLASSES), len(order), figsize=(15, 8), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(len(data.classes), len(order), figsize=(15, 8), squeeze=False, layout="constrained")
     for k, stat in enumerate(order):
         # covariance grows tens-fold with depth: when it is all positive, bin log10(cov) so that
         # every state keeps its shape (density per decade, log x axis)
@@ -212,7 +221,7 @@ def _per_state_histograms(data, suffix: str, figdir: Path) -> list[Path]:
         edges = np.linspace(*_range(tf(_finite(data[stat]))), 61)
         centres = 0.5 * (edges[:-1] + edges[1:])
         x = 10.0**centres if log else centres
-        for c, name in enumerate(CLASSES):
+        for c, name in enumerate(data.classes):
             ax = axes[c, k]
             for s in range(n_states):
                 v = _finite(data[stat][c, s])
@@ -234,7 +243,7 @@ def _per_state_histograms(data, suffix: str, figdir: Path) -> list[Path]:
     return save_figure(fig, figdir, "punct_per_state_hist")
 
 
-def _per_state_means(mean: np.ndarray, r: np.ndarray, n: int, suffix: str, figdir: Path) -> list[Path]:
+def _per_state_means(data, mean: np.ndarray, r: np.ndarray, n: int, suffix: str, figdir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     states = np.arange(mean.shape[1])
@@ -242,12 +251,12 @@ def _per_state_means(mean: np.ndarray, r: np.ndarray, n: int, suffix: str, figdi
               ("r", "corrcoef(cov, MI) over pairs")]
     fig, axes = plt.subplots(1, len(panels), figsize=(17, 4.2), squeeze=False, layout="constrained")
     for ax, (key, label) in zip(axes[0], panels):
-        for c, name in enumerate(CLASSES):
-            y = r[c] if key == "r" else mean[c, :, STATS.index(key)]
+        for c, name in enumerate(data.classes):
+            y = r[c] if key == "r" else mean[c, :, data.stats.index(key)]
             ax.plot(states, y, marker="o", ms=3, color=COLORS[name], label=name)
         if key == "r":
             ax.axhline(0, color="0.6", lw=0.8)
-        if key == "cov" and bool((mean[..., STATS.index("cov")] > 0).all()):
+        if key == "cov" and bool((mean[..., data.stats.index("cov")] > 0).all()):
             ax.set_yscale("log")  # it grows tens-fold with depth
         ax.set_xlabel("hidden state (0 = embeddings)")
         ax.set_ylabel(label)

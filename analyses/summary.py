@@ -29,10 +29,18 @@ def describe(url: str) -> str:
     if a.get("timings"):
         lines.append("timings   " + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in a["timings"].items()))
     lines.append("arrays:")
+    coords: dict[str, list[str]] = {}
     for name in run.arrays():
         arr = run[name]
+        group, _, leaf = name.rpartition("/")
+        if leaf in run.dims(name) or (leaf.endswith("_bounds") and leaf.removesuffix("_bounds") in run.dims(name)):
+            coords.setdefault(group or "/", []).append(leaf)  # a coordinate variable
+            continue
         dims = ", ".join(f"{d}={s}" for d, s in zip(run.dims(name), arr.shape))
-        lines.append(f"  {name:<28} {str(arr.dtype):<8} ({dims})")
+        dtype = "str" if arr.dtype.kind in "OTU" else str(arr.dtype)
+        lines.append(f"  {name:<30} {dtype:<8} ({dims})")
+    if coords:
+        lines.append("coordinates: " + "; ".join(f"{g}: {', '.join(v)}" for g, v in coords.items()))
     summary = a.get("summary")
     if summary:
         lines.append("key numbers:")

@@ -241,7 +241,7 @@ class RunStore:
         plan = dict(plan or {"n_units": n_units})
         if name in self.group and dict(self.group[name].attrs).get("plan") != plan and self.rank == 0:
             del self.group[name]
-        arr = self.array(name, shape=(n_units,), dims=("unit",), chunks=(1,), dtype="bool", fill_value=False)
+        arr = self.array(name, shape=(n_units,), dims=(f"{phase}_unit",), chunks=(1,), dtype="bool", fill_value=False)
         if self.rank == 0:
             arr.attrs["plan"] = plan
         return arr
