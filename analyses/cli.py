@@ -189,7 +189,9 @@ def bench(ctx):
 
 app.add_command(_capture_command(), "capture")
 
-from . import cli_compare  # noqa: E402,F401  (lamina compare, lamina report)
+from .cli_compare import register as _register_compare  # noqa: E402  (lamina compare, lamina report)
+
+_register_compare(app)
 
 
 def _is_main() -> bool:

@@ -1,20 +1,18 @@
-"""``lamina compare`` and ``lamina report``, registered on :data:`lamina.analyses.cli.app`.
+"""``lamina compare`` and ``lamina report``: click commands that :func:`register` adds to the ``lamina`` group.
 
     lamina compare RUN RUN [RUN...] --out FOLDER [--allow-different-stimuli]
     lamina report STORE          (re)write STORE/report.html (a run, or a comparison folder)
 
-Imported once at the bottom of :mod:`lamina.analyses.cli`; user errors are LaminaErrors, which the
-CLI's ``main`` prints as one line with exit status 2.
+:mod:`lamina.analyses.cli` calls ``register(app)`` at its bottom (this module does not import it back:
+no import cycle); user errors are LaminaErrors, which the CLI's ``main`` prints as one line, exit 2.
 """
 
 from __future__ import annotations
 
 import click
 
-from .cli import CONTEXT, app
 
-
-@app.command("compare", context_settings=CONTEXT)
+@click.command("compare")
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--out", "-o", required=True, help="Folder for the figures, key_numbers.csv and report.html.")
 @click.option("--allow-different-stimuli", is_flag=True,
@@ -32,7 +30,7 @@ def compare_command(runs, out, allow_different_stimuli):
         click.echo(path)
 
 
-@app.command("report", context_settings=CONTEXT)
+@click.command("report")
 @click.argument("store")
 def report_command(store):
     """(Re)write STORE/report.html: provenance, key numbers and every figure with its caption.
@@ -42,3 +40,13 @@ def report_command(store):
     from .report import report
 
     click.echo(report(store))
+
+
+COMMANDS = (compare_command, report_command)
+
+
+def register(app: click.Group) -> None:
+    """Add the commands to ``app`` with its context settings (``-h``, help width)."""
+    for cmd in COMMANDS:
+        cmd.context_settings = {**(app.context_settings or {}), **cmd.context_settings}
+        app.add_command(cmd)

@@ -37,9 +37,9 @@ from .compare_plots import draw_comparison
 from .compare_table import key_numbers, write_csv
 from .curves import depth_dim
 from .protocol import Analysis
+from .report import COMPARISON_DATA as DATA, write_comparison_report
 
 TABLE = "key_numbers.csv"
-DATA = "comparison.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +71,6 @@ def compare(runs: Sequence[str | os.PathLike | Run], *, out: str | os.PathLike,
     data = comparison_data(analysis, opened, labels, per_run, rows, figures, folder,
                            allow_different_stimuli=allow_different_stimuli)
     (folder / DATA).write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
-    from .report import write_comparison_report
-
     report = write_comparison_report(folder, data)
     return Comparison(str(folder), analysis.name, tuple(r.url for r in opened), tuple(labels),
                       tuple(str(p) for p in figures), str(table), str(report))

@@ -30,6 +30,7 @@ from .captions import figure_order, run_caption
 from .protocol import Analysis
 
 TEMPLATES = Path(__file__).parent / "templates"
+COMPARISON_DATA = "comparison.json"  # what `lamina compare` saves for its report (re-rendered by `lamina report`)
 
 
 def write_report(analysis: Analysis | None, run: Run) -> str:
@@ -53,11 +54,9 @@ def report(store: str | os.PathLike) -> str:
     """Regenerate the report of a complete run, or of a ``lamina compare`` folder; returns its path.
 
     A run must be complete and pass :func:`~lamina.engine.verify.verify` (the report shows its numbers)."""
-    from .compare import DATA
-
     folder = dst.local_path(store) if dst.is_local(store) else None
-    if folder is not None and (folder / DATA).is_file() and not (folder / "zarr.json").exists():
-        data = json.loads((folder / DATA).read_text(encoding="utf-8"))
+    if folder is not None and (folder / COMPARISON_DATA).is_file() and not (folder / "zarr.json").exists():
+        data = json.loads((folder / COMPARISON_DATA).read_text(encoding="utf-8"))
         return str(write_comparison_report(folder, data))
     from lamina.engine.verify import verify
 
