@@ -29,7 +29,8 @@ DEPTH_LABEL = {"layer": "relative depth = block / (n_blocks − 1)",
 UNIT = {"layer": "blocks", "state": "states"}
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
            "tab:olive", "tab:cyan")
-STYLES = ("-", "--", "-.", ":")
+STYLES = ("-", "--", "-.", ":")  # per run too, so that runs with equal curves stay visible
+MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def draw_comparison(per_run: Sequence[Mapping[str, Labelled]], labels: Sequence[str], figdir: Path, *,
@@ -100,8 +101,9 @@ def _lines(runs: Sequence[Labelled | None], labels: Sequence[str], figdir: Path,
             if y is None:
                 continue
             x = relative_depth(len(y))
-            ax.plot(x, y, STYLES[(k // len(COLOURS)) % len(STYLES)], color=COLOURS[k % len(COLOURS)],
-                    marker="o" if len(y) <= 50 else None, ms=3, lw=1.5, label=_legend_label(label, c))
+            ax.plot(x, y, STYLES[k % len(STYLES)], color=COLOURS[k % len(COLOURS)],
+                    marker=MARKERS[k % len(MARKERS)] if len(y) <= 50 else None, ms=3.5, lw=1.5,
+                    label=_legend_label(label, c))
         if first.attrs.get("reference") is not None:
             ax.axhline(float(first.attrs["reference"]), color="0.45", ls="--", lw=0.9,
                        label=first.attrs.get("reference_label"))
@@ -120,11 +122,17 @@ def _lines(runs: Sequence[Labelled | None], labels: Sequence[str], figdir: Path,
             ax.set_ylabel(str(first.attrs.get("long_name", "")) if n_rows == 1 else
                           f"{names[0]}", fontsize=9)
     handles, names = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncols=min(len(handles), 4), fontsize=9)
+    fig.legend(handles, names, loc="outside lower center", ncols=_legend_columns(fig, names), fontsize=9)
     what = f"x = {DEPTH_LABEL[depth_dim(first)]}" if n_cols > 1 else ""
     _title(fig, [f"{experiment}: {first.attrs.get('long_name', '')}, {len(runs)} runs on a shared relative-depth axis",
                  what, note])
     return save_figure(fig, figdir, stem)
+
+
+def _legend_columns(fig, names: Sequence[str]) -> int:
+    """As many legend columns as fit the figure's width (9 pt text: about 0.07 in per character)."""
+    need = 0.07 * max((len(n) for n in names), default=1) + 0.7
+    return max(1, min(len(names), int(0.95 * fig.get_figwidth() / need)))
 
 
 def _select(c: Labelled, dims: Sequence[str], names: Sequence[str]) -> np.ndarray | None:
