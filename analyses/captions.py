@@ -74,8 +74,8 @@ RUN_CAPTIONS: tuple[Entry, ...] = (
     (r"length_median_split_block(?P<b>\d+)", "Block {b} activations split at the median token length",
      "Densities of block {b}'s MLP pre-activations, all neurons pooled, for tokens shorter than, longer than and "
      "equal to the median token length.",
-     "Lecture: the split is the first look; the per-neuron correlations (next figures) show block 0's positive r "
-     "and the weakly negative r of most later blocks."),
+     "The lecture's findings are in the per-neuron correlations (next figures): block 0 positive r, most later "
+     "blocks weakly negative r."),
     (r"length_corr_by_block", "Correlation with token length, every block",
      "Density over neurons of Pearson r between each neuron's MLP pre-activation and token length (characters), one "
      "line per block coloured by depth.", LENGTH_FOUND),
@@ -119,7 +119,8 @@ def run_caption(stem: str, attrs: Mapping) -> dict[str, str]:
             text = found(g) if callable(found) else found
             return {"title": title.format(**g), "shows": shows.format(**g), "found": text.strip(),
                     "warning": warning}
-    return {"title": stem, "shows": "", "found": "", "warning": warning}
+    return {"title": stem, "shows": "Drawn by the analysis' own plot function (lamina has no caption for it).",
+            "found": "", "warning": warning}
 
 
 def figure_order(stem: str) -> tuple[int, int, str]:

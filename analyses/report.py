@@ -30,6 +30,7 @@ from .captions import figure_order, run_caption
 from .protocol import Analysis
 
 TEMPLATES = Path(__file__).parent / "templates"
+RANDOM = "RANDOM WEIGHTS: results are scientifically meaningless (architecture and speed only)"
 COMPARISON_DATA = "comparison.json"  # what `lamina compare` saves for its report (re-rendered by `lamina report`)
 
 
@@ -75,7 +76,7 @@ def render_run(analysis: Analysis, run: Run) -> str:
     figures = [_figure(stem, pdf, a) for stem, pdf in _figure_stems(run)]
     return _env().get_template("run_report.html.j2").render(
         **_common(), page_title=f"lamina {analysis.name}: {Path(str(model.get('model', '?'))).name}",
-        warning=model.get("warning") if a.get("weights") == "random" else None, status=run.status,
+        warning=(model.get("warning") or RANDOM) if a.get("weights") == "random" else None, status=run.status,
         experiment=analysis.name, title=analysis.title, model_name=model.get("model", "?"),
         weights=a.get("weights"), dtype=a.get("dtype"), url=run.url, provenance=provenance_rows(a),
         summary=[(str(k), fmt(v)) for k, v in (a.get("summary") or {}).items()], figures=figures,
