@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,7 @@ def render_run(analysis: Analysis, run: Run) -> str:
         **_common(), page_title=f"lamina {analysis.name}: {Path(str(model.get('model', '?'))).name}",
         warning=(model.get("warning") or RANDOM) if a.get("weights") == "random" else None, status=run.status,
         experiment=analysis.name, title=analysis.title, model_name=model.get("model", "?"),
-        weights=a.get("weights"), dtype=a.get("dtype"), url=run.url, provenance=provenance_rows(a),
+        weights=a.get("weights"), dtype=a.get("dtype"), url=shown_url(run.url), provenance=provenance_rows(a),
         summary=[(str(k), fmt(v)) for k, v in (a.get("summary") or {}).items()], figures=figures,
         figures_hint="drawn by `lamina run` or `lamina plot`")
 
@@ -118,6 +119,21 @@ def write_comparison_report(folder: str | os.PathLike, data: Mapping[str, Any]) 
 
 
 # ---- content -------------------------------------------------------------------------------
+
+
+def shown_url(url: str) -> str:
+    """The run's URL as users know it: a run being staged by ``--overwrite`` (``.NAME.lamina-new``, swapped
+    into place right after the report is written) shows as ``NAME``.
+
+    >>> shown_url("runs/.qkv-gpt2.lamina-new"), shown_url("runs/qkv-gpt2")
+    ('runs/qkv-gpt2', 'runs/qkv-gpt2')
+    """
+    if dst.is_local(url):
+        p = dst.local_path(url)
+        m = re.fullmatch(r"\.(.+)\.lamina-new", p.name)
+        if m:
+            return str(p.parent / m.group(1))
+    return url
 
 
 def provenance_rows(a: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -256,3 +256,13 @@ def test_chromium_renders_every_image_offline(runs, tmp_path):
     shutil.copy(run_page, alone / "report.html")
     n, broken = _images(_render(alone / "report.html", tmp_path / "profile"))
     assert broken == n > 0
+
+
+def test_report_of_an_overwritten_run_names_the_run_not_its_staging_folder(tmp_path_factory, tmp_path):
+    ckpt = checkpoints(tmp_path_factory)
+    opts = RunOptions(model=str(ckpt[DEPTHS[0]]), out=str(tmp_path / "rsa"), progress=False)
+    run_analysis("rsa", rsa.Config(permutations=5), opts)
+    run = run_analysis("rsa", rsa.Config(permutations=6), RunOptions(**{**opts.__dict__, "overwrite": True}))
+    html = (Path(run.url) / "report.html").read_text()
+    assert "lamina-new" not in html and f"lamina report {Path(run.url).resolve()}" in html
+    assert "permutations: 6" in html
