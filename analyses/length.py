@@ -113,11 +113,17 @@ def unigram_counts(ids: np.ndarray) -> np.ndarray:
 
 
 def read_corpus(cfg: Config, model) -> Corpus:
-    """Corpus -> [n_seq, seq_len] tokens with their lengths and frequencies; every input error here."""
+    """Corpus -> [n_seq, seq_len] tokens with their lengths and frequencies; every input error here.
+
+    A model whose tokenizer starts texts with a BOS token gets it in front of every sequence (the
+    statistics leave it out: it is not a corpus token).
+    """
     tok, n_ctx, n_layers = model.tokenizer, model.n_ctx, model.n_layers
-    if cfg.seq_len > n_ctx:
-        raise InputError(f"--seq-len {cfg.seq_len} is longer than the context of {model.name} ({n_ctx} tokens); "
-                         f"use --seq-len {n_ctx} or less")
+    bos = getattr(model, "bos_token_id", None)
+    room = n_ctx - (bos is not None)
+    if cfg.seq_len > room:
+        raise InputError(f"--seq-len {cfg.seq_len} is longer than the context of {model.name} ({room} tokens); "
+                         f"use --seq-len {room} or less")
     if cfg.block >= n_layers:
         raise InputError(f"--block {cfg.block} does not exist: {model.name} has {n_layers} blocks "
                          f"(0..{n_layers - 1})")
@@ -128,18 +134,25 @@ def read_corpus(cfg: Config, model) -> Corpus:
         raise InputError(f"every one of the {length.size} tokens of {source} is {int(length[0, 0])} characters long: "
                          "a correlation with token length is undefined (all NaN); use a corpus of varied text")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    batch = TokenBatch(torch.from_numpy(rows.astype(np.int64)), torch.full((cfg.n_seq,), cfg.seq_len), int(pad))
+    fed = rows if bos is None else np.concatenate([np.full((cfg.n_seq, 1), bos, dtype=rows.dtype), rows], axis=1)
+    batch = TokenBatch(torch.from_numpy(fed.astype(np.int64)), torch.full((cfg.n_seq,), fed.shape[1]), int(pad))
     return Corpus(batch, length, unigram_counts(rows), float(np.median(length)), source)
 
 
 def spec(cfg: Config, model) -> Spec:
     corpus = read_corpus(cfg, model)
-    length = torch.as_tensor(corpus.token_length)  # [sample, pos]
-    log_freq = torch.log(torch.as_tensor(corpus.token_frequency, dtype=torch.float64))
+    offset = corpus.batch.max_len - cfg.seq_len  # 1 with a BOS in front, else 0
+
+    def per_position(t: torch.Tensor) -> torch.Tensor:  # [sample, seq_len] -> [sample, pos]: zeros at a BOS
+        return torch.nn.functional.pad(t, (offset, 0))
+
+    length = per_position(torch.as_tensor(corpus.token_length))
+    log_freq = per_position(torch.log(torch.as_tensor(corpus.token_frequency, dtype=torch.float64)))
+    own = per_position(torch.ones(corpus.token_length.shape, dtype=torch.bool))  # corpus tokens, not the BOS
     groups = torch.full(length.shape, -1, dtype=torch.int64)
     for k, mask in enumerate((length < corpus.median, length > corpus.median, length == corpus.median)):
-        groups[mask] = k
-    reducers = (TokenPearson(ACTS, length, log_freq, name="pearson"),
+        groups[mask & own] = k
+    reducers = (TokenPearson(ACTS, length, log_freq, name="pearson", include=own if offset else None),
                 GroupHistogram(ACTS, cfg.block, groups, len(SPLITS), MEDIAN_BINS, MEDIAN_LO, MEDIAN_HI,
                                name="median_split"))
     capture = Capture(ACTS, layer_hooks(HOOK, range(model.n_layers)), Selector.every(), feature_dim="neuron")
@@ -235,9 +248,7 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
            "r_length_logfreq": round(float(results["results/r_length_logfreq"].numpy()), 4),
            "mean_corr_per_block": layer_means(corr), "mean_partial_corr_per_block": layer_means(partial),
            "acts_stored": cfg.keep_acts}
-    if sum(n_const):
-        out["constant_neurons_per_block"] = n_const
-    return out
+    return {**out, "constant_neurons_per_block": n_const} if sum(n_const) else out
 
 
 ANALYSIS = Analysis(

@@ -81,31 +81,36 @@ class PlotOptions:
 
 
 def spec(cfg: Config, model) -> Spec:
+    """The marks' windows (with the model's BOS in front when its tokenizer adds one) and the hidden states."""
     path = cfg.text or stimulus_path(DEFAULT_CORPUS)
+    bos = getattr(model, "bos_token_id", None)
     stim = read_mark_windows(path, model.tokenizer, n=cfg.marks, skip=cfg.skip, before=cfg.before, after=cfg.after,
-                             n_ctx=model.n_ctx, model=str(model.name))
+                             n_ctx=model.n_ctx - (bos is not None), model=str(model.name))
+    tokens = stim.tokens  # [class, sample, pos]
+    if bos is not None:
+        tokens = np.concatenate([np.full((*tokens.shape[:2], 1), bos, dtype=tokens.dtype), tokens], axis=2)
+    mark, fed = cfg.before + (bos is not None), cfg.fed + (bos is not None)
     hooks = hidden_state_hooks(model.n_layers)
-    outer = (("class", len(CLASSES)),)
     passes = []
     for c, name in enumerate(CLASSES):
-        full = stim.batches[c]
-        fed = TokenBatch(full.tokens[:, :cfg.fed].contiguous(), full.lengths.clamp(max=cfg.fed), full.pad_id)
-        cap = Capture("acts/hidden", hooks, Selector.at([cfg.before] * cfg.marks), layer_dim="state", prefix=(c,),
-                      outer=outer)
-        passes.append(Pass(fed, (cap,), phase=name, samples_per_chunk=cfg.marks))
+        batch = TokenBatch(torch.from_numpy(tokens[c, :, :fed].astype(np.int64)), torch.full((cfg.marks,), fed),
+                           stim.batches[c].pad_id)
+        cap = Capture("acts/hidden", hooks, Selector.at([mark] * cfg.marks), layer_dim="state", prefix=(c,),
+                      outer=(("class", len(CLASSES)),))
+        passes.append(Pass(batch, (cap,), phase=name, samples_per_chunk=cfg.marks))
     classes = {"class": labels(CLASSES)}
     marks = {"marks": [MARKS[c] for c in CLASSES]}
     inputs = {
-        "inputs/tokens": Labelled(stim.tokens, ("class", "sample", "pos"), classes,
-                                  {**marks, "mark_index": cfg.before, "long_name": "token windows"}),
-        "inputs/lengths": Labelled(np.full((len(CLASSES), cfg.marks), cfg.window, dtype=np.int32), ("class", "sample"),
-                                   classes),
+        "inputs/tokens": Labelled(tokens, ("class", "sample", "pos"), classes,
+                                  {**marks, "mark_index": mark, "long_name": "token windows"}),
+        "inputs/lengths": Labelled(np.full((len(CLASSES), cfg.marks), tokens.shape[2], dtype=np.int32),
+                                   ("class", "sample"), classes),
         "inputs/locations": Labelled(stim.locations, ("class", "sample"), classes,
                                      {**marks, "n_text_tokens": stim.n_text_tokens, "skip": cfg.skip,
                                       "long_name": "token position of each mark in the text"}),
     }
     return Spec(passes=tuple(passes), stimuli_sha256=stim.text_sha256, inputs=inputs,
-                coords={"acts/class": labels(CLASSES)}, options={"text": stim.text_path, "tokens_fed": cfg.fed},
+                coords={"acts/class": labels(CLASSES)}, options={"text": stim.text_path, "tokens_fed": fed},
                 state=stim)
 
 

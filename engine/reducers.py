@@ -125,8 +125,9 @@ class TokenPearson:
     """Pearson r of every feature with a per-token variable x (and the partial r controlling for z),
     streamed: the state is a :class:`~lamina.engine.kernels.correlation.StreamingPearson` state.
 
-    x, z: [sample, pos] per-token values (z optional), on the capture's device. ``budget``: float64
-    elements per update (bounds temporaries: a unit is folded in slices of budget / (layers·features) tokens).
+    x, z: [sample, pos] per-token values (z optional). ``include``: [sample, pos] bool, the tokens that count
+    (default: every real token; e.g. leave out a BOS). ``budget``: float64 elements per update (bounds
+    temporaries: a unit is folded in slices of budget / (layers·features) tokens).
     """
 
     capture: str
@@ -134,6 +135,7 @@ class TokenPearson:
     z: Tensor | None = None
     name: str = "pearson"
     budget: int = 1 << 25
+    include: Tensor | None = None
 
     def state_specs(self, widths: Mapping[str, tuple[int, int]]) -> dict[str, StateSpec]:
         n_layers, n_features = widths[self.capture]
@@ -152,9 +154,11 @@ class TokenPearson:
 
         acts = unit.tensors[self.capture]  # [layer, batch, pos, feature]
         real = unit.real(acts.shape[2])  # [batch, pos]
+        if self.include is not None:
+            real = real & self.include[unit.rows.start:unit.rows.stop].to(real.device)
         flat = acts[:, real]  # [layer, token, feature]
-        x = self.x[unit.rows.start:unit.rows.stop][real]  # [token]
-        z = None if self.z is None else self.z[unit.rows.start:unit.rows.stop][real]
+        x = self.x[unit.rows.start:unit.rows.stop].to(real.device)[real]  # [token]
+        z = None if self.z is None else self.z[unit.rows.start:unit.rows.stop].to(real.device)[real]
         step = max(1, self.budget // max(flat.shape[0] * flat.shape[2], 1))
         sp = StreamingPearson()
         for a in range(0, flat.shape[1], step):
