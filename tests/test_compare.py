@@ -51,7 +51,7 @@ def plotted(monkeypatch):
 
 
 def _read_figure(fig) -> dict:
-    """{"lines": {(panel title, legend label): (x, y)}, "meshes": {panel title: array}, "title": suptitle}."""
+    """{"lines": {(panel title, legend label): (x, y)}, "meshes": {panel title: array}}."""
     lines, meshes = {}, {}
     for ax in fig.axes:
         for line in ax.get_lines():
@@ -61,8 +61,7 @@ def _read_figure(fig) -> dict:
         for coll in ax.collections:
             if hasattr(coll, "get_array") and coll.get_array() is not None and ax.get_title():
                 meshes[ax.get_title()] = np.asarray(coll.get_array(), dtype=float)
-    title = fig._suptitle.get_text() if fig._suptitle is not None else ""
-    return {"lines": lines, "meshes": meshes, "title": title}
+    return {"lines": lines, "meshes": meshes}
 
 
 def _legend(label: str, url: str, analysis: str) -> str:
