@@ -57,7 +57,15 @@ class Comparison:
 
 def compare(runs: Sequence[str | os.PathLike | Run], *, out: str | os.PathLike,
             allow_different_stimuli: bool = False) -> Comparison:
-    """Compare complete runs of ONE analysis; write figures, the key-number table and the report into ``out``."""
+    """Compare complete runs of ONE analysis; write figures, the key-number table and the report into ``out``.
+
+    >>> cmp = lamina.compare(["runs/qkv-gpt2", "runs/qkv-gpt2-xl"], out="runs/compare-qkv")   # doctest: +SKIP
+    >>> cmp.labels, cmp.report                                                               # doctest: +SKIP
+    (('gpt2', 'gpt2-xl'), 'runs/compare-qkv/report.html')
+
+    ``runs``: URLs (or :class:`~lamina.engine.reader.Run`) of complete runs of one analysis on the same
+    stimuli (``allow_different_stimuli=True`` to compare others anyway); ``out``: a local folder.
+    """
     folder = _check_out(out)
     analysis, opened = open_runs(runs, allow_different_stimuli=allow_different_stimuli)
     folder.mkdir(parents=True, exist_ok=True)

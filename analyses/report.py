@@ -55,6 +55,9 @@ def write_report(analysis: Analysis | None, run: Run) -> str:
 def report(store: str | os.PathLike) -> str:
     """Regenerate the report of a complete run, or of a ``lamina compare`` folder; returns its path.
 
+    >>> report("runs/qkv-gpt2")          # doctest: +SKIP
+    'runs/qkv-gpt2/report.html'
+
     A run must be complete and pass :func:`~lamina.engine.verify.verify` (the report shows its numbers)."""
     folder = dst.local_path(store) if dst.is_local(store) else None
     if folder is not None and (folder / COMPARISON_DATA).is_file() and not (folder / "zarr.json").exists():
