@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-CASES = ("capture", "kernels", "scaling")
+CASES = ("capture", "kernels", "scaling", "e2e")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "lamina_bench": 1, "mode": a.mode, "device": a.device, "warmup": a.warmup, "repeats": a.repeats,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "argv": list(sys.argv[1:] if argv is None else argv), "machine": machine_info(a.device),
-        "capture": [], "kernels": [], "scaling": None,
+        "capture": [], "kernels": [], "scaling": None, "e2e": None,
     }
     m = report["machine"]
     _say(f"lamina bench ({a.mode}) on {a.device}: {m['cpu']} ({m['cpu_cores_logical']} logical cores, "
@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             _kernels(a, report, out)
         if "scaling" in a.case_list:
             _scaling(a, report, out)
+        if "e2e" in a.case_list:
+            _e2e(a, report, out)
     finally:
         report["load_average_1min_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
         _write(report, out)
@@ -154,6 +156,20 @@ def _scaling(a, report, out: Path) -> None:
         res["model"] = "gpt2-small widths, 1 block, random weights"
     report["scaling"] = res
     _say(table(res))
+
+
+def _e2e(a, report, out: Path) -> None:
+    from .e2e_bench import run_e2e, table
+
+    model = a.model or {"full": "gpt2-xl", "quick": "gpt2"}.get(a.mode)
+    if model is None:
+        return
+    _say(f"\n... end to end: lamina run qkv --model {model} ({a.device})")
+    res = run_e2e(model, device=a.device, weights="random" if a.model is None else "pretrained", tmp_dir=a.tmp_dir,
+                  repeats=a.repeats)
+    report["e2e"] = res
+    _say(table(res))
+    _write(report, out)
 
 
 def _write(report: dict, out: Path) -> None:
