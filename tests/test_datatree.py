@@ -8,27 +8,20 @@ import warnings
 import numpy as np
 import pytest
 
-from lamina.analyses import length, punct, qkv, rsa
-from lamina.analyses.options import RunOptions
+from lamina.engine.reader import open_run
 
-from .helpers import run_analysis
+from .course_runs import course_runs
 
 xr = pytest.importorskip("xarray")
 
-CONFIGS = {
-    "qkv": qkv.Config(),
-    "rsa": rsa.Config(permutations=20),
-    "length": length.Config(n_seq=2, seq_len=32, block=1),
-    "punct": punct.Config(marks=10),
-}
+ANALYSES = ("qkv", "rsa", "length", "punct")
 
 
 @pytest.fixture(scope="module")
-def runs(neo_dir, tmp_path_factory):
-    base = tmp_path_factory.mktemp("datatree-runs")
-    return {name: run_analysis(name, cfg, RunOptions(model=str(neo_dir), out=str(base / name), progress=False,
-                                                     figures=False))
-            for name, cfg in CONFIGS.items()}
+def runs(tmp_path_factory):
+    """The tiny complete runs shared with test_compare / test_report (6 blocks)."""
+    made = course_runs(tmp_path_factory)
+    return {name: open_run(made[name, 6]) for name in ANALYSES}
 
 
 def open_tree(run):
@@ -40,7 +33,7 @@ def open_tree(run):
     return tree
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(ANALYSES))
 def test_opens_whole_without_warnings(runs, name):
     tree = open_tree(runs[name])
     results = tree["results"].to_dataset()

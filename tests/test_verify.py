@@ -8,28 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from lamina.analyses import length, punct, qkv, rsa
 from lamina.analyses.cli import main as cli_main
-from lamina.analyses.options import RunOptions
 from lamina.engine.reader import open_run
 from lamina.engine.verify import verify
 
-from .helpers import run_analysis
+from .course_runs import course_runs
 
-CONFIGS = {
-    "qkv": qkv.Config(),
-    "rsa": rsa.Config(permutations=20),
-    "length": length.Config(n_seq=2, seq_len=32, block=1),
-    "punct": punct.Config(marks=10),
-}
+ANALYSES = ("qkv", "rsa", "length", "punct")
 
 
 @pytest.fixture(scope="module")
-def runs(gpt2_dir, tmp_path_factory):
-    base = tmp_path_factory.mktemp("verify-runs")
-    return {name: run_analysis(name, cfg, RunOptions(model=str(gpt2_dir), out=str(base / name), progress=False,
-                                                     figures=False))
-            for name, cfg in CONFIGS.items()}
+def runs(tmp_path_factory):
+    """The tiny complete runs shared with test_compare / test_report (3 blocks)."""
+    made = course_runs(tmp_path_factory)
+    return {name: open_run(made[name, 3]) for name in ANALYSES}
 
 
 def _chunk_file(run, group: str) -> tuple[str, Path, tuple]:
@@ -54,7 +46,7 @@ def _damage(path: Path, how: str) -> None:
         path.write_bytes(bytes(b))
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(ANALYSES))
 def test_complete_runs_verify(runs, name):
     report = verify(runs[name])
     assert report.ok and report.n_chunks > 0 and not report.unchecked, report.summary()
@@ -62,10 +54,11 @@ def test_complete_runs_verify(runs, name):
 
 @pytest.mark.parametrize("group", ["acts", "results"])
 @pytest.mark.parametrize("how", ["truncated", "deleted", "flipped"])
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(ANALYSES))
 def test_damage_is_found_and_named(runs, name, group, how, tmp_path, capsys):
     copy = tmp_path / f"damaged-{name}-{group}-{how}"
     shutil.copytree(runs[name].url, copy)
+    shutil.rmtree(copy / "figures", ignore_errors=True)
     array, chunk, coords = _chunk_file(open_run(copy), group)
     _damage(chunk, how)
     report = verify(str(copy))
