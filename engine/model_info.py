@@ -65,8 +65,8 @@ def hf_config(config: dict, where: str):
     return CONFIG_MAPPING[model_type].from_dict(dict(config))
 
 
-def shapes(hf_cfg, architecture: str) -> dict:
-    """TransformerLens' sizes for this config: n_layers, d_model, heads, d_head, d_mlp, n_ctx, vocab, gated_mlp."""
+def adapter_for(hf_cfg, architecture: str):
+    """TransformerLens' architecture adapter for this config (built from the config alone)."""
     import torch
     from transformer_lens.factories.architecture_adapter_factory import ArchitectureAdapterFactory
     from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_config_from_hf
@@ -76,7 +76,12 @@ def shapes(hf_cfg, architecture: str) -> dict:
     with quiet():
         bridge_cfg = build_bridge_config_from_hf(hf_cfg, architecture, getattr(hf_cfg, "name_or_path", "") or "model",
                                                  torch.float32)
-        cfg = ArchitectureAdapterFactory.select_architecture_adapter(bridge_cfg).cfg
+        return ArchitectureAdapterFactory.select_architecture_adapter(bridge_cfg)
+
+
+def shapes(hf_cfg, architecture: str) -> dict:
+    """TransformerLens' sizes for this config: n_layers, d_model, heads, d_head, d_mlp, n_ctx, vocab, gated_mlp."""
+    cfg = adapter_for(hf_cfg, architecture).cfg
     n_heads = int(cfg.n_heads)
     return dict(
         n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), n_heads=n_heads,

@@ -23,7 +23,9 @@ Sources (engine/model_source.py, docs/models.md):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +34,7 @@ import torch
 
 from .errors import InputError, ModelNotFoundError
 from .model_configs import GPT2_BPE_NAMES, SHIPPED_CONFIGS
-from .model_info import ModelInfo, hf_config, shapes
+from .model_info import ModelInfo, adapter_for, hf_config, shapes
 from .model_source import ResolvedSource, fetch_weights, quiet, resolve
 from .sdpa import restore_sdpa, sdpa_blocks
 from .tokenizer import bos_token_id, cache_dir, gpt2_tokenizer, model_tokenizer
@@ -222,7 +224,14 @@ def load_model(
         hf_model = _from_folder(files[0].parent, files, dt).to(device=dev, dtype=dt).eval()
     boot_dir = str(src.folder) if src.folder is not None else _config_dir(src.name, src.config)
     tok = info.tokenizer if info.tokenizer is not None else gpt2_tokenizer()  # meta without a tokenizer: a stand-in
+    if dev.type == "meta":
+        from .model_probe import materialize_fused_qkv
+
+        materialize_fused_qkv(hf_model, adapter_for(cfg, src.architecture))
     bridge = _boot_bridge(boot_dir, hf_model, tok, dev, dt)
+    if dev.type == "meta":
+        with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints "Moving model to device"
+            bridge.to("meta")  # the fused Q|K|V storage TransformerLens read at boot goes
     return LoadedModel(bridge, info.tokenizer, info.name, src.kind, seed if src.kind == "random" else None, dev, dt,
                        info)
 
