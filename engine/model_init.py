@@ -38,7 +38,12 @@ CHUNK = 1 << 22  # values per generator (4M): the unit of parallel filling
 
 @contextlib.contextmanager
 def parameters_on_meta():
-    """Modules built inside get their parameters on the meta device; buffers stay real."""
+    """Modules built inside get their parameters on the meta device; buffers stay real.
+
+    It patches ``torch.nn.Module.register_parameter`` for the duration (as accelerate's
+    ``init_empty_weights(include_buffers=False)`` does), so no other thread should build
+    modules meanwhile.
+    """
     register = torch.nn.Module.register_parameter
 
     def on_meta(module, name, param):
@@ -106,7 +111,8 @@ def fill_parameters(model, seed: int, device: torch.device, dtype: torch.dtype, 
                 values.zero_()
             else:
                 flat = values.view(-1)
-                chunks += [(flat[j : j + CHUNK], chunk_seed(seed, k, j // CHUNK)) for j in range(0, flat.numel(), CHUNK)]
+                chunks += [(flat[j : j + CHUNK], chunk_seed(seed, k, j // CHUNK))
+                           for j in range(0, flat.numel(), CHUNK)]
             new = torch.nn.Parameter(values, requires_grad=False)
             for module, pname in owners[id(p)]:
                 module._parameters[pname] = new

@@ -220,7 +220,8 @@ def _random(name: str, revision: str | None, config) -> ResolvedSource:
     raise ModelNotFoundError(
         f"model {name!r} has no config here: it is neither a known name (lamina's shipped configs: "
         f"{', '.join(SHIPPED_CONFIGS)}) nor in the HuggingFace cache ({hub_cache_dir()}){_at(revision)}, and the hub "
-        "cannot be reached (HF_HUB_OFFLINE). Pass config=PATH (a config.json or a folder holding one) or a shipped name."
+        "cannot be reached (HF_HUB_OFFLINE). Pass config=PATH (a config.json or a folder holding one) or a shipped "
+        "name."
     )
 
 

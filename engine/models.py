@@ -160,10 +160,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device(dev.type)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto")
+            raise InputError(
+                f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto")
         n = torch.cuda.device_count()
         if dev.index is not None and dev.index >= n:
-            raise InputError(f"device {device!r} does not exist: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+            raise InputError(
+                f"device {device!r} does not exist: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
         return dev
     if dev.type == "mps" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return dev

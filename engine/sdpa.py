@@ -7,12 +7,18 @@ instead - but only for the families whose attention it reproduces exactly (check
 family against plain HuggingFace in tests/test_parity.py). Everything else stays on the
 bridge's own eager attention.
 
-| HF attention class | what lamina runs when unhooked |
-| --- | --- |
-| ``GPT2Attention`` | ``reconstruct``: lamina's SDPA in place of the bridge's ``_reconstruct_attention`` |
-| ``GPTNeoXAttention`` | ``reconstruct`` with the bridge's own partial rotary (``rotary_pct``) applied first |
-| ``GPTNeoSelfAttention`` | ``gpt_neo``: lamina's SDPA in HF's ``_attn`` (local window, no scaling, float32) |
-| ``LlamaAttention``, ``MistralAttention``, ``Qwen2Attention``, ``Gemma3Attention``, ``PhiAttention``, ``OPTAttention`` | ``hf``: the HF module's own forward with HuggingFace's ``sdpa`` attention function (same mask, rotary, scaling, sliding window, Q/K norms) |
+Per HF attention class, what lamina runs when unhooked:
+
+- ``GPT2Attention``: ``reconstruct`` - lamina's SDPA in place of the bridge's
+  ``_reconstruct_attention`` (q, k, v already hooked);
+- ``GPTNeoXAttention``: ``reconstruct`` with the bridge's own partial rotary
+  (``rotary_pct``) applied to q and k first;
+- ``GPTNeoSelfAttention``: ``gpt_neo`` - lamina's SDPA in HF's ``_attn`` (local window, no
+  scaling, float32);
+- ``LlamaAttention``, ``MistralAttention``, ``Qwen2Attention``, ``Gemma3Attention``,
+  ``PhiAttention``, ``OPTAttention``: ``hf`` - the HF module's own forward with
+  HuggingFace's ``sdpa`` attention function (same mask, rotary, scaling, sliding window,
+  Q/K norms).
 
 Not listed - e.g. ``Gemma2Attention`` (attention-logit soft-capping is a non-linearity on
 the scores that SDPA kernels cannot apply), or any attention module with soft-capping
