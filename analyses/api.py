@@ -70,7 +70,8 @@ def capture(
 
     Args:
         model: from :func:`lamina.load_model`.
-        texts: strings (tokenised without special tokens, right-padded) or a TokenBatch.
+        texts: strings (tokenised without special tokens, with the model's BOS in front when its tokenizer
+            adds one, right-padded) or a TokenBatch.
         hooks: a hook name, a ``{layer}`` template, a list of those, or a predicate on names.
         positions: ``"last"`` (last real token), ``"all"`` (every position: [layer, sample, pos, feature],
             pads zero) or one index per text.
@@ -80,8 +81,8 @@ def capture(
     Returns:
         ``{template: Tensor[layer, sample, (pos,) feature]}`` float32 on the model's device, or the Run.
     """
-    batch = texts if isinstance(texts, TokenBatch) else encode_texts(model.tokenizer, list(texts), n_ctx=model.n_ctx,
-                                                                     what="text")
+    batch = texts if isinstance(texts, TokenBatch) else encode_texts(
+        model.tokenizer, list(texts), n_ctx=model.n_ctx, what="text", bos_token_id=model.info.bos_token_id)
     if out is not None:
         from .capture import ANALYSIS, Config
         from .runner import execute

@@ -76,7 +76,8 @@ def spec(cfg: Config, model) -> Spec:
     else:
         texts = list(cfg.texts) or [t for _, t in read_lines(cfg.text_file, "text",
                                                              "pass --text-file FILE (one text per line)")]
-        batch, stimuli = encode_texts(model.tokenizer, texts, n_ctx=model.n_ctx, what="text"), sha256_texts(texts)
+        batch = encode_texts(model.tokenizer, texts, n_ctx=model.n_ctx, what="text", bos_token_id=model.bos_token_id)
+        stimuli = sha256_texts(texts)
     layer_list = parse_layers(cfg.layers, model.n_layers)
     select = _selector(cfg.positions, batch)
     names = [h.format(layer=layer_list[0]) if "{layer}" in h else h for h in cfg.hooks]

@@ -119,7 +119,7 @@ def read_corpus(cfg: Config, model) -> Corpus:
     statistics leave it out: it is not a corpus token).
     """
     tok, n_ctx, n_layers = model.tokenizer, model.n_ctx, model.n_layers
-    bos = getattr(model, "bos_token_id", None)
+    bos = model.bos_token_id
     room = n_ctx - (bos is not None)
     if cfg.seq_len > room:
         raise InputError(f"--seq-len {cfg.seq_len} is longer than the context of {model.name} ({room} tokens); "

@@ -27,6 +27,10 @@ class RunOptions:
     weights: Literal["pretrained", "random"] = option(
         "pretrained", "pretrained: weights from the HuggingFace cache (downloaded when online); random: the "
                       "architecture at full size with seeded random weights (offline; scientifically meaningless).")
+    revision: Optional[str] = option(None, "Hub commit, branch or tag of --model (the resolved commit hash is "
+                                           "recorded).")
+    config: Optional[str] = option(None, "config.json (or its folder) of the architecture for --weights random "
+                                         "(default: lamina's table, or the cached config of --model).")
     seed: int = option(0, "Seed of random weights, baselines and permutations.")
     device: str = option("auto", "auto (cuda when available), cpu, cuda, cuda:1 ...")
     dtype: Literal["float32", "bfloat16", "float16"] = option(

@@ -83,7 +83,7 @@ class PlotOptions:
 def spec(cfg: Config, model) -> Spec:
     """The marks' windows (with the model's BOS in front when its tokenizer adds one) and the hidden states."""
     path = cfg.text or stimulus_path(DEFAULT_CORPUS)
-    bos = getattr(model, "bos_token_id", None)
+    bos = model.bos_token_id
     stim = read_mark_windows(path, model.tokenizer, n=cfg.marks, skip=cfg.skip, before=cfg.before, after=cfg.after,
                              n_ctx=model.n_ctx - (bos is not None), model=str(model.name))
     tokens = stim.tokens  # [class, sample, pos]

@@ -76,7 +76,7 @@ def spec(cfg: Config, model) -> Spec:
     """The sentences, validated with the model's tokenizer, and the Q|K|V captures at both positions."""
     path = cfg.sentences or stimulus_path("her_sentences.txt")
     stim = read_target_sentences(path, cfg.target_text, model.tokenizer, n_ctx=model.n_ctx,
-                                 bos_token_id=getattr(model, "bos_token_id", None), model=str(model.name))
+                                 bos_token_id=model.bos_token_id, model=str(model.name))
     hooks = qkv_hooks(range(model.n_layers))
     caps = (Capture("acts/target", hooks, Selector.at(stim.target_pos)),
             Capture("acts/nontarget", hooks, Selector.at(stim.nontarget_pos)))

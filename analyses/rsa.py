@@ -62,7 +62,7 @@ class Config:
 def spec(cfg: Config, model) -> Spec:
     """The prompts, validated with the model's tokenizer, and Q|K|V of the final token at every block."""
     stim = read_category_prompts(cfg.words or stimulus_path("categories.tsv"), cfg.template, model.tokenizer,
-                                 n_ctx=model.n_ctx, bos_token_id=getattr(model, "bos_token_id", None))
+                                 n_ctx=model.n_ctx, bos_token_id=model.bos_token_id)
     cap = Capture("acts/final", qkv_hooks(range(model.n_layers)), Selector.last(), sample_dim="item")
     inputs = {**batch_inputs(stim.batch),
               "inputs/labels": Labelled(stim.labels, ("item",), {"item": labels(stim.words)},

@@ -75,7 +75,7 @@ def execute(
     dest = _on_main(world, lambda: _check_out(url, opts, allow_memory))
     if model is None:
         _check_device(world, opts)
-    info = model.info if model is not None and hasattr(model, "info") else inspect(opts, model)
+    info = inspect(opts, model)
     spec = analysis.spec(cfg, info)  # every input error before the model loads
     key = run_key(analysis, cfg, opts, spec)
     _on_main(world, lambda: dst.check_resumable(dest, key, overwrite=opts.overwrite))
@@ -84,7 +84,7 @@ def execute(
     t0 = time.perf_counter()
     if model is None:
         model = load_model(opts.model, weights=opts.weights, seed=opts.seed, device=device_for(world, opts.device),
-                           dtype=opts.dtype)
+                           dtype=opts.dtype, revision=opts.revision, config=opts.config)
     timings["load_s"] = time.perf_counter() - t0
     if model.is_random and world.is_main and opts.progress:
         echo(f"lamina: {RANDOM_WEIGHTS_WARNING}")
@@ -160,9 +160,9 @@ def _n_units(store: RunStore, phase: str) -> int:
 
 def run_key(analysis: Analysis, cfg, opts: RunOptions, spec: Spec) -> str:
     """What makes two runs "the same command" (resume only continues the same command)."""
-    key = {"experiment": analysis.name, "model": opts.model, "weights": opts.weights, "seed": opts.seed,
-           "dtype": opts.dtype, "config": _config_dict(cfg), "options": dict(spec.options),
-           "stimuli": spec.stimuli_sha256}
+    key = {"experiment": analysis.name, "model": opts.model, "revision": opts.revision,
+           "model_config": opts.config, "weights": opts.weights, "seed": opts.seed, "dtype": opts.dtype,
+           "config": _config_dict(cfg), "options": dict(spec.options), "stimuli": spec.stimuli_sha256}
     return json.dumps(key, sort_keys=True, default=str)
 
 

@@ -7,7 +7,7 @@ Q/K/V block products of every layer, role and variant (cosine, correlation) — 
 analysis cannot avoid.
 
 >>> res = run_e2e("gpt2", device="cpu")          # doctest: +SKIP
->>> res["ratio_to_floor"]                         # (capture + compute) / (body + GEMMs)
+>>> res["ratio_to_floor"]         # (capture + compute) / (body + GEMMs)   # doctest: +SKIP
 1.21
 """
 

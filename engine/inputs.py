@@ -70,14 +70,18 @@ def from_token_ids(ids: Sequence[Sequence[int]], *, pad_id: int, n_ctx: int, wha
     return TokenBatch(tokens, lengths, pad_id)
 
 
-def encode_texts(tokenizer, texts: Sequence[str], *, n_ctx: int, what: str = "sentence") -> TokenBatch:
-    """Tokenise texts without BOS (as the course did) and right-pad with EOS."""
+def encode_texts(tokenizer, texts: Sequence[str], *, n_ctx: int, what: str = "sentence",
+                 bos_token_id: int | None = None) -> TokenBatch:
+    """Tokenise texts without special tokens (as the course did), put ``bos_token_id`` in front when given
+    (the model's tokenizer adds one: ModelInfo.bos_token_id), and right-pad with EOS."""
     if len(texts) == 0:
         raise InputError(f"no {what}s were given: the input is empty")
     for i, t in enumerate(texts):
         if not t.strip():
             raise InputError(f"{what} {i + 1} is empty")
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    if bos_token_id is not None:
+        ids = [[int(bos_token_id), *row] for row in ids]
     return from_token_ids(ids, pad_id=_pad_id(tokenizer), n_ctx=n_ctx, what=what)
 
 

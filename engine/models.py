@@ -14,10 +14,10 @@ Sources (engine/model_source.py, docs/models.md):
   memory (shapes and hook names only).
 
 >>> info = inspect_model("EleutherAI/pythia-70m", weights="random")       # doctest: +SKIP
->>> info.family, info.n_layers, info.kv_width
+>>> info.family, info.n_layers, info.kv_width                               # doctest: +SKIP
 ('gpt_neox', 6, 512)
 >>> m = load_model("gpt2", weights="random", seed=0)                       # doctest: +SKIP
->>> m.n_layers, m.d_model
+>>> m.n_layers, m.d_model                                                    # doctest: +SKIP
 (12, 768)
 """
 
@@ -208,6 +208,12 @@ def load_model(
     config: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """Load ``name`` as a TransformerBridge with classic hook names on raw HF numerics.
+
+    >>> m = lamina.load_model("EleutherAI/pythia-160m", revision="main")       # from the HF cache  # doctest: +SKIP
+    >>> m = lamina.load_model("meta-llama/Llama-3.2-1B", weights="random")     # offline, full size # doctest: +SKIP
+    >>> m = lamina.load_model("path/to/checkpoint", device="cuda", dtype="bfloat16")              # doctest: +SKIP
+    >>> m.info.family, m.info.kv_width, m.provenance()["revision"]                                # doctest: +SKIP
+    ('llama', 512, None)
 
     ``device="meta"`` (random weights only) builds the architecture without memory: hook
     names and shapes can be checked, nothing can be computed.

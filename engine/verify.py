@@ -56,7 +56,12 @@ class VerifyReport:
 
 
 def verify(run: Run | str, *, arrays: list[str] | None = None) -> VerifyReport:
-    """Check every chunk of every array (or of ``arrays``): present, and its checksum matches."""
+    """Check every chunk of every array (or of ``arrays``): present, and its checksum matches.
+
+    >>> report = lamina.verify("runs/qkv-gpt2-random")      # doctest: +SKIP
+    >>> report.ok, report.problems                          # doctest: +SKIP
+    (False, ['acts/target chunk (3, 0, 0): checksum mismatch'])
+    """
     run = run if isinstance(run, Run) else open_run(run)
     report = VerifyReport(run.url)
     for name in arrays if arrays is not None else run.arrays(hidden=True):
