@@ -88,8 +88,16 @@ def spec(cfg: Config, model) -> Spec:
             raise InputError(f"--hook {list(cfg.hooks)}: hooks with and without '{{layer}}' cannot be concatenated")
         hooks = tuple(tuple(h for g in entry for h in g) for entry in per_layer)
         caps = (Capture("acts/capture", hooks, select, layer_labels=_labels(hooks)),)
-    else:
-        caps = tuple(Capture(array_name(t), g, select, layer_labels=_labels(g)) for t, g in groups.items())
+    else:  # one array per template; hooks outside the blocks are labelled by name on a 'hook' axis of their own
+        caps, outside = [], 0
+        for t, g in groups.items():
+            if "{layer}" in t:
+                caps.append(Capture(array_name(t), g, select, layer_labels=_labels(g)))
+            else:
+                outside += 1
+                caps.append(Capture(array_name(t), g, select, layer_dim="hook" if outside == 1 else f"hook{outside}",
+                                    layer_labels=tuple(h for entry in g for h in entry)))
+        caps = tuple(caps)
     return Spec(passes=(Pass(batch, caps, samples_per_chunk=cfg.chunk_samples),), stimuli_sha256=stimuli,
                 inputs=batch_inputs(batch), options={"layers": layer_list}, state=len(batch))
 

@@ -141,7 +141,12 @@ class Context:
 
 @dataclasses.dataclass(frozen=True)
 class Analysis:
-    """One registered analysis (see the module docstring for the parts)."""
+    """One registered analysis (see the module docstring for the parts, README "Writing an analysis").
+
+    >>> ANALYSIS = lamina.Analysis(name="resid_stats", title="Residual-stream variance per block",   # doctest: +SKIP
+    ...                            Config=Config, spec=spec, compute=compute, plot=plot)
+    >>> lamina.register(ANALYSIS); lamina.run("resid_stats", model="gpt2", text_file="corpus.txt")  # doctest: +SKIP
+    """
 
     name: str
     title: str

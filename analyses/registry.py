@@ -35,7 +35,11 @@ _registered: dict[str, Analysis] = {}
 
 
 def register(analysis: Analysis) -> Analysis:
-    """Make ``analysis`` available by name in this process (what entry points do across processes)."""
+    """Make ``analysis`` available by name in this process (what entry points do across processes).
+
+    >>> lamina.register(ANALYSIS)                            # doctest: +SKIP
+    >>> lamina.run(ANALYSIS.name, model="gpt2", weights="random")   # doctest: +SKIP
+    """
     if not isinstance(analysis, Analysis):
         raise TypeError(f"register() takes an Analysis, not {type(analysis).__name__}")
     _registered[analysis.name] = analysis

@@ -128,8 +128,9 @@ def _fill(analysis, cfg, opts, spec: Spec, model, store: RunStore, world: World,
             widths[lay.capture.name] = lay.widths
             if world.is_main and p.keep:
                 c = lay.capture
-                labels = c.layer_labels if c.layer_labels is not None else range(lay.n_entries)
-                coord = Coord(np.asarray(list(labels), dtype=np.int64), {"long_name": c.layer_dim})
+                labels = list(c.layer_labels if c.layer_labels is not None else range(lay.n_entries))
+                coord = Coord.of(np.asarray(labels, dtype=np.int64) if all(isinstance(v, int) for v in labels)
+                                 else [str(v) for v in labels], long_name=c.layer_dim)
                 store.put_coord(f"{c.name.rsplit('/', 1)[0]}/{c.layer_dim}", c.layer_dim, coord)
     timings["capture_s"] = time.perf_counter() - t
     barrier(world)

@@ -32,7 +32,7 @@ class Capture:
     ``outer`` places the capture inside a larger array with leading axes of its own (e.g.
     the class axis of ``acts/hidden``: ``outer=(("class", 2),)``) and ``prefix`` says where:
     written region = array[prefix + (layer, samples, ...)]; several captures (one per
-    pass) fill one array. ``layer_labels`` label the layer axis (default 0..n-1).
+    pass) fill one array. ``layer_labels`` label the layer axis (default 0..n-1; block numbers, or hook names).
     """
 
     name: str
@@ -43,7 +43,7 @@ class Capture:
     sample_dim: str = "sample"
     prefix: tuple[int, ...] = ()
     outer: tuple[tuple[str, int], ...] = ()
-    layer_labels: tuple[int, ...] | None = None
+    layer_labels: tuple[int | str, ...] | None = None
 
     def __post_init__(self):
         if len(self.prefix) != len(self.outer):
