@@ -60,6 +60,45 @@ def run(mib: int = 256, chunk_mib: int = 4, repeats: int = 5, tmp_dir: str | Non
     return out
 
 
+def capture_cost(model: str = "EleutherAI/gpt-neo-125M", n_seq: int = 4, seq_len: int = 512, repeats: int = 3,
+                 tmp_dir: str | None = None) -> dict:
+    """Capture + store of every block's mlp.hook_pre at every position, with and without the checksum,
+    interleaved (the whole pipeline: forward, gather, background copy and writes)."""
+    import torch
+
+    from lamina.engine import store as store_mod
+    from lamina.engine.hooks import Capture, layer_hooks
+    from lamina.engine.inputs import Selector, TokenBatch
+    from lamina.engine.models import load_model
+    from lamina.engine.pipeline import capture_to_store
+
+    m = load_model(model, weights="random", device="cpu")
+    g = torch.Generator().manual_seed(0)
+    batch = TokenBatch(torch.randint(0, 50000, (n_seq, seq_len), generator=g), torch.full((n_seq,), seq_len), 0)
+    cap = Capture("acts/pre", layer_hooks("blocks.{layer}.mlp.hook_pre", range(m.n_layers)), Selector.every())
+    times: dict[bool, list[float]] = {True: [], False: []}
+    root = tempfile.mkdtemp(prefix="lamina-crc-capture-", dir=tmp_dir)
+    try:
+        for r in range(repeats + 1):
+            for checksum in (True, False) if r % 2 else (False, True):
+                store_mod.CHECKSUM = checksum
+                st = store_mod.RunStore.open(os.path.join(root, f"{checksum}-{r}"), experiment="bench", key={},
+                                             provenance={})
+                t = time.perf_counter()
+                capture_to_store(m, batch, [cap], st, micro_batch=1, samples_per_chunk=1, progress=False)
+                if r:  # the first round warms up
+                    times[checksum].append(time.perf_counter() - t)
+                st.close()
+                shutil.rmtree(os.path.join(root, f"{checksum}-{r}"))
+    finally:
+        store_mod.CHECKSUM = True
+        shutil.rmtree(root, ignore_errors=True)
+    crc, plain = statistics.median(times[True]), statistics.median(times[False])
+    return {"model": model, "tokens": n_seq * seq_len, "crc32c_s": round(crc, 3), "none_s": round(plain, 3),
+            "ratio": round(crc / plain, 4), "crc32c_all": times[True], "none_all": times[False],
+            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m lamina.benchmarks.checksum_bench")
     p.add_argument("--mib", type=int, default=256)
@@ -68,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--capture-mb-s", type=float, default=None,
                    help="capture throughput in MB of activations per second, to express the checksum's cost as a "
                         "share of a capture")
+    p.add_argument("--capture", action="store_true", help="also time a whole capture + store with and without it")
     a = p.parse_args(argv)
     res = run(a.mib, a.chunk_mib, a.repeats)
     for op in ("write", "read"):
@@ -80,6 +120,12 @@ def main(argv: list[str] | None = None) -> dict:
         capture_s = res["bytes"] / 1e6 / a.capture_mb_s
         print(f"checksum cost on a capture producing {a.capture_mb_s:.0f} MB/s: {100 * extra / capture_s:+.2f}%")
     print(f"load average {res['load_average']}")
+    if a.capture:
+        c = capture_cost(repeats=a.repeats)
+        res["capture"] = c
+        print(f"capture + store, {c['model']} random, {c['tokens']} tokens, mlp.hook_pre of every block at every "
+              f"position: crc32c {c['crc32c_s']:.2f} s, none {c['none_s']:.2f} s: {c['ratio']:.3f}x "
+              f"(load {c['load_average']:.2f})")
     return res
 
 

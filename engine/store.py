@@ -40,6 +40,7 @@ from .labelled import Coord, Labelled
 
 MiB = 1 << 20
 _WRITE_EMPTY = {"write_empty_chunks": True}  # a chunk equal to the fill value is still a chunk: never "missing"
+CHECKSUM = True  # crc32c on every chunk; the checksum benchmark turns it off to measure its cost
 
 
 def check_writable(url: str | os.PathLike) -> None:
@@ -164,7 +165,7 @@ class RunStore:
             return self.group[name]
         arr = self.group.create_array(
             name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=tuple(dims), fill_value=fill_value,
-            compressors=[Crc32cCodec()],  # dense floats barely compress; the checksum catches damage
+            compressors=[Crc32cCodec()] if CHECKSUM else None,  # dense floats barely compress; crc32c catches damage
             overwrite=True, config=_WRITE_EMPTY,
         )
         if attrs:
