@@ -1,0 +1,82 @@
+"""Users' files and odd inputs: byte-order marks, encodings, corpora without variation, NaN messages."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from lamina.analyses import length, qkv, rsa
+from lamina.analyses.options import RunOptions
+from lamina.analyses.textfiles import read_lines, read_text_file
+from lamina.engine.errors import InputError, NonFiniteError
+
+from .helpers import spec_of
+from .test_analysis_qkv import SHORT
+
+BOM = "\ufeff".encode()
+
+
+def test_byte_order_mark_is_dropped_from_sentences(gpt2_dir, tmp_path):
+    plain, marked = tmp_path / "plain.txt", tmp_path / "bom.txt"
+    plain.write_text("\n".join(SHORT) + "\n", encoding="utf-8")
+    marked.write_bytes(BOM + plain.read_bytes())
+    opts = RunOptions(model=str(gpt2_dir))
+    a, b = (spec_of("qkv", qkv.Config(sentences=str(p)), opts).state for p in (plain, marked))
+    assert a.texts == b.texts and torch.equal(a.batch.tokens, b.batch.tokens)
+    assert not b.texts[0].startswith("\ufeff")
+
+
+def test_byte_order_mark_is_dropped_from_words(gpt2_dir, tmp_path):
+    words = tmp_path / "w.tsv"
+    words.write_bytes(BOM + "galaxy\tspace\nsun\tspace\npear\tfruit\napple\tfruit\n".encode())
+    stim = spec_of("rsa", rsa.Config(words=str(words)), RunOptions(model=str(gpt2_dir))).state
+    assert stim.words[0] == "galaxy"
+
+
+def test_non_utf8_file_gets_an_iconv_hint_that_works(tmp_path):
+    path = tmp_path / "latin.txt"
+    path.write_bytes("café au lait, crème brûlée\n".encode("cp1252"))
+    with pytest.raises(InputError) as e:
+        read_text_file(path, "text", "pass --text FILE")
+    msg = str(e.value)
+    assert "not UTF-8" in msg and "iconv -f WINDOWS-1252 -t UTF-8 latin.txt > latin.utf8.txt" in msg
+    cmd = msg.split("`")[1]
+    subprocess.run(cmd, shell=True, cwd=tmp_path, check=True)  # the hint, as printed, converts the file
+    assert read_lines(tmp_path / "latin.utf8.txt", "text", "") == [(1, "café au lait, crème brûlée")]
+
+
+def test_corpus_of_one_token_length_is_refused_before_loading(gpt2_dir, tmp_path):
+    corpus = tmp_path / "same.txt"
+    corpus.write_text(" cat" * 400, encoding="utf-8")  # every token is ' cat': 4 characters
+    with pytest.raises(InputError, match="is 4 characters long: a correlation with token length is undefined"):
+        spec_of("length", length.Config(text=str(corpus), n_seq=2, seq_len=32, block=1),
+                RunOptions(model=str(gpt2_dir)))
+
+
+def test_nan_message_fits_the_dtype(tmp_path):
+    """float32 runs are not told to 'try --dtype float32'; half-precision runs are."""
+    from transformers import AutoModelForCausalLM
+
+    from lamina.engine.capture import capture_arrays
+    from lamina.engine.hooks import Capture, layer_hooks
+    from lamina.engine.inputs import Selector, from_token_ids
+    from lamina.engine.models import load_model
+
+    from .conftest import make_checkpoint
+
+    folder = make_checkpoint(tmp_path / "nan", "gpt2", n_layers=2)
+    hf = AutoModelForCausalLM.from_pretrained(str(folder))
+    with torch.no_grad():
+        hf.transformer.h[0].mlp.c_fc.bias[3] = float("nan")
+    hf.save_pretrained(str(folder))
+    batch = from_token_ids([[1, 2, 3]], pad_id=0, n_ctx=128)
+    cap = [Capture("pre", layer_hooks("blocks.{layer}.mlp.hook_pre", range(2)), Selector.every())]
+    for dtype, needle, absent in (("float32", "check the weights", "--dtype float32"),
+                                  ("bfloat16", "try --dtype float32", None)):
+        with pytest.raises(NonFiniteError) as e:
+            capture_arrays(load_model(str(folder), dtype=dtype), batch, cap)
+        assert needle in str(e.value) and (absent is None or absent not in str(e.value))
+    assert np.isnan(np.float32("nan"))
