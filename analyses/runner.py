@@ -256,12 +256,8 @@ def _check_out(url: str, opts: RunOptions, allow_memory: bool):
 
 
 def _check_device(world: World, opts: RunOptions) -> None:
-    device = device_for(world, opts.device)
-    try:
-        resolve_device(device)
-    except RuntimeError as e:  # torch's own message for a malformed device string
-        raise InputError(f"--device {opts.device!r} is not a device ({str(e).splitlines()[0]}); use auto, cpu, "
-                         "cuda or cuda:N") from None
+    """--device and --dtype, before anything loads (one line for 'tpu', 'cpu:7', a missing 'cuda:9')."""
+    resolve_device(device_for(world, opts.device))
     resolve_dtype(opts.dtype)
 
 

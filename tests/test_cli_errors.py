@@ -58,7 +58,7 @@ def test_device_that_is_not_a_device(gpt2_dir, tmp_path):
     texts = tmp_path / "t.txt"
     texts.write_text("one two\n")
     one_line_error(lamina("capture", "--model", gpt2_dir, "--hook", "blocks.{layer}.attn.hook_q", "--text-file", texts,
-                          "--out", tmp_path / "o", "--device", "tpu"), "--device 'tpu'")
+                          "--out", tmp_path / "o", "--device", "tpu"), "device 'tpu' is not a device")
     assert not (tmp_path / "o").exists()
 
 
