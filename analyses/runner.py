@@ -29,7 +29,6 @@ import torch
 
 from lamina.engine import destination as dst
 from lamina.engine import partials
-from lamina.engine.capture import plan
 from lamina.engine.distributed import World, barrier, broadcast_object, device_for, world as get_world
 from lamina.engine.errors import InputError, StoreNotWritableError
 from lamina.engine.labelled import Coord
@@ -121,10 +120,10 @@ def _fill(analysis, cfg, opts, spec: Spec, model, store: RunStore, world: World,
         spc, mb = p.samples_per_chunk, opts.micro_batch
         if opts.unit_samples is not None:  # whole chunks of unit_samples, one micro-batch at most per unit
             spc, mb = opts.unit_samples, min(mb or opts.unit_samples, opts.unit_samples)
-        capture_to_store(model, p.batch, p.captures, store, phase=p.phase, micro_batch=mb, samples_per_chunk=spc,
-                         world=world, keep=p.keep, reducers=p.reducers, unit_bytes=p.unit_bytes,
-                         progress=opts.progress)
-        for lay in plan(model, p.captures):
+        done = capture_to_store(model, p.batch, p.captures, store, phase=p.phase, micro_batch=mb,
+                                samples_per_chunk=spc, world=world, keep=p.keep, reducers=p.reducers,
+                                unit_bytes=p.unit_bytes, progress=opts.progress)
+        for lay in done.layouts:
             widths[lay.capture.name] = lay.widths
             if world.is_main and p.keep:
                 c = lay.capture

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,6 +52,13 @@ class UnitPlan:
         return range(start, min(start + self.unit_samples, self.n_samples))
 
 
+class Captured(NamedTuple):
+    """What :func:`capture_to_store` did: its work units, and each capture's layout."""
+
+    units: UnitPlan
+    layouts: list[CaptureLayout]
+
+
 def chunk_samples(layouts: Sequence[CaptureLayout], max_len: int, n_samples: int, *, target: int = MiB) -> int:
     """Samples per chunk so that every capture's chunk is >= ~1 MiB (when there is that much data)."""
     per_sample = [4 * int(np.prod(lay.sample_shape(max_len))) for lay in layouts]
@@ -73,13 +81,13 @@ def capture_to_store(
     reducers: Sequence[Reducer] = (),
     unit_bytes: int | None = None,
     progress: bool = True,
-) -> UnitPlan:
+) -> Captured:
     """Capture ``captures`` for every sample of ``batch`` into ``store`` (resuming if it can).
 
     With ``keep=False`` no activations are stored; ``reducers`` reduce each unit on the device
     and their per-unit states are stored instead (fold them with :func:`partials.fold`).
     ``unit_bytes`` caps one unit's captured activations when the micro-batch is automatic.
-    Returns the unit plan.
+    Returns the unit plan and the captures' layouts (feature widths per hook).
     """
     layouts = plan(model, captures)
     n = len(batch)
@@ -122,7 +130,7 @@ def capture_to_store(
             f.result()
     bar.close()
     barrier(world)  # every rank's chunks are written before anyone reads or finalises
-    return units
+    return Captured(units, layouts)
 
 
 def _auto_micro_batch(model: LoadedModel, layouts, batch: TokenBatch, unit_bytes: int | None, world: World) -> int:
