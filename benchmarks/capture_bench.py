@@ -10,7 +10,8 @@ micro-batches and in one process, one after the other:
 - ``lamina``: ``capture_to_store`` of the analysis' hook points into a fresh local
   Zarr store (opened, written, finalised: the whole cost);
 - ``hf_body`` (floor): the raw HuggingFace transformer body (``model.transformer``,
-  no LM head, no hooks, HF's default attention kernel);
+  no LM head, no hooks) with the attention kernel lamina runs: HF's ``sdpa`` where HF has
+  one, lamina's SDPA ``_attn`` for GPT-Neo (HF has eager only), eager where lamina stays eager;
 - ``hf_forward``: the raw HuggingFace causal LM forward (with LM head), no hooks;
 - ``tl_forward``: the TransformerBridge forward as TransformerLens ships it (eager
   attention, KV cache built, LM head);
@@ -21,6 +22,16 @@ micro-batches and in one process, one after the other:
 - ``tl_cache``: stock ``run_with_cache(names_filter=...)`` then ``.cpu().numpy()`` and
   NumPy indexing.
 
+Every lamina call writes a NEW store (a second call into the same path would resume the
+first call's complete staged run and skip the work). lamina's overhead over the floor is
+split by three more variants in the same round-robin (in ``params["split"]`` and the
+notes, not in the table): ``split_hooks`` (the fast path's hooks that only count and
+stop the forward after the deepest one: dispatch minus the early stop's saving),
+``split_capture`` (``capture_arrays``: + plan, buffers, position gather, pad zeroing,
+finite check), and lamina itself (+ device-to-host copy, Zarr open, writes, finalise);
+the device-to-host copy of the captured arrays is also timed on its own, and
+``split_bridge`` is lamina with ``LAMINA_FASTPATH=0`` (every hook through the bridge).
+
 The raw HF model is a twin that SHARES the bridge's parameter tensors (built on the
 meta device, then ``load_state_dict(assign=True)``), so no weights are copied.
 """
@@ -30,7 +41,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import itertools
+import os
 import shutil
+import types
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,11 +53,12 @@ import numpy as np
 import torch
 
 from lamina.analyses.textfiles import stimulus_path
-from lamina.engine.capture import auto_micro_batch
+from lamina.engine import fastpath
+from lamina.engine.capture import auto_micro_batch, capture_arrays
 from lamina.engine.hooks import Capture, hidden_state_hooks, layer_hooks, qkv_hooks
 from lamina.engine.inputs import Selector, TokenBatch, encode_texts
 from lamina.engine.models import MODEL_SPECS, LoadedModel, load_model
-from lamina.engine.sdpa import restore_sdpa
+from lamina.engine.sdpa import gpt_neo_sdpa, restore_sdpa, sdpa_blocks
 from lamina.engine.pipeline import capture_to_store
 from lamina.engine.reader import open_run
 from lamina.engine.store import RunStore
@@ -134,8 +149,10 @@ def micro_batches(batch: TokenBatch, mb: int, device: torch.device) -> list[tupl
 # ---- the raw HF twin and the stock TransformerLens settings ------------------------------------
 
 
-def raw_hf_twin(model: LoadedModel):
-    """A plain HuggingFace model that shares the bridge's weights: HF's default attention, no KV cache."""
+def raw_hf_twin(model: LoadedModel, *, lamina_kernel: bool = True):
+    """A plain HuggingFace model that shares the bridge's weights, no KV cache; HF's default attention
+    (``sdpa`` where the class has it), and with ``lamina_kernel`` the kernel lamina runs where that differs
+    (GPT-Neo: HF has only eager attention, lamina runs SDPA in its ``_attn``: ``engine/sdpa.py``)."""
     from transformer_lens.model_bridge.generalized_components.base import (
         GeneralizedComponent,
     )
@@ -163,6 +180,10 @@ def raw_hf_twin(model: LoadedModel):
         if buf.is_meta:
             owner, _, leaf = name.rpartition(".")
             raw.get_submodule(owner).register_buffer(leaf, resolve(name), persistent=False)
+    if lamina_kernel and set(sdpa_blocks(model.bridge)) == {"gpt_neo"}:
+        for module in raw.modules():
+            if type(module).__name__ == "GPTNeoSelfAttention":
+                module._attn = types.MethodType(gpt_neo_sdpa, module)
     return raw.eval()
 
 
@@ -202,17 +223,36 @@ def run_capture_case(spec: CaptureSpec, *, device: str, warmup: int, repeats: in
     if model.is_random:
         result.notes.append("random weights: speed only")
     root = Path(tempfile.mkdtemp(prefix="lamina-bench-", dir=tmp_dir))
-    store_url = str(root / f"{spec.case}.zarr")
+    calls = itertools.count()
     last: dict[str, Any] = {}
 
     def lamina():
-        store = RunStore.open(store_url, experiment="bench-capture", key={"case": spec.case}, provenance={},
+        # a new store per call: the same path again would resume the previous call's complete run
+        url = last["store_url"] = str(root / f"{spec.case}-{next(calls)}.zarr")
+        store = RunStore.open(url, experiment="bench-capture", key={"case": spec.case}, provenance={},
                               overwrite=True)
         try:
             capture_to_store(model, batch, caps, store, micro_batch=mb, progress=False)
             store.finalise()
         finally:
             store.close()
+
+    def split_capture():
+        last["captured"] = capture_arrays(model, batch, caps, micro_batch=mb)
+
+    def split_bridge():
+        old = os.environ.get("LAMINA_FASTPATH")
+        os.environ["LAMINA_FASTPATH"] = "0"
+        try:
+            lamina()
+        finally:
+            if old is None:
+                del os.environ["LAMINA_FASTPATH"]
+            else:
+                os.environ["LAMINA_FASTPATH"] = old
+
+    route = fastpath.fast_route(model, hook_names)
+    split_hooks = _hooks_only(route, mbs, hook_names) if route is not None else None
 
     def hf_body():
         with torch.inference_mode():
@@ -257,23 +297,88 @@ def run_capture_case(spec: CaptureSpec, *, device: str, warmup: int, repeats: in
         "course_hooks": ("course: HF hooks, full outputs, NumPy index", "baseline", course),
         "tl_cache": ("TL run_with_cache(names_filter) -> NumPy", "baseline", stock(tl_cache)),
     }
+    splits = {"split_capture": split_capture, "split_bridge": split_bridge}
+    if split_hooks is not None:
+        splits["split_hooks"] = split_hooks
     try:
         flops_per_token = 2 * _body_params(raw)
         peak = gpu_peak_flops(torch.cuda.get_device_name(dev), result.params["dtype"]) if dev.type == "cuda" else None
-        timings = measure_many({n: v[2] for n, v in variants.items()}, device=dev, warmup=warmup, repeats=repeats)
+        timings = measure_many({**{n: v[2] for n, v in variants.items()}, **splits}, device=dev, warmup=warmup,
+                               repeats=repeats)
         for name, (label, role, _) in variants.items():
             t = timings[name]
             extra = {"tokens_per_s": round(tokens / t.seconds, 1)}
             if peak:
                 extra["mfu"] = round(flops_per_token * processed / t.seconds / peak, 4)
             result.add(name, label, role, t, **extra)
-        result.checks.update(_agreement(open_run(store_url), caps, last, kind, batch.lengths.numpy()))
+        run = open_run(last["store_url"])
+        result.checks.update(_agreement(run, caps, last, kind, batch.lengths.numpy()))
         result.params["flops_per_token"] = flops_per_token
-        result.params["store"] = _store_bandwidth(open_run(store_url), caps, root, dev, warmup, repeats,
-                                                  result.seconds("lamina"))
+        result.params["fast_path"] = route is not None
+        result.params["split"] = _split(timings, last.pop("captured"), dev, warmup, repeats, result.notes)
+        result.params["store"] = _store_bandwidth(run, caps, root, dev, warmup, repeats, result.seconds("lamina"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return result
+
+
+def _hooks_only(route, mbs, hook_names):
+    """The fast path's forward with its hooks registered but doing nothing except counting and stopping
+    the forward after the deepest one: what hook dispatch (and the early stop) cost alone."""
+    from lamina.engine.capture import _StopForward
+
+    taps = {(route.taps[h].module, route.taps[h].kind) for h in hook_names}
+
+    def run():
+        with torch.inference_mode():
+            for t, m in mbs:
+                fired: set = set()
+
+                def make(key):
+                    def fn(*args, **kwargs):
+                        fired.add(key)
+                        if len(fired) == len(taps):
+                            raise _StopForward
+                    return fn
+
+                try:
+                    route.run(t, m, [(mod, kind, make((mod, kind))) for mod, kind in taps])
+                except _StopForward:
+                    pass
+    return run
+
+
+def _split(timings, captured: dict[str, torch.Tensor], dev, warmup: int, repeats: int, notes: list[str]
+           ) -> dict[str, Any]:
+    """lamina's time over the floor, split: hooks (+ early stop), gather, device-to-host copy, store."""
+    floor, lamina_s = timings["hf_body"].seconds, timings["lamina"].seconds
+    capture = timings["split_capture"].seconds
+    hooks = timings["split_hooks"].seconds if "split_hooks" in timings else None
+
+    def d2h():
+        for v in captured.values():
+            v.cpu()
+
+    d2h_s = measure(d2h, device=dev, warmup=warmup, repeats=repeats).seconds if dev.type == "cuda" else 0.0
+    out = {
+        "floor_s": round(floor, 4),
+        "hooks_s": None if hooks is None else round(hooks - floor, 4),
+        "gather_s": None if hooks is None else round(capture - hooks, 4),
+        "d2h_s": round(d2h_s, 4),
+        "store_s": round(lamina_s - capture, 4),
+        "capture_ratio": round(capture / floor, 4),
+        "lamina_ratio": round(lamina_s / floor, 4),
+        "bridge_path_ratio": round(timings["split_bridge"].seconds / floor, 4),
+    }
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x / floor:+.1f}%"
+
+    notes.append(f"lamina / floor {out['lamina_ratio']:.3f} = capture {out['capture_ratio']:.3f} + store; over the "
+                 f"floor: hooks+early stop {pct(out['hooks_s'])}, gather {pct(out['gather_s'])}, "
+                 f"D2H {pct(d2h_s) if dev.type == 'cuda' else 'none (CPU)'} (in the writer thread), "
+                 f"store {pct(out['store_s'])}; all hooks on the bridge: {out['bridge_path_ratio']:.3f}")
+    return out
 
 
 def _body_params(raw) -> int:

@@ -6,6 +6,15 @@ preallocated device buffer ([layer, batch, (pos,) feature], float32), and the
 forward pass is stopped (by an exception) as soon as the last needed hook has
 fired, so blocks after the deepest one and the LM head never run.
 
+Two ways to run it, same values (tests/test_fastpath.py): the fast path
+(:mod:`lamina.engine.fastpath`) reads the hooks analyses use - Q/K/V, MLP
+pre-activations, residual stream, final norm - straight from the HuggingFace modules
+the bridge wraps, on a bridge-free twin of the model (plain ``register_forward_hook``,
+HF's own forward, lamina's attention kernel), and runs whenever every requested hook
+maps; otherwise the micro-batch runs through the TransformerLens bridge with
+``run_with_hooks``. Buffers are not zeroed first (every element is written), a large
+CPU buffer asks for huge pages, and the NaN/inf check is one reduction.
+
 >>> caps = [Capture("acts/final", qkv_hooks(range(m.n_layers)), Selector.last())]   # doctest: +SKIP
 >>> for rows, arrays in capture_batches(m, batch, caps, micro_batch=8):            # doctest: +SKIP
 ...     arrays["acts/final"].shape   # [layer, batch, 3*d_model]
@@ -19,6 +28,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from .errors import InputError, NonFiniteError
+from .fastpath import hook_points, fast_route, hook_value, split_part
 from .hooks import Capture, validate_hooks
 from .inputs import TokenBatch
 from .models import LoadedModel
@@ -63,25 +73,9 @@ def plan(model: LoadedModel, captures: Sequence[Capture]) -> list[CaptureLayout]
     names = [c.name for c in captures]
     if len(set(names)) != len(names):
         raise InputError(f"capture names must be unique, got {names}")
-    validate_hooks(captures, model.bridge.hook_dict.keys(), model.n_layers)
+    validate_hooks(captures, hook_points(model.bridge).keys(), model.n_layers)
     hooks = sorted({h for c in captures for h in c.hook_names})
-    widths: dict[str, int] = {}
-
-    def probe(name):
-        def fn(t, hook):
-            widths[name] = int(t[0, 0].numel())
-            if len(widths) == len(hooks):
-                raise _StopForward
-            return t
-
-        return fn
-
-    tokens = torch.zeros((1, 2), dtype=torch.long, device=model.device)
-    with torch.inference_mode():
-        try:
-            model.bridge.run_with_hooks(tokens, fwd_hooks=[(h, probe(h)) for h in hooks])
-        except _StopForward:
-            pass
+    widths = _probe_widths(model, hooks)
     missing = [h for h in hooks if h not in widths]
     if missing:
         raise InputError(f"hook points {missing} did not fire in a forward pass; they cannot be captured")
@@ -93,6 +87,52 @@ def plan(model: LoadedModel, captures: Sequence[Capture]) -> list[CaptureLayout]
             raise InputError(f"capture {c.name!r}: layer entries have different feature widths {sorted(totals)}")
         out.append(CaptureLayout(c, len(c.hooks), totals.pop(), w, c.select.kind == "all"))
     return out
+
+
+def _probe_widths(model: LoadedModel, hooks: list[str]) -> dict[str, int]:
+    """{hook: features per position} from a 2-token forward (fast path when every hook has one)."""
+    route = fast_route(model, hooks)
+    if route is not None and all(h in route.twin.widths for h in hooks):  # probed before on this model
+        return {h: route.twin.widths[h] for h in hooks}
+    widths: dict[str, int] = {}
+    tokens = torch.zeros((1, 2), dtype=torch.long, device=model.device)
+    with torch.inference_mode():
+        try:
+            if route is not None:
+                by_module: dict = {}  # (twin module, "in" | "out") -> hook names
+                for h in hooks:
+                    by_module.setdefault((route.taps[h].module, route.taps[h].kind), []).append(h)
+
+                def probe_module(names):
+                    def fn(t: torch.Tensor):
+                        flat = t.reshape(1, 2, -1)[0, 0]  # (OPT's MLP runs on [batch * pos, feature])
+                        for h in names:
+                            widths[h] = int(split_part(flat, route.taps[h].part)[0].numel())
+                        if len(widths) == len(hooks):
+                            raise _StopForward
+                    return fn
+
+                hooks_ = [(m, kind, _module_hook(kind, probe_module(names))) for (m, kind), names in by_module.items()]
+                route.run(tokens, torch.ones_like(tokens), hooks_)
+            else:
+                def probe(name):
+                    def fn(t, hook):
+                        widths[name] = int(t[0, 0].numel())
+                        if len(widths) == len(hooks):
+                            raise _StopForward
+                        return t
+                    return fn
+
+                model.bridge.run_with_hooks(tokens, fwd_hooks=[(h, probe(h)) for h in hooks])
+        except _StopForward:
+            pass
+    if route is not None:
+        route.twin.widths.update(widths)
+        missing = [h for h in hooks if h not in widths]
+        if missing:  # an HF module the twin hooks was not called (e.g. its weight used directly): the bridge's way
+            route.twin.unmap(missing)
+            return _probe_widths(model, hooks)
+    return widths
 
 
 def capture_batches(
@@ -108,47 +148,192 @@ def capture_batches(
 
     Tensors are [layer, batch, feature] or [layer, batch, pos, feature] (pos padded to
     ``batch.max_len`` with zeros), float32, on the model's device.
+
+    Hooks whose values are plain functions of HuggingFace module outputs (Q/K/V, MLP
+    pre-activations, residual stream, final norm: :mod:`lamina.engine.fastpath`) are read
+    from the HF modules directly, on a bridge-free twin of the model; any other hook
+    runs the whole micro-batch through the bridge with TransformerLens hooks.
     """
     positions = {lay.capture.name: lay.capture.select.positions(batch) for lay in layouts}
+    route = fast_route(model, sorted({h for lay in layouts for h in lay.capture.hook_names}))
     for start in range(rows.start, rows.stop, micro_batch):
         stop = min(start + micro_batch, rows.stop)
-        yield range(start, stop), _forward_one(model, batch, layouts, positions, start, stop, check_finite)
+        yield range(start, stop), _forward_one(model, batch, layouts, positions, start, stop, check_finite, route)
 
 
-def _forward_one(model, batch, layouts, positions, start, stop, check_finite) -> dict[str, torch.Tensor]:
+@dataclasses.dataclass
+class _Copy:
+    """One copy of a hook's value into a capture buffer: buf[entry, :, (:width,) dst] = part of the value."""
+
+    buf: torch.Tensor
+    entry: int
+    dst: slice
+    pos: torch.Tensor | None  # flat row index (sample * width + position) per sample; None: every position
+    part: tuple | None = None  # joint Q|K|V part (fastpath.split_part); None: the whole value
+    parts: tuple[int, ...] | None = None  # several consecutive parts merged into one copy
+
+
+def _forward_one(model, batch, layouts, positions, start, stop, check_finite, route=None) -> dict[str, torch.Tensor]:
     dev = model.device
     b = stop - start
     lengths = batch.lengths[start:stop]
     width = int(lengths.max())
     tokens = batch.tokens[start:stop, :width].to(dev, non_blocking=True)
     mask = (torch.arange(width)[None, :] < lengths[:, None]).long().to(dev, non_blocking=True)
+    row0 = torch.arange(b, device=dev) * width  # flat index of each sample's position 0 in [b * width, feature]
     buffers: dict[str, torch.Tensor] = {}
-    plans: dict[str, list] = {}  # hook name -> [(buffer, entry, feature slice, pos index | None)]
+    copies: dict[str, list[_Copy]] = {}  # hook name -> its copies
     for lay in layouts:
         name = lay.capture.name
         shape = (lay.n_entries, b, *lay.sample_shape(batch.max_len))
-        buffers[name] = torch.zeros(shape, dtype=torch.float32, device=dev)
+        # every element is written below (by a hook, or zeroed as padding): no need to zero it first
+        buffers[name] = _empty(shape, dev)
         pos = positions[name]
-        pos = None if pos is None else pos[start:stop].to(dev, non_blocking=True)
+        pos = None if pos is None else row0 + pos[start:stop].to(dev, non_blocking=True)
         for e, (group, widths) in enumerate(zip(lay.capture.hooks, lay.widths)):
             offset = 0
             for hook_name, w in zip(group, widths):
-                plans.setdefault(hook_name, []).append((buffers[name], e, slice(offset, offset + w), pos))
+                copies.setdefault(hook_name, []).append(_Copy(buffers[name], e, slice(offset, offset + w), pos))
                 offset += w
-    arange_b = torch.arange(b, device=dev)
+    n_hooks = len(copies)
     fired: set[str] = set()
-    n_hooks = len(plans)
+    with torch.inference_mode():
+        try:
+            if route is not None:
+                _run_fast(route, copies, b, width, fired, n_hooks, tokens, mask)
+            else:
+                _run_bridge(model, copies, b, width, fired, n_hooks, tokens, mask)
+        except _StopForward:
+            pass
+    if len(fired) != n_hooks:  # plan() saw every hook fire; a forward that skips one is a bug, not data
+        raise RuntimeError(f"hook points {sorted(set(copies) - fired)} did not fire in this forward pass")
+    for lay in layouts:
+        buf = buffers[lay.capture.name]
+        if lay.per_position:  # zero the pad positions: their activations are not data
+            buf[:, :, width:] = 0.0
+            for i, n in enumerate(lengths.tolist()):
+                if n < width:
+                    buf[:, i, n:width] = 0.0
+        if check_finite and not _all_finite(buf):
+            _check_finite(buf, lay, start, positions[lay.capture.name], model.dtype)
+    return buffers
 
-    def make_hook(hook_name: str):
-        targets = plans[hook_name]
+
+_HUGE_PAGE = 2 << 20
+
+
+def _empty(shape: tuple[int, ...], dev: torch.device) -> torch.Tensor:
+    """An uninitialised float32 buffer; on Linux CPUs a large one asks for transparent huge pages before
+    its first touch (a fresh multi-MiB buffer otherwise costs one page fault per 4 KiB as hooks fill it)."""
+    buf = torch.empty(shape, dtype=torch.float32, device=dev)
+    nbytes = buf.numel() * 4
+    if dev.type == "cpu" and nbytes >= 4 * _HUGE_PAGE and _madvise is not None:
+        start = -(-buf.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
+        stop = (buf.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE
+        if stop > start:
+            _madvise(start, stop - start, 14)  # MADV_HUGEPAGE; a refusal (e.g. THP off) changes nothing
+    return buf
+
+
+def _libc_madvise():
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_madvise = _libc_madvise()
+
+
+def _all_finite(buf: torch.Tensor) -> bool:
+    """One reduction instead of an elementwise mask: NaN or inf anywhere makes the sum non-finite
+    (a finite buffer whose sum overflows reads as non-finite here, and _check_finite then looks closer)."""
+    return buf.numel() == 0 or bool(torch.isfinite(buf.sum()))
+
+
+def _copy_into(flat: torch.Tensor, ops: list[_Copy], width: int) -> None:
+    """Copy a hook's value ``flat`` [b, width, features] into its capture buffers: gather each set of
+    positions once, then one ``copy_`` per (merged) destination slice."""
+    gathered: dict[int, torch.Tensor] = {}
+    for op in ops:
+        if op.pos is None:
+            rows = flat
+            dst = op.buf[op.entry, :, :width, op.dst]
+        else:
+            rows = gathered.get(id(op.pos))
+            if rows is None:
+                rows = gathered[id(op.pos)] = flat.reshape(-1, flat.shape[-1]).index_select(0, op.pos)
+            dst = op.buf[op.entry, :, op.dst]
+        src, inner = split_part(rows, op.part, op.parts)
+        if inner is not None:
+            dst = dst.unflatten(-1, inner)
+        dst.copy_(src)
+
+
+def _merge(ops: list[_Copy]) -> list[_Copy]:
+    """Merge copies of consecutive parts of one joint projection into adjacent destination slices
+    (GPT-2's Q|K|V: one copy of the c_attn row instead of three)."""
+    out: list[_Copy] = []
+    for op in sorted(ops, key=lambda o: (id(o.buf), o.entry, id(o.pos), o.dst.start)):
+        prev = out[-1] if out else None
+        if (prev is not None and op.part is not None and prev.part is not None and prev.buf is op.buf
+                and prev.entry == op.entry and prev.pos is op.pos and prev.dst.stop == op.dst.start
+                and prev.part[0] == op.part[0] and prev.part[2] == op.part[2]
+                and (prev.parts or (prev.part[1],))[-1] + 1 == op.part[1]):
+            first = prev.parts or (prev.part[1],)
+            out[-1] = dataclasses.replace(prev, dst=slice(prev.dst.start, op.dst.stop), parts=(*first, op.part[1]))
+        else:
+            out.append(op)
+    return out
+
+
+def _module_hook(kind: str, fn):
+    """A torch hook calling ``fn(tensor)`` on a module's output (``"out"``) or its first input (``"in"``)."""
+    if kind == "in":
+        def pre(module, args, kwargs):
+            fn(args[0] if args else kwargs["hidden_states"])
+        return pre
+
+    def post(module, args, output):
+        fn(hook_value(output))
+    return post
+
+
+def _run_fast(route, copies, b, width, fired, n_hooks, tokens, mask) -> None:
+    by_module: dict = {}  # (twin module, "in" | "out") -> hook names
+    for hook_name in copies:
+        tap = route.taps[hook_name]
+        by_module.setdefault((tap.module, tap.kind), []).append(hook_name)
+
+    def make(names: list[str]):
+        ops = _merge([dataclasses.replace(op, part=route.taps[h].part) for h in names for op in copies[h]])
+
+        def fn(t: torch.Tensor) -> None:
+            _copy_into(t.reshape(b, width, -1), ops, width)
+            fired.update(names)
+            if len(fired) == n_hooks:
+                raise _StopForward
+
+        return fn
+
+    route.run(tokens, mask, [(m, kind, _module_hook(kind, make(names))) for (m, kind), names in by_module.items()])
+
+
+def _run_bridge(model, copies, b, width, fired, n_hooks, tokens, mask) -> None:
+    def make(hook_name: str):
+        ops = copies[hook_name]
 
         def fn(t: torch.Tensor, hook) -> torch.Tensor:
-            flat = t.reshape(t.shape[0], t.shape[1], -1)  # [batch, pos, feature]
-            for buf, e, feats, pos in targets:
-                if pos is None:
-                    buf[e, :, :width, feats] = flat
-                else:
-                    buf[e, :, feats] = flat[arange_b, pos]
+            _copy_into(t.reshape(b, width, -1), ops, width)
             fired.add(hook_name)
             if len(fired) == n_hooks:
                 raise _StopForward
@@ -156,19 +341,7 @@ def _forward_one(model, batch, layouts, positions, start, stop, check_finite) ->
 
         return fn
 
-    with torch.inference_mode():
-        try:
-            model.bridge.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=[(h, make_hook(h)) for h in plans])
-        except _StopForward:
-            pass
-    for lay in layouts:
-        buf = buffers[lay.capture.name]
-        if lay.per_position:  # zero the pad positions: their activations are not data
-            pad = torch.arange(batch.max_len, device=dev)[None, :] >= lengths.to(dev)[:, None]
-            buf[:, pad] = 0.0
-        if check_finite:
-            _check_finite(buf, lay, start, positions[lay.capture.name], model.dtype)
-    return buffers
+    model.bridge.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=[(h, make(h)) for h in copies])
 
 
 def _check_finite(buf: torch.Tensor, lay: CaptureLayout, start: int, pos: torch.Tensor | None,

@@ -184,8 +184,6 @@ def _patch_reconstruct(attn) -> None:
 
 def _patch_gpt_neo(attn) -> None:
     """GPT-Neo: SDPA in HF's ``_attn`` (the bridge delegates to the HF module)."""
-    import torch.nn.functional as F
-
     hf = attn.original_component
     eager = hf._attn
     attn._lamina_eager_hooks = [attn.hook_attn_scores, attn.hook_pattern]
@@ -193,16 +191,23 @@ def _patch_gpt_neo(attn) -> None:
     def _attn(self, query, key, value, attention_mask=None):
         if not _can_skip_eager(attn):
             return eager(query, key, value, attention_mask)
-        t, kv = query.shape[-2], key.shape[-2]
-        allowed = self.bias[:, :, kv - t : kv, :kv]  # (1, 1, T, kv) causal, or the local window
-        if attention_mask is not None:  # eager's arithmetic: where(allowed, w, min) + mask, so a pad
-            am = attention_mask.to(torch.float32)  # query with no real key in its window matches too
-            allowed = torch.where(allowed, am, am + torch.finfo(torch.float32).min)  # (B, 1, T, kv)
-        # GPT-Neo does not scale scores and computes them in float32
-        out = F.scaled_dot_product_attention(query.float(), key.float(), value.float(), attn_mask=allowed, scale=1.0)
-        return out.to(value.dtype), None
+        return gpt_neo_sdpa(self, query, key, value, attention_mask)
 
     hf._attn = types.MethodType(_attn, hf)
+
+
+def gpt_neo_sdpa(self, query, key, value, attention_mask=None):
+    """GPT-Neo's ``_attn`` (``self``: the HF ``GPTNeoSelfAttention``) with SDPA; also the capture fast path's."""
+    import torch.nn.functional as F
+
+    t, kv = query.shape[-2], key.shape[-2]
+    allowed = self.bias[:, :, kv - t : kv, :kv]  # (1, 1, T, kv) causal, or the local window
+    if attention_mask is not None:  # eager's arithmetic: where(allowed, w, min) + mask, so a pad
+        am = attention_mask.to(torch.float32)  # query with no real key in its window matches too
+        allowed = torch.where(allowed, am, am + torch.finfo(torch.float32).min)  # (B, 1, T, kv)
+    # GPT-Neo does not scale scores and computes them in float32
+    out = F.scaled_dot_product_attention(query.float(), key.float(), value.float(), attn_mask=allowed, scale=1.0)
+    return out.to(value.dtype), None
 
 
 class _SdpaConfig:
