@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from lamina.engine.errors import InputError
+from lamina.engine.kernels.workers import cpu_workers, run_tasks
 
 __all__ = ["pearson_with_vector", "partial_correlation", "StreamingPearson"]
 
@@ -61,11 +62,30 @@ def _check_dtype(dtype: torch.dtype) -> None:
         raise InputError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
 
 
-_SLICE_TOKENS = 128  # tokens per slice of the one-read moment pass
+# Elements (token x neuron) of one block of the moment pass on a CPU: 2**18 float64 are
+# 2 MB, a core's L2 with the float32 input block; accelerators take whole chunks.
+_CPU_BLOCK = 1 << 18
+
+
+class _BlockSums:
+    """One worker's buffers for :func:`_moments` (float work-dtype block, running squares)."""
+
+    def __init__(self, size: int, dtype: torch.dtype, device: torch.device):
+        self.d = torch.empty(size, dtype=dtype, device=device)
+        self.sq = torch.empty(size, dtype=dtype, device=device)
 
 
 def _moments(acts: Tensor, x: Tensor, z: Tensor | None, dtype: torch.dtype) -> dict[str, Tensor]:
     """Count, means, centred second moments and extremes of one block of tokens.
+
+    One read of the activations, in blocks of (tokens x neurons) that fit a core's cache:
+    each block is converted to ``dtype`` (float64) and shifted by each neuron's value at the
+    first token (so the sums are small and no precision is lost to a large mean), then ONE
+    matrix product adds its sums against [1, x_c, z_c] and one fused multiply-add its
+    squares to running (token x neuron) sums; min and max are folded in per block. On a
+    CPU the (leading index, neuron range) tasks run on single-threaded workers
+    (:mod:`~lamina.engine.kernels.workers`), each task over its tokens in order, so the
+    result does not depend on the number of workers.
 
     Args:
         acts: (..., token, neuron).
@@ -75,41 +95,62 @@ def _moments(acts: Tensor, x: Tensor, z: Tensor | None, dtype: torch.dtype) -> d
         (..., neuron), ``mean_x``/``m2_x``/``min_x``/``max_x`` (), ``c_ax`` (..., neuron),
         and when z is given the same for z plus ``c_az`` (..., neuron) and ``c_xz`` ().
     """
-    # One read of the activations, a token slice at a time through one reused ``dtype`` (float64)
-    # buffer: shift every neuron by its first value (small sums, hence stable), then ONE matrix
-    # product gives the shifted sums against [1, x_c, z_c] and an in-place square the sum of squares.
-    work = dtype  # float64 accumulation, but only ever one token slice converted at a time
-    a = acts  # (..., token, neuron), any float dtype
-    n_tok = a.shape[-2]
-    shift = a[..., :1, :].to(work)  # (..., 1, neuron)
-    cols, vals = [torch.ones(n_tok, dtype=work, device=a.device)], {}
+    lead, n_tok, n_neu = acts.shape[:-2], acts.shape[-2], acts.shape[-1]
+    a = acts.reshape(-1, n_tok, n_neu)  # (batch, token, neuron): a view for the usual layouts
+    dev = a.device
+    cols, vals = [torch.ones(n_tok, dtype=dtype, device=dev)], {}
     for name, v in (("x", x), ("z", z)):
         if v is None:
             continue
         v = v.to(dtype)  # (token,)
         vals[name] = (v, v.mean(), v - v.mean())
-        cols.append(vals[name][2].to(work))
+        cols.append(vals[name][2])
     w = torch.stack(cols)  # (k, token)
-    # Token slices through one reused buffer: no fresh (token x neuron) temporaries to fault in.
-    step = min(n_tok, _SLICE_TOKENS)
-    buf = torch.empty((*a.shape[:-2], step, a.shape[-1]), dtype=work, device=a.device)
-    sums = torch.zeros((*a.shape[:-2], len(cols), a.shape[-1]), dtype=dtype, device=a.device)
-    ssq = torch.zeros((*a.shape[:-2], a.shape[-1]), dtype=dtype, device=a.device)
-    for t0 in range(0, n_tok, step):
-        t1 = min(t0 + step, n_tok)
-        sa = buf[..., : t1 - t0, :]
-        sa.copy_(a[..., t0:t1, :]).sub_(shift)  # (..., slice, neuron) shifted, in ``work`` precision
-        sums += torch.matmul(w[:, t0:t1], sa)  # sum(sa), sum(sa * x_c), sum(sa * z_c)
-        ssq += sa.square_().sum(-2)
-    lo, hi = a.amin(-2), a.amax(-2)  # (torch.aminmax is several times slower on CPU)
-    s1 = sums[..., 0, :]  # (..., neuron)
-    shift64 = shift.squeeze(-2).to(dtype)
+    shift = a[:, 0, :].to(dtype)  # (batch, neuron): exact
+    sums = torch.zeros(a.shape[0], len(cols), n_neu, dtype=dtype, device=dev)  # (batch, k, neuron)
+    ssq = torch.empty(a.shape[0], n_neu, dtype=dtype, device=dev)
+    lo = torch.empty(a.shape[0], n_neu, dtype=a.dtype, device=dev)
+    hi = torch.empty(a.shape[0], n_neu, dtype=a.dtype, device=dev)
+
+    n_work = cpu_workers(dev) if a.numel() >= _CPU_BLOCK else 1  # small inputs: no thread hand-offs
+    if dev.type == "cpu":
+        width = max(1, min(n_neu, _CPU_BLOCK // 16))  # neurons per task: >= 16 tokens per block
+        if a.shape[0] < 2 * n_work:  # few rows: split the neurons so that every worker has work
+            width = min(width, max(256, -(-n_neu // (2 * n_work))))
+        step = max(1, min(n_tok, _CPU_BLOCK // width))  # tokens per block
+    else:
+        width, step = n_neu, n_tok
+    tasks = [(b, c0, min(c0 + width, n_neu)) for b in range(a.shape[0]) for c0 in range(0, n_neu, width)]
+
+    def task(buf: _BlockSums, item: tuple[int, int, int]) -> None:
+        b, c0, c1 = item
+        acc, s = sums[b, :, c0:c1], shift[b, c0:c1]  # (k, width), (width,)
+        mn, mx = lo[b, c0:c1], hi[b, c0:c1]
+        sq = buf.sq[: step * (c1 - c0)].view(step, c1 - c0)
+        for t0 in range(0, n_tok, step):
+            t1 = min(t0 + step, n_tok)
+            block = a[b, t0:t1, c0:c1]  # (k_tok, width), the input dtype
+            d = buf.d[: (t1 - t0) * (c1 - c0)].view(t1 - t0, c1 - c0)
+            d.copy_(block).sub_(s)  # shifted, in ``dtype``
+            torch.addmm(acc, w[:, t0:t1], d, out=acc)  # sum(d), sum(d * x_c), sum(d * z_c)
+            if t0 == 0:
+                torch.mul(d, d, out=sq[: t1 - t0])
+                torch.amin(block, 0, out=mn)
+                torch.amax(block, 0, out=mx)
+            else:
+                sq[: t1 - t0].addcmul_(d, d)
+                torch.minimum(mn, block.amin(0), out=mn)
+                torch.maximum(mx, block.amax(0), out=mx)
+        torch.sum(sq[: min(step, n_tok)], 0, out=ssq[b, c0:c1])
+
+    run_tasks(task, tasks, [_BlockSums(step * width, dtype, dev) for _ in range(n_work)])
+    s1 = sums[:, 0, :]  # (batch, neuron)
     st: dict[str, Tensor] = {
-        "count": torch.tensor(n_tok, dtype=torch.int64, device=a.device),
-        "mean_act": shift64 + s1 / n_tok,
-        "m2_act": (ssq - s1 * s1 / n_tok).clamp_min(0),
-        "min_act": lo.to(dtype),
-        "max_act": hi.to(dtype),
+        "count": torch.tensor(n_tok, dtype=torch.int64, device=dev),
+        "mean_act": (shift + s1 / n_tok).reshape(*lead, n_neu),
+        "m2_act": (ssq - s1 * s1 / n_tok).clamp_min(0).reshape(*lead, n_neu),
+        "min_act": lo.to(dtype).reshape(*lead, n_neu),
+        "max_act": hi.to(dtype).reshape(*lead, n_neu),
     }
     for i, (name, (v, mv, vc)) in enumerate(vals.items(), start=1):
         st[f"mean_{name}"] = mv
@@ -117,7 +158,7 @@ def _moments(acts: Tensor, x: Tensor, z: Tensor | None, dtype: torch.dtype) -> d
         st[f"min_{name}"] = v.amin()
         st[f"max_{name}"] = v.amax()
         # sum((a - mean_a) * x_c) = sum(sa * x_c) - (s1 / n) * sum(x_c)   (x_c sums to ~0)
-        st[f"c_a{name}"] = sums[..., i, :] - (s1 / n_tok) * cols[i].to(dtype).sum()
+        st[f"c_a{name}"] = (sums[:, i, :] - (s1 / n_tok) * cols[i].sum()).reshape(*lead, n_neu)
     if z is not None:
         st["c_xz"] = (vals["x"][2] * vals["z"][2]).sum()
     return st

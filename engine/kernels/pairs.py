@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from lamina.engine.errors import InputError
+from lamina.engine.kernels.workers import cpu_workers, run_tasks
 
 __all__ = ["pair_indices", "all_pairs_mi_cov_corr"]
 
@@ -97,9 +98,9 @@ def _bin_index(v: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
     Bit-for-bit NumPy ``histogramdd``: equal lo/hi widen to lo - 0.5 .. hi + 0.5; edges are
     ``arange(bins + 1) * step + lo`` with the last edge set to hi (NumPy's linspace);
     index = searchsorted(edges, v, 'right') - 1 with v == hi in the last bin. The index is
-    guessed as floor((v - lo) / step) and then corrected against the exact edges (rounding
-    moves the guess by at most one bin). Values outside [lo, hi] (dims the caller masks
-    out) get some index in range and must be ignored.
+    settled by one comparison with the interior edge nearest to v, recomputed with NumPy's
+    arithmetic (no table, no gather). Values outside [lo, hi] (dims the caller masks out)
+    get some index in range and must be ignored.
 
     Args:
         v: (row, feature) float64.
@@ -119,11 +120,16 @@ def _bin_index(v: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
     if bool(tiny.any()):
         idx = torch.searchsorted(edges, v.contiguous(), right=True) - 1
         return idx.clamp_(0, bins - 1)
-    idx = ((v - lo.unsqueeze(1)) / step.unsqueeze(1)).floor_().clamp_(0, bins - 1).long()
-    idx -= (v < edges.gather(1, idx)).long()  # guess one too high
-    idx.clamp_(0, bins - 1)
-    idx += ((v >= edges.gather(1, idx + 1)) & (idx < bins - 1)).long()  # one too low
-    return idx
+    if bins == 1:
+        return torch.zeros(v.shape, dtype=torch.int64, device=v.device)
+    # The interior edge nearest to v is e_j = j * step + lo (NumPy's arithmetic: a product, then
+    # a sum, never fused), 1 <= j <= bins - 1; rounding can only misplace v relative to e_j
+    # itself, so the bin is j - 1 + (v >= e_j). Values outside [lo, hi] get some bin in range.
+    lo1, step1 = lo.unsqueeze(1), step.unsqueeze(1)
+    j = torch.sub(v, lo1).div_(step1).round_().clamp_(1, bins - 1)  # (row, feature) float
+    e = torch.mul(j, step1).add_(lo1)  # e_j exactly as np.linspace computes it
+    above = torch.ge(v, e, out=e)  # 1.0 where v >= e_j (a float out: adding a bool tensor is slow)
+    return j.sub_(1).add_(above).long()
 
 
 def _masked_min_max(v: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
@@ -326,6 +332,79 @@ def _mi_codes(
     return mi
 
 
+class _RowBuffers:
+    """One worker's buffers for :func:`_mi_rows`: int32 codes and nothing else (bincount allocates)."""
+
+    def __init__(self, size: int, device: torch.device):
+        self.codes = torch.empty(size, dtype=torch.int32, device=device)
+
+
+def _row_groups(n: int, target: int) -> list[tuple[int, int]]:
+    """Consecutive rows [i0, i1) of the pairs i < j, each group about ``target`` pairs (at least one row)."""
+    groups, i0, count = [], 0, 0
+    for i in range(n - 1):
+        count += n - 1 - i
+        if count >= target or i == n - 2:
+            groups.append((i0, i + 1))
+            i0, count = i + 1, 0
+    return groups
+
+
+def _mi_rows(
+    b: Tensor, keep: Tensor, bins: int, group_pairs: int, total: Tensor, table: Tensor, base: Tensor,
+    redo: Tensor, redo_fn,
+) -> Tensor:
+    """(pair,) MI of all pairs i < j from each vector's own bins, a group of rows i at a time.
+
+    The pairs of row i are (i, i+1..n-1), contiguous in ``triu`` order, so their codes are
+    one broadcast add: ``(bin_i * w - offset_i) + (bin_j + j * w²)`` with w = bins + 1 and the
+    bin ``bins`` standing for "this vector drops the dim" (that row and column of each w × w
+    table are ignored). One ``bincount`` per group of rows gives the joint tables of all its
+    pairs. Groups run on single-threaded CPU workers, each writing its own slice of the result;
+    the pairs in ``redo`` (histogram ranges moved by the partner) are recomputed by ``redo_fn``
+    on the same workers and written last.
+
+    Args:
+        b: (sample, feature) int64 own bins; keep: (sample, feature) bool.
+        total, base: (pair,) and table: see :func:`_mi_from_counts`.
+        redo: (q,) int64 pair indices; redo_fn(start, stop) -> (stop - start,) MI of redo[start:stop].
+    """
+    n, d = b.shape
+    w = bins + 1
+    own = torch.where(keep, b, bins).to(torch.int32)  # (sample, feature)
+    col = own + (torch.arange(n, dtype=torch.int32, device=b.device) * (w * w)).unsqueeze(1)  # + j·w²
+    row = own * w  # (sample, feature)
+    start = [i * (2 * n - i - 1) // 2 for i in range(n)]  # pair index of (i, i + 1)
+    mi = torch.empty(start[-1], dtype=torch.float64, device=b.device)
+    fixed = torch.empty(redo.shape[0], dtype=torch.float64, device=b.device)
+    groups = _row_groups(n, group_pairs)
+    largest = max(start[i1 - 1] + n - i1 - start[i0] if i1 < n else start[-1] - start[i0] for i0, i1 in groups)
+
+    def task(buf: _RowBuffers, item: tuple[str, int, int]) -> None:
+        kind, lo, hi = item
+        if kind == "redo":
+            fixed[lo:hi] = redo_fn(lo, hi)
+            return
+        p0 = start[lo]
+        p1 = start[hi] if hi < n else start[-1]
+        codes = buf.codes[: (p1 - p0) * d].view(p1 - p0, d)
+        for i in range(lo, hi):
+            q = start[i] - p0  # first pair of row i within the group
+            # pair (i, j) at q + j - i - 1: code = bin_i * w + bin_j + (q + j - i - 1) * w²
+            torch.add(col[i + 1 :], row[i] + (q - i - 1) * (w * w), out=codes[q : q + n - i - 1])
+        joint = torch.bincount(codes.view(-1), minlength=(p1 - p0) * w * w).view(p1 - p0, w, w)
+        joint[:, bins, :] = 0  # dims one of the two drops
+        joint[:, :, bins] = 0
+        mi[p0:p1] = _mi_from_counts(joint, total[p0:p1], table, base[p0:p1])
+
+    chunk = max(1, group_pairs)
+    items = [("rows", i0, i1) for i0, i1 in groups]
+    items += [("redo", s0, min(s0 + chunk, redo.shape[0])) for s0 in range(0, redo.shape[0], chunk)]
+    run_tasks(task, items, [_RowBuffers(largest * d, b.device) for _ in range(cpu_workers(b.device))])
+    mi[redo] = fixed
+    return mi
+
+
 def _mi_onehot(
     b: Tensor, keep: Tensor, bins: int, chunk_pairs: int, total: Tensor, table: Tensor, base: Tensor
 ) -> Tensor:
@@ -474,6 +553,14 @@ def all_pairs_mi_cov_corr(
             mi[redo] = _mi_codes(
                 b, keep_t, ri[redo], rj[redo], bins, chunk_pairs, "scatter", m[redo], table, base[redo]
             )
+    elif method == "bincount":
+        redo = torch.nonzero((ri >= n) | (rj >= n)).flatten()
+
+        def redo_fn(s0: int, s1: int) -> Tensor:
+            q = redo[s0:s1]
+            return _mi_codes(b, keep_t, ri[q], rj[q], bins, s1 - s0, "bincount", m[q], table, base[q])
+
+        mi = _mi_rows(b[:n], keep, bins, chunk_pairs, m, table, base, redo, redo_fn)
     else:
         mi = _mi_codes(b, keep_t, ri, rj, bins, chunk_pairs, method, m, table, base)
 

@@ -75,7 +75,11 @@ def run_tasks(fn: Callable[[S, T], None], items: Iterable[T], states: Sequence[S
     Returns:
         ``states``.
     """
-    n = len(states)
+    if isinstance(items, Sequence):  # no more workers than tasks
+        states_used = states[: max(1, min(len(states), len(items)))]
+    else:
+        states_used = states
+    n = len(states_used)
     if n <= 1:
         for item in items:
             fn(states[0], item)
@@ -99,7 +103,7 @@ def run_tasks(fn: Callable[[S, T], None], items: Iterable[T], states: Sequence[S
 
     previous = torch.get_num_threads()
     try:
-        futures = [_pool(n - 1).submit(loop, s) for s in states[1:]]
+        futures = [_pool(n - 1).submit(loop, s) for s in states_used[1:]]
         errors: list[BaseException] = []
         try:
             loop(states[0])
