@@ -364,3 +364,30 @@ def test_non_finite_input_uses_the_general_path():
         for b, name in enumerate(QKV_BLOCKS):
             ref = np.histogram(vals[name].numpy(), bins=100, range=(-1.0, 1.0))[0]
             np.testing.assert_array_equal(h[layer, b].numpy(), ref)
+
+
+def test_whole_blocks_and_per_piece_hi_counts_as_on_accelerators(monkeypatch):
+    """The accelerator layout (one piece per block, values == hi counted per piece) on the CPU."""
+    import lamina.engine.kernels.histogram as hist_mod
+
+    monkeypatch.setattr(sim_mod, "_piece_elements", lambda device: None)
+    real = hist_mod.PieceCounter
+
+    def eager(*args, **kwargs):
+        kwargs["defer_hi"] = False
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sim_mod, "PieceCounter", eager)
+    rng = np.random.default_rng(25)
+    x = rng.normal(size=(2, 5, 3 * 7))
+    x[:, :, 0] = x[:, :, 7]  # identical features: cosine (about) 1
+    x[0, :, 1] = [1.0, 0.0, 0.0, 0.0, 0.0]
+    x[0, :, 8] = [1.0, 0.0, 0.0, 0.0, 0.0]  # exactly 1
+    xt = torch.from_numpy(x).float()
+    for widths in (None, (9, 6, 6)):
+        h = qkv_block_histograms(xt, widths=widths)
+        for layer in range(2):
+            vals = qkv_block_values(xt[layer], widths=widths)
+            for b, name in enumerate(QKV_BLOCKS):
+                ref = np.histogram(vals[name].numpy(), bins=100, range=(-1.0, 1.0))[0]
+                np.testing.assert_array_equal(h[layer, b].numpy(), ref, err_msg=name)

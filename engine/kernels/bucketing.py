@@ -155,7 +155,9 @@ def _threshold_from(v: Tensor, arith: tuple[int, int, int], magic: float, out: T
         t = torch.sub(v, magic, out=out)  # j
         t.mul_(a).add_(b)  # A j + B, exact integers
     if c != 1:
-        t.div_(c)
+        # A CPU scalar divisor would be turned into a multiplication by its reciprocal on CUDA
+        # (not correctly rounded); a 0-d tensor on the data's device keeps IEEE division.
+        t.div_(c if t.device.type == "cpu" else _const(float(c), t.dtype, t.device))
     return t
 
 

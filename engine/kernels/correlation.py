@@ -63,8 +63,10 @@ def _check_dtype(dtype: torch.dtype) -> None:
 
 
 # Elements (token x neuron) of one block of the moment pass on a CPU: 2**18 float64 are
-# 2 MB, a core's L2 with the float32 input block; accelerators take whole chunks.
+# 2 MB, a core's L2 with the float32 input block. Accelerators take all neurons and as
+# many tokens as 2**24 elements allow (two float64 buffers of 128 MB).
 _CPU_BLOCK = 1 << 18
+_DEVICE_BLOCK = 1 << 24
 
 
 class _BlockSums:
@@ -119,7 +121,7 @@ def _moments(acts: Tensor, x: Tensor, z: Tensor | None, dtype: torch.dtype) -> d
             width = min(width, max(256, -(-n_neu // (2 * n_work))))
         step = max(1, min(n_tok, _CPU_BLOCK // width))  # tokens per block
     else:
-        width, step = n_neu, n_tok
+        width, step = n_neu, max(1, min(n_tok, _DEVICE_BLOCK // max(n_neu, 1)))
     tasks = [(b, c0, min(c0 + width, n_neu)) for b in range(a.shape[0]) for c0 in range(0, n_neu, width)]
 
     def task(buf: _BlockSums, item: tuple[int, int, int]) -> None:

@@ -333,7 +333,7 @@ def _mi_codes(
 
 
 class _RowBuffers:
-    """One worker's buffers for :func:`_mi_rows`: int32 codes and nothing else (bincount allocates)."""
+    """One worker's buffer for :func:`_mi_rows`: the int32 codes of a group of pairs."""
 
     def __init__(self, size: int, device: torch.device):
         self.codes = torch.empty(size, dtype=torch.int32, device=device)
@@ -351,57 +351,88 @@ def _row_groups(n: int, target: int) -> list[tuple[int, int]]:
 
 
 def _mi_rows(
-    b: Tensor, keep: Tensor, bins: int, group_pairs: int, total: Tensor, table: Tensor, base: Tensor,
-    redo: Tensor, redo_fn,
+    b: Tensor, keep: Tensor, n: int, table_vec: Tensor, ri: Tensor, rj: Tensor, bins: int, group_pairs: int,
+    total: Tensor, table: Tensor, base: Tensor,
 ) -> Tensor:
-    """(pair,) MI of all pairs i < j from each vector's own bins, a group of rows i at a time.
+    """(pair,) MI of all pairs i < j (x = row i, y = row j), from the table of bins, in rows of pairs.
 
     The pairs of row i are (i, i+1..n-1), contiguous in ``triu`` order, so their codes are
-    one broadcast add: ``(bin_i * w - offset_i) + (bin_j + j * w²)`` with w = bins + 1 and the
-    bin ``bins`` standing for "this vector drops the dim" (that row and column of each w × w
-    table are ignored). One ``bincount`` per group of rows gives the joint tables of all its
-    pairs. Groups run on single-threaded CPU workers, each writing its own slice of the result;
-    the pairs in ``redo`` (histogram ranges moved by the partner) are recomputed by ``redo_fn``
-    on the same workers and written last.
+    one broadcast add: ``(bin_i * w + shift_i) + (bin_j + j * w²)``, with w the power of two
+    above ``bins`` and the bin ``bins`` standing for "this vector drops the dim" (that row and
+    column of each w × w table are zeroed). One ``bincount`` per group of rows gives the joint
+    tables of all its pairs. The pairs that use a range variant (table row >= n, see
+    :func:`_range_variants`) are recounted per variant: one more row (the variant against
+    every later vector) or column (every earlier vector against the variant), again one add
+    and one bincount; pairs where both sides are variants (rare) go through
+    :func:`_mi_codes`. All of it runs as tasks on single-threaded CPU workers, each writing
+    its own slices; the recounted pairs are written last, in a fixed order.
 
     Args:
-        b: (sample, feature) int64 own bins; keep: (sample, feature) bool.
+        b: (row, feature) int64 bins of the table rows (the n vectors, then the variants);
+            keep: (row, feature) bool.
+        table_vec: (row,) the vector of each table row; ri, rj: (pair,) table rows of x and y.
         total, base: (pair,) and table: see :func:`_mi_from_counts`.
-        redo: (q,) int64 pair indices; redo_fn(start, stop) -> (stop - start,) MI of redo[start:stop].
     """
-    n, d = b.shape
-    w = bins + 1
-    own = torch.where(keep, b, bins).to(torch.int32)  # (sample, feature)
-    col = own + (torch.arange(n, dtype=torch.int32, device=b.device) * (w * w)).unsqueeze(1)  # + j·w²
-    row = own * w  # (sample, feature)
-    start = [i * (2 * n - i - 1) // 2 for i in range(n)]  # pair index of (i, i + 1)
-    mi = torch.empty(start[-1], dtype=torch.float64, device=b.device)
-    fixed = torch.empty(redo.shape[0], dtype=torch.float64, device=b.device)
+    d = b.shape[1]
+    w = 1 << bins.bit_length()  # power of two > bins (the layout of _mi_codes' tables)
+    dev = b.device
+    own = torch.where(keep, b, bins).to(torch.int32)  # (row, feature)
+    offsets = (torch.arange(own.shape[0], dtype=torch.int32, device=dev) * (w * w)).unsqueeze(1)
+    col = own + offsets  # y side, offset by the row: + j·w²
+    row = own * w  # x side
+    row_off = row + offsets  # x side offset by the row: + i·w²
+    start = [i * (2 * n - i - 1) // 2 for i in range(n)] + [n * (n - 1) // 2]  # pair index of (i, i + 1)
+    mi = torch.empty(start[-1], dtype=torch.float64, device=dev)
     groups = _row_groups(n, group_pairs)
-    largest = max(start[i1 - 1] + n - i1 - start[i0] if i1 < n else start[-1] - start[i0] for i0, i1 in groups)
+    largest = max(max(start[i1] - start[i0] for i0, i1 in groups), n)
+    variant_x = ri >= n
+    variant_y = rj >= n
+    both = torch.nonzero(variant_x & variant_y).flatten()
+    recounted: dict[tuple, tuple[Tensor, Tensor]] = {}  # item -> (pair indices, MI)
+
+    def count(codes: Tensor, pairs: slice | Tensor) -> Tensor:
+        k = codes.shape[0]
+        joint = torch.bincount(codes.view(-1), minlength=k * w * w).view(k, w, w)
+        joint[:, bins:, :] = 0  # dims one of the two drops
+        joint[:, :, bins:] = 0
+        return _mi_from_counts(joint, total[pairs], table, base[pairs])
 
     def task(buf: _RowBuffers, item: tuple[str, int, int]) -> None:
         kind, lo, hi = item
-        if kind == "redo":
-            fixed[lo:hi] = redo_fn(lo, hi)
-            return
-        p0 = start[lo]
-        p1 = start[hi] if hi < n else start[-1]
-        codes = buf.codes[: (p1 - p0) * d].view(p1 - p0, d)
-        for i in range(lo, hi):
-            q = start[i] - p0  # first pair of row i within the group
-            # pair (i, j) at q + j - i - 1: code = bin_i * w + bin_j + (q + j - i - 1) * w²
-            torch.add(col[i + 1 :], row[i] + (q - i - 1) * (w * w), out=codes[q : q + n - i - 1])
-        joint = torch.bincount(codes.view(-1), minlength=(p1 - p0) * w * w).view(p1 - p0, w, w)
-        joint[:, bins, :] = 0  # dims one of the two drops
-        joint[:, :, bins] = 0
-        mi[p0:p1] = _mi_from_counts(joint, total[p0:p1], table, base[p0:p1])
+        if kind == "rows":  # pairs of rows lo..hi-1, own ranges
+            p0, p1 = start[lo], start[hi]
+            codes = buf.codes[: (p1 - p0) * d].view(p1 - p0, d)
+            for i in range(lo, hi):
+                q = start[i] - p0  # pair (i, j) sits at q + j - i - 1 within the group
+                torch.add(col[i + 1 : n], row[i] + (q - i - 1) * (w * w), out=codes[q : q + n - i - 1])
+            mi[p0:p1] = count(codes, slice(p0, p1))
+        elif kind == "x":  # table row lo (a variant of vector v) as x against every later vector
+            v = int(table_vec[lo])
+            p0, p1 = start[v], start[v + 1]
+            codes = torch.add(col[v + 1 : n], row[lo] - (v + 1) * (w * w), out=buf.codes[: (p1 - p0) * d].view(-1, d))
+            use = torch.nonzero((ri[p0:p1] == lo) & ~variant_y[p0:p1]).flatten()
+            recounted[item] = (use + p0, count(codes, slice(p0, p1))[use])
+        elif kind == "y":  # every earlier vector as x against table row lo (a variant of vector v) as y
+            v = int(table_vec[lo])
+            pairs = torch.tensor(start[:v], dtype=torch.int64, device=dev) + v - torch.arange(v, device=dev) - 1
+            codes = torch.add(row_off[:v], own[lo], out=buf.codes[: v * d].view(v, d))
+            use = torch.nonzero((rj[pairs] == lo) & ~variant_x[pairs]).flatten()
+            recounted[item] = (pairs[use], count(codes, pairs)[use])
+        else:  # both sides variants
+            q = both[lo:hi]
+            recounted[item] = (q, _mi_codes(b, keep, ri[q], rj[q], bins, hi - lo, "bincount", total[q], table, base[q]))
 
-    chunk = max(1, group_pairs)
     items = [("rows", i0, i1) for i0, i1 in groups]
-    items += [("redo", s0, min(s0 + chunk, redo.shape[0])) for s0 in range(0, redo.shape[0], chunk)]
-    run_tasks(task, items, [_RowBuffers(largest * d, b.device) for _ in range(cpu_workers(b.device))])
-    mi[redo] = fixed
+    for r in range(n, b.shape[0]):
+        v = int(table_vec[r])
+        items += [("x", r, 0)] if v < n - 1 else []
+        items += [("y", r, 0)] if v > 0 else []
+    items += [("both", s0, min(s0 + group_pairs, both.shape[0])) for s0 in range(0, both.shape[0], max(1, group_pairs))]
+    run_tasks(task, items, [_RowBuffers(largest * d, dev) for _ in range(cpu_workers(dev))])
+    for item in items:  # in a fixed order, whichever worker finished first
+        if item in recounted:
+            idx, val = recounted[item]
+            mi[idx] = val
     return mi
 
 
@@ -554,13 +585,7 @@ def all_pairs_mi_cov_corr(
                 b, keep_t, ri[redo], rj[redo], bins, chunk_pairs, "scatter", m[redo], table, base[redo]
             )
     elif method == "bincount":
-        redo = torch.nonzero((ri >= n) | (rj >= n)).flatten()
-
-        def redo_fn(s0: int, s1: int) -> Tensor:
-            q = redo[s0:s1]
-            return _mi_codes(b, keep_t, ri[q], rj[q], bins, s1 - s0, "bincount", m[q], table, base[q])
-
-        mi = _mi_rows(b[:n], keep, bins, chunk_pairs, m, table, base, redo, redo_fn)
+        mi = _mi_rows(b, keep_t, n, table_vec, ri, rj, bins, chunk_pairs, m, table, base)
     else:
         mi = _mi_codes(b, keep_t, ri, rj, bins, chunk_pairs, method, m, table, base)
 
