@@ -65,7 +65,7 @@ def _check_dtype(dtype: torch.dtype) -> None:
 # Elements (token x neuron) of one block of the moment pass on a CPU: 2**18 float64 are
 # 2 MB, a core's L2 with the float32 input block. Accelerators take all neurons and as
 # many tokens as 2**24 elements allow (two float64 buffers of 128 MB).
-_CPU_BLOCK = 1 << 18
+_CPU_BLOCK = 1 << 17
 _DEVICE_BLOCK = 1 << 24
 
 

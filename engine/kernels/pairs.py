@@ -42,6 +42,7 @@ The result equals the per-pair NumPy loop to ~1e-14 (MI from identical integer c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -352,7 +353,7 @@ def _row_groups(n: int, target: int) -> list[tuple[int, int]]:
 
 def _mi_rows(
     b: Tensor, keep: Tensor, n: int, table_vec: Tensor, ri: Tensor, rj: Tensor, bins: int, group_pairs: int,
-    total: Tensor, table: Tensor, base: Tensor,
+    total: Tensor, table: Tensor, base: Tensor, extra: Callable[[], None] | None = None,
 ) -> Tensor:
     """(pair,) MI of all pairs i < j (x = row i, y = row j), from the table of bins, in rows of pairs.
 
@@ -372,6 +373,7 @@ def _mi_rows(
             keep: (row, feature) bool.
         table_vec: (row,) the vector of each table row; ri, rj: (pair,) table rows of x and y.
         total, base: (pair,) and table: see :func:`_mi_from_counts`.
+        extra: other independent work to run as the first task (the covariances).
     """
     d = b.shape[1]
     w = 1 << bins.bit_length()  # power of two > bins (the layout of _mi_codes' tables)
@@ -399,7 +401,9 @@ def _mi_rows(
 
     def task(buf: _RowBuffers, item: tuple[str, int, int]) -> None:
         kind, lo, hi = item
-        if kind == "rows":  # pairs of rows lo..hi-1, own ranges
+        if kind == "extra":
+            extra()
+        elif kind == "rows":  # pairs of rows lo..hi-1, own ranges
             p0, p1 = start[lo], start[hi]
             codes = buf.codes[: (p1 - p0) * d].view(p1 - p0, d)
             for i in range(lo, hi):
@@ -422,7 +426,7 @@ def _mi_rows(
             q = both[lo:hi]
             recounted[item] = (q, _mi_codes(b, keep, ri[q], rj[q], bins, hi - lo, "bincount", total[q], table, base[q]))
 
-    items = [("rows", i0, i1) for i0, i1 in groups]
+    items = ([("extra", 0, 0)] if extra is not None else []) + [("rows", i0, i1) for i0, i1 in groups]
     for r in range(n, b.shape[0]):
         v = int(table_vec[r])
         items += [("x", r, 0)] if v < n - 1 else []
@@ -550,26 +554,33 @@ def all_pairs_mi_cov_corr(
     lo, hi = _masked_min_max(xf, keep)  # (sample,)
     ii, jj = pair_indices(n, device=x.device)  # (pair,)
 
-    # ---- covariance and correlation: sums over each pair's joint mask. With xc centred and
-    # 0 where the vector drops a dim, sum_{both keep} f(x_i) = sum_{i keeps} f(x_i) - sum_{j drops} f(x_i):
-    # the correction is an index_add over the (few) dropped dims, the cross products one GEMM.
-    kd = keep.T.to(torch.float64)  # (feature, sample): this block works on transposed layouts
-    xt = xf.T
-    own_mean = (xt * kd).sum(0) / kd.sum(0)  # (sample,)
-    xc = (xt - own_mean) * kd  # (feature, sample), centred, 0 where the vector drops the dim
-    stats = torch.cat([xc, xc.square(), kd], 1)  # (feature, 3·sample)
+    # ---- dims both vectors of a pair keep: each vector's kept count minus the partner's
+    # drops that it keeps (an index_add over the few dropped (vector, dim)); exact integers
+    kd = keep.T.to(torch.float64)  # (feature, sample): the covariance block works on transposed layouts
     r, c = torch.nonzero(~keep, as_tuple=True)  # the (few) dropped (vector, dim)
-    drop_sums = torch.zeros(n, 3 * n, dtype=torch.float64, device=x.device)
-    drop_sums.index_add_(0, r, stats.index_select(0, c))  # [j, .]: sums over j's drops
-    sums = stats.sum(0).unsqueeze(1) - drop_sums.T  # [i, j]: sums of x_i, x_i^2, 1 where both keep
-    s1, s2, cnt = sums[:n], sums[n : 2 * n], sums[2 * n :]
+    drop_cnt = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    drop_cnt.index_add_(0, r, kd.index_select(0, c))  # [j, i]: dims j drops that i keeps
     pij, pji = ii * n + jj, jj * n + ii  # (pair,) flat indices of [i, j] and [j, i]
-    m = _at(cnt, pij).round()  # (pair,) dims both keep (exact integers)
-    sx, sy = _at(s1, pij), _at(s1, pji)
-    cov = (_at(xc.T @ xc, pij) - sx * sy / m) / (m - 1)
-    vx = (_at(s2, pij) - sx.square() / m) / (m - 1)
-    vy = (_at(s2, pji) - sy.square() / m) / (m - 1)
-    corr = (cov / torch.sqrt(vx * vy)).clamp(-1.0, 1.0)
+    m = _at(kd.sum(0).unsqueeze(1) - drop_cnt.T, pij).round()  # (pair,)
+    out: dict[str, Tensor] = {}
+
+    def cov_corr() -> None:
+        """Covariance and correlation: sums over each pair's joint mask. With xc centred and 0
+        where the vector drops a dim, sum_{both keep} f(x_i) = sum_{i keeps} f(x_i) - sum_{j drops} f(x_i):
+        the correction is an index_add over the (few) dropped dims, the cross products one GEMM."""
+        xt = xf.T
+        own_mean = (xt * kd).sum(0) / kd.sum(0)  # (sample,)
+        xc = (xt - own_mean) * kd  # (feature, sample), centred, 0 where the vector drops the dim
+        stats = torch.cat([xc, xc.square(), kd], 1)  # (feature, 3·sample), as before (same sums, same bits)
+        drop_sums = torch.zeros(n, 3 * n, dtype=torch.float64, device=x.device)
+        drop_sums.index_add_(0, r, stats.index_select(0, c))  # [j, .]: sums over j's drops
+        sums = stats.sum(0).unsqueeze(1) - drop_sums.T  # [i, j]: sums of x_i, x_i^2 where both keep
+        s1, s2 = sums[:n], sums[n : 2 * n]
+        sx, sy = _at(s1, pij), _at(s1, pji)
+        out["cov"] = (_at(xc.T @ xc, pij) - sx * sy / m) / (m - 1)
+        vx = (_at(s2, pij) - sx.square() / m) / (m - 1)
+        vy = (_at(s2, pji) - sy.square() / m) / (m - 1)
+        out["corr"] = (out["cov"] / torch.sqrt(vx * vy)).clamp(-1.0, 1.0)
 
     # ---- histogram range of each side of each pair: its own, or an exact variant
     shared = m > 0
@@ -577,17 +588,20 @@ def all_pairs_mi_cov_corr(
     b = _bin_index(xf.index_select(0, table_vec), table_lo, table_hi, bins)  # (row, feature)
     keep_t = keep.index_select(0, table_vec)
     table, base = _entropy_table(m.long(), d)
-    if method == "onehot":
-        mi = _mi_onehot(b[:n], keep, bins, chunk_pairs, m, table, base)
-        redo = torch.nonzero((ri >= n) | (rj >= n)).flatten()
-        if redo.numel():
-            mi[redo] = _mi_codes(
-                b, keep_t, ri[redo], rj[redo], bins, chunk_pairs, "scatter", m[redo], table, base[redo]
-            )
-    elif method == "bincount":
-        mi = _mi_rows(b, keep_t, n, table_vec, ri, rj, bins, chunk_pairs, m, table, base)
+    if method == "bincount":  # the covariances run next to the MI tasks
+        mi = _mi_rows(b, keep_t, n, table_vec, ri, rj, bins, chunk_pairs, m, table, base, extra=cov_corr)
     else:
-        mi = _mi_codes(b, keep_t, ri, rj, bins, chunk_pairs, method, m, table, base)
+        cov_corr()
+        if method == "onehot":
+            mi = _mi_onehot(b[:n], keep, bins, chunk_pairs, m, table, base)
+            redo = torch.nonzero((ri >= n) | (rj >= n)).flatten()
+            if redo.numel():
+                mi[redo] = _mi_codes(
+                    b, keep_t, ri[redo], rj[redo], bins, chunk_pairs, "scatter", m[redo], table, base[redo]
+                )
+        else:
+            mi = _mi_codes(b, keep_t, ri, rj, bins, chunk_pairs, method, m, table, base)
+    cov, corr = out["cov"], out["corr"]
 
     # ---- degenerate pairs
     const = table_lo == table_hi  # (row,) the kept values are all equal
