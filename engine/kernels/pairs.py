@@ -145,7 +145,8 @@ def _at(mat: Tensor, flat: Tensor) -> Tensor:
 
 
 def _first_shared(
-    ranked: Tensor, vec: Tensor, partner: Tensor, keep: Tensor, top: int = 8, largest: bool = False
+    ranked: Tensor, vec: Tensor, partner: Tensor, keep: Tensor, own_keep: Tensor, top: int = 8,
+    largest: bool = False,
 ) -> Tensor:
     """(query,) the first dim, in order of ``ranked[vec]``, that vec and partner both keep.
 
@@ -154,15 +155,16 @@ def _first_shared(
     one rank per round (a loop over ranks, never over pairs).
 
     Args:
-        ranked: (sample, feature) values to rank, +inf (-inf if largest) where the vector
-            itself drops the dim.
-        vec, partner: (query,) int64 vector indices; every pair must share a kept dim.
-        keep: (sample, feature) bool.
+        ranked: (row, feature) values to rank, +inf (-inf if largest) where the vector
+            itself drops the dim: one row per vector that has queries.
+        vec: (query,) int64 rows of ``ranked``; partner: (query,) int64 vector indices;
+            every pair must share a kept dim.
+        keep: (sample, feature) bool; own_keep: (row, feature) bool, keep of ranked's rows.
     """
     d = ranked.shape[1]
     k = min(top, d)
-    order = torch.topk(ranked, k, dim=1, largest=largest, sorted=True).indices  # (sample, k)
-    own = keep.gather(1, order)  # (sample, k) the vector keeps its rank-r dim
+    order = torch.topk(ranked, k, dim=1, largest=largest, sorted=True).indices  # (row, k)
+    own = own_keep.gather(1, order)  # (row, k) the vector keeps its rank-r dim
     dims = order.index_select(0, vec)  # (query, k)
     ok = own.index_select(0, vec) & keep.reshape(-1)[dims + (partner * d).unsqueeze(1)]
     first = ok.to(torch.uint8).argmax(1)  # first True (argmax returns the first maximum)
@@ -175,7 +177,7 @@ def _first_shared(
                 break
             v, p = vec[pending], partner[pending]
             dd = order[v, r]
-            hit = keep[v, dd] & keep[p, dd]
+            hit = own_keep[v, dd] & keep[p, dd]
             out[pending[hit]] = dd[hit]
             pending = pending[~hit]
     return out
@@ -207,7 +209,7 @@ def _range_variants(
     # the 0/1 product at_ext @ keepᵀ, summed over the few dims where a vector attains an extreme
     r, c = torch.nonzero(at_ext, as_tuple=True)
     hits = torch.zeros(2 * n, n, dtype=torch.float32, device=xf.device)
-    hits.index_add_(0, r, keep.T.to(torch.float32).index_select(0, c))
+    hits.index_add_(0, r, keep[:, c].T.to(torch.float32))  # rows: keep of every vector at dim c
     vec = torch.cat([ii, jj])  # (side,): x side of every pair, then y side
     partner = torch.cat([jj, ii])
     both = torch.cat([shared, shared])
@@ -224,10 +226,13 @@ def _range_variants(
     v, pt = vec[moved], partner[moved]
     d_lo = torch.full_like(v, d)  # d = "the vector's own min"
     d_hi = torch.full_like(v, d)
-    q = torch.nonzero(gone_lo[moved]).flatten()
-    d_lo[q] = _first_shared(torch.where(keep, xf, inf), v[q], pt[q], keep)
-    q = torch.nonzero(gone_hi[moved]).flatten()
-    d_hi[q] = _first_shared(torch.where(keep, xf, -inf), v[q], pt[q], keep, largest=True)
+    for gone, sign, out in ((gone_lo, 1.0, d_lo), (gone_hi, -1.0, d_hi)):
+        q = torch.nonzero(gone[moved]).flatten()
+        if q.numel():  # rank only the vectors that have queries (a few)
+            uv, row = torch.unique(v[q], return_inverse=True)
+            kv = keep.index_select(0, uv)
+            ranked = torch.where(kv, xf.index_select(0, uv), sign * inf)
+            out[q] = _first_shared(ranked, row, pt[q], keep, kv, largest=sign < 0)
     key = (v * (d + 1) + d_lo) * (d + 1) + d_hi  # (vector, min dim, max dim)
     uniq, inv = torch.unique(key, return_inverse=True)  # a few distinct ranges per vector
     u_vec, u_lo, u_hi = uniq // ((d + 1) ** 2), (uniq // (d + 1)) % (d + 1), uniq % (d + 1)
