@@ -219,17 +219,16 @@ def bucket_codes(plan: _Plan, x: Tensor, v: Tensor, t: Tensor, *, nan: bool = Tr
         Tensor[...] int32 (int64 for float64 work), a view of v's bits; ``x == hi``
         gives ``bins + 1`` (see the module docstring).
     """
-    magic, dt, dev = plan.magic, x.dtype, x.device
+    magic, dt = plan.magic, x.dtype
     if plan.magic_offset is not None:  # magic + j, rounded in one step
         torch.add(_const(plan.magic_offset, dt), x, alpha=plan.scale, out=v)
     else:
         torch.add(_const(plan.offset - 0.5, dt), x, alpha=plan.scale, out=v)  # (x - lo) * scale
         v.add_(magic)
-    if nan:  # fmax / fmin drop NaN: a NaN becomes j = 0, and NaN >= t_0 is False
-        torch.fmax(v, _const(magic, dt, dev), out=v)
-        torch.fmin(v, _const(magic + plan.bins, dt, dev), out=v)
-    elif clamp:
+    if nan or clamp:
         v.clamp_(magic, magic + plan.bins)
+    if nan:  # a NaN becomes j = 0, and NaN >= t_0 is False
+        v.nan_to_num_(nan=magic)
     # (unclamped -inf stays -inf through all of this, and -inf's bits & mask are 0)
     _threshold_from(v, plan.arith, magic, out=t)  # t_j, exactly
     torch.ge(x, t, out=t)  # 1.0 where x >= t_j

@@ -214,11 +214,13 @@ class _Counter:
             x = xb
         codes = self._buckets.codes(x, finite=False)
         width = plan.bins + 2
+        # x == hi was coded above the range: count those, on a CPU only if some code is that high
+        fix = self._buckets.arith and (x.device.type != "cpu" or int(codes.amax()) > plan.bins)
         if rows > 1:
             codes.add_(torch.arange(0, rows * width, width, dtype=codes.dtype, device=x.device)[:, None])
         out += torch.bincount(codes.view(-1), minlength=rows * width).view(rows, width)
-        if self._buckets.arith:
-            at_hi = count_equal_hi(plan, x, check=False)  # x == hi was counted above the range
+        if fix:
+            at_hi = count_equal_hi(plan, x, check=False)
             out[:, -2] += at_hi
             out[:, -1] -= at_hi
 
