@@ -286,15 +286,17 @@ def _mi_from_counts(joint: Tensor, total: Tensor, table: Tensor, base: Tensor) -
     Zero cells add nothing, so a zeroed sentinel needs no slicing.
 
     Args:
-        joint: (pair, w, w) int64 counts; total: (pair,) float64 T; table, base: from
-            :func:`_entropy_table` (base sliced to these pairs).
+        joint: (pair, w, w) int64 counts, contiguous; overwritten. total: (pair,) float64 T;
+            table, base: from :func:`_entropy_table` (base sliced to these pairs).
     """
     c, w = joint.shape[0], joint.shape[1]
     base = base.unsqueeze(1)  # (pair, 1)
-    marg = torch.cat([joint.sum(2), joint.sum(1)], 1).add_(base)  # (pair, 2w) x then y marginals
-    s = table.index_select(0, marg.reshape(-1)).view(c, 2 * w).sum(1)
-    cells = joint.reshape(c, w * w) + base
-    s -= table.index_select(0, cells.reshape(-1)).view(c, w * w).sum(1)
+    marg = torch.empty(c, 2 * w, dtype=joint.dtype, device=joint.device)  # x then y marginals
+    torch.sum(joint, 2, out=marg[:, :w])
+    torch.sum(joint, 1, out=marg[:, w:])
+    s = table.index_select(0, marg.add_(base).view(-1)).view(c, 2 * w).sum(1)
+    cells = joint.view(c, w * w).add_(base)  # in place: the joint counts are not needed after this
+    s -= table.index_select(0, cells.view(-1)).view(c, w * w).sum(1)
     return torch.log2(total) - s / total
 
 
