@@ -15,6 +15,10 @@ Three entry points share one formula:
   LeVeque (1979), which keeps means and *centred* second moments (never raw
   sums of squares), so an offset of 1e4 on activations costs no precision.
 
+Within a chunk every product and sum is float64 (one read of the activations, in
+cache-sized blocks converted to float64; see :func:`_moments`): float32 products would
+already err by ~1e-8 relative on r, far from the float64 batch formula's 1e-10.
+
 A neuron that is constant over the tokens has no defined correlation: it gets NaN
 (quietly, no warning), and :attr:`StreamingPearson.n_constant` counts them. The
 test for "constant" is exact (``min == max`` over the tokens), not a variance
@@ -66,6 +70,7 @@ def _check_dtype(dtype: torch.dtype) -> None:
 # 2 MB, a core's L2 with the float32 input block. Accelerators take all neurons and as
 # many tokens as 2**24 elements allow (two float64 buffers of 128 MB).
 _CPU_BLOCK = 1 << 17
+_CPU_MIN_TASKS = 4  # tasks are (leading index, neuron range): split the neurons of fewer rows
 _DEVICE_BLOCK = 1 << 24
 
 
@@ -77,15 +82,22 @@ class _BlockSums:
         self.sq = torch.empty(size, dtype=dtype, device=device)
 
 
+# A neuron whose sum of squares exceeds this many times its centred second moment (|mean| >
+# ~30 std) loses too many digits to cancellation in unshifted float64 sums: it is recomputed
+# with every value shifted by its first one (bounds the relative error of M2 near 1e-12).
+_SHIFT_ABOVE = 1e3
+
+
 def _moments(acts: Tensor, x: Tensor, z: Tensor | None, dtype: torch.dtype) -> dict[str, Tensor]:
     """Count, means, centred second moments and extremes of one block of tokens.
 
     One read of the activations, in blocks of (tokens x neurons) that fit a core's cache:
-    each block is converted to ``dtype`` (float64) and shifted by each neuron's value at the
-    first token (so the sums are small and no precision is lost to a large mean), then ONE
-    matrix product adds its sums against [1, x_c, z_c] and one fused multiply-add its
-    squares to running (token x neuron) sums; min and max are folded in per block. On a
-    CPU the (leading index, neuron range) tasks run on single-threaded workers
+    each block is converted to ``dtype`` (float64), then ONE matrix product adds its sums
+    against [1, x_c, z_c] and one fused multiply-add its squares to running (token x neuron)
+    sums; min and max are folded in per block. The neurons whose mean is large next to their
+    spread (sum of squares > ``_SHIFT_ABOVE`` x M2: float64 sums would cancel) are done again
+    with every value shifted by the neuron's first one, so the sums are small and no precision
+    is lost. On a CPU the (leading index, neuron range) tasks run on single-threaded workers
     (:mod:`~lamina.engine.kernels.workers`), each task over its tokens in order, so the
     result does not depend on the number of workers.
 
@@ -108,45 +120,27 @@ def _moments(acts: Tensor, x: Tensor, z: Tensor | None, dtype: torch.dtype) -> d
         vals[name] = (v, v.mean(), v - v.mean())
         cols.append(vals[name][2])
     w = torch.stack(cols)  # (k, token)
-    shift = a[:, 0, :].to(dtype)  # (batch, neuron): exact
+    shift = torch.zeros(a.shape[0], n_neu, dtype=dtype, device=dev)  # (batch, neuron): 0, or the first value
     sums = torch.zeros(a.shape[0], len(cols), n_neu, dtype=dtype, device=dev)  # (batch, k, neuron)
     ssq = torch.empty(a.shape[0], n_neu, dtype=dtype, device=dev)
     lo = torch.empty(a.shape[0], n_neu, dtype=a.dtype, device=dev)
     hi = torch.empty(a.shape[0], n_neu, dtype=a.dtype, device=dev)
+    _block_sums(a, w, sums, ssq, (lo, hi), None)
 
-    n_work = cpu_workers(dev) if a.numel() >= _CPU_BLOCK else 1  # small inputs: no thread hand-offs
-    if dev.type == "cpu":
-        width = max(1, min(n_neu, _CPU_BLOCK // 16))  # neurons per task: >= 16 tokens per block
-        if a.shape[0] < 2 * n_work:  # few rows: split the neurons so that every worker has work
-            width = min(width, max(256, -(-n_neu // (2 * n_work))))
-        step = max(1, min(n_tok, _CPU_BLOCK // width))  # tokens per block
-    else:
-        width, step = n_neu, max(1, min(n_tok, _DEVICE_BLOCK // max(n_neu, 1)))
-    tasks = [(b, c0, min(c0 + width, n_neu)) for b in range(a.shape[0]) for c0 in range(0, n_neu, width)]
-
-    def task(buf: _BlockSums, item: tuple[int, int, int]) -> None:
-        b, c0, c1 = item
-        acc, s = sums[b, :, c0:c1], shift[b, c0:c1]  # (k, width), (width,)
-        mn, mx = lo[b, c0:c1], hi[b, c0:c1]
-        sq = buf.sq[: step * (c1 - c0)].view(step, c1 - c0)
-        for t0 in range(0, n_tok, step):
-            t1 = min(t0 + step, n_tok)
-            block = a[b, t0:t1, c0:c1]  # (k_tok, width), the input dtype
-            d = buf.d[: (t1 - t0) * (c1 - c0)].view(t1 - t0, c1 - c0)
-            d.copy_(block).sub_(s)  # shifted, in ``dtype``
-            torch.addmm(acc, w[:, t0:t1], d, out=acc)  # sum(d), sum(d * x_c), sum(d * z_c)
-            if t0 == 0:
-                torch.mul(d, d, out=sq[: t1 - t0])
-                torch.amin(block, 0, out=mn)
-                torch.amax(block, 0, out=mx)
-            else:
-                sq[: t1 - t0].addcmul_(d, d)
-                torch.minimum(mn, block.amin(0), out=mn)
-                torch.maximum(mx, block.amax(0), out=mx)
-        torch.sum(sq[: min(step, n_tok)], 0, out=ssq[b, c0:c1])
-
-    run_tasks(task, tasks, [_BlockSums(step * width, dtype, dev) for _ in range(n_work)])
+    # neurons with a large mean next to their spread: again, shifted by their first value
     s1 = sums[:, 0, :]  # (batch, neuron)
+    m2 = ssq - s1 * s1 / n_tok
+    redo = ~(ssq <= _SHIFT_ABOVE * m2)  # also m2 <= 0 (constant, or cancelled to nothing) and NaN
+    if bool(redo.any()):
+        for b in torch.nonzero(redo.any(1)).flatten().tolist():
+            idx = torch.nonzero(redo[b]).flatten()
+            part = a[b].index_select(1, idx).unsqueeze(0)  # (1, token, k) the input dtype
+            out_sums = torch.zeros(1, len(cols), idx.numel(), dtype=dtype, device=dev)
+            out_ssq = torch.empty(1, idx.numel(), dtype=dtype, device=dev)
+            first = part[:, 0, :].to(dtype)  # (1, k) exact
+            _block_sums(part, w, out_sums, out_ssq, None, first)
+            sums[b, :, idx], ssq[b, idx], shift[b, idx] = out_sums[0], out_ssq[0], first[0]
+        s1 = sums[:, 0, :]
     st: dict[str, Tensor] = {
         "count": torch.tensor(n_tok, dtype=torch.int64, device=dev),
         "mean_act": (shift + s1 / n_tok).reshape(*lead, n_neu),
@@ -164,6 +158,59 @@ def _moments(acts: Tensor, x: Tensor, z: Tensor | None, dtype: torch.dtype) -> d
     if z is not None:
         st["c_xz"] = (vals["x"][2] * vals["z"][2]).sum()
     return st
+
+
+def _block_sums(a: Tensor, w: Tensor, sums: Tensor, ssq: Tensor, extremes: tuple[Tensor, Tensor] | None,
+                shift: Tensor | None) -> None:
+    """Fill ``sums`` (batch, k, neuron) += w @ d, ``ssq`` (batch, neuron) = sum d², d = a - shift.
+
+    Args:
+        a: (batch, token, neuron) any float dtype; w: (k, token) the work dtype.
+        extremes: (min, max) (batch, neuron) in a's dtype to fill, or None.
+        shift: (batch, neuron) in the work dtype, or None (no shift).
+    """
+    n_batch, n_tok, n_neu = a.shape
+    dtype, dev = w.dtype, a.device
+    n_work = cpu_workers(dev) if a.numel() >= _CPU_BLOCK else 1  # small inputs: no thread hand-offs
+    if dev.type == "cpu":
+        # neurons per task: a fixed split (never the number of workers: the matrix product's
+        # rounding may depend on its width, and results must not depend on the thread count)
+        width = min(n_neu, _CPU_BLOCK // 16)  # whole rows when they fit: contiguous reads
+        if n_batch < _CPU_MIN_TASKS:  # few rows: at least _CPU_MIN_TASKS tasks, by shape alone
+            width = min(width, max(256, -(-n_neu * n_batch // _CPU_MIN_TASKS)))
+        step = max(1, min(n_tok, _CPU_BLOCK // width))  # tokens per block
+    else:
+        width, step = n_neu, max(1, min(n_tok, _DEVICE_BLOCK // max(n_neu, 1)))
+    tasks = [(b, c0, min(c0 + width, n_neu)) for b in range(n_batch) for c0 in range(0, n_neu, width)]
+
+    def task(buf: _BlockSums, item: tuple[int, int, int]) -> None:
+        b, c0, c1 = item
+        acc = sums[b, :, c0:c1]  # (k, width)
+        s = None if shift is None else shift[b, c0:c1]  # (width,)
+        sq = buf.sq[: step * (c1 - c0)].view(step, c1 - c0)
+        for t0 in range(0, n_tok, step):
+            t1 = min(t0 + step, n_tok)
+            block = a[b, t0:t1, c0:c1]  # (k_tok, width), the input dtype
+            d = buf.d[: (t1 - t0) * (c1 - c0)].view(t1 - t0, c1 - c0)
+            d.copy_(block)  # in ``dtype``
+            if s is not None:
+                d.sub_(s)
+            torch.addmm(acc, w[:, t0:t1], d, out=acc)  # sum(d), sum(d * x_c), sum(d * z_c)
+            if t0 == 0:
+                torch.mul(d, d, out=sq[: t1 - t0])
+            else:
+                sq[: t1 - t0].addcmul_(d, d)
+            if extremes is not None:
+                mn, mx = extremes[0][b, c0:c1], extremes[1][b, c0:c1]
+                if t0 == 0:
+                    torch.amin(block, 0, out=mn)
+                    torch.amax(block, 0, out=mx)
+                else:
+                    torch.minimum(mn, block.amin(0), out=mn)
+                    torch.maximum(mx, block.amax(0), out=mx)
+        torch.sum(sq[: min(step, n_tok)], 0, out=ssq[b, c0:c1])
+
+    run_tasks(task, tasks, [_BlockSums(step * width, dtype, dev) for _ in range(n_work)])
 
 
 def _pearson(c_ay: Tensor, m2_a: Tensor, m2_y: Tensor, const_a: Tensor, const_y: Tensor) -> Tensor:

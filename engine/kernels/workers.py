@@ -21,8 +21,8 @@ depend on which worker ran which task (per-worker partial sums of integers, or
 writes to disjoint slices); the tasks' own arithmetic is the same single-threaded
 arithmetic whichever worker runs it.
 
-CPU only: on other devices :func:`run_tasks` runs the tasks in order on the
-calling thread, with state 0.
+With one state (other devices, or one CPU thread) the tasks run in order on the calling
+thread, also with one intra-op thread (CPU arithmetic then matches the workers').
 """
 
 from __future__ import annotations
@@ -80,9 +80,16 @@ def run_tasks(fn: Callable[[S, T], None], items: Iterable[T], states: Sequence[S
     else:
         states_used = states
     n = len(states_used)
-    if n <= 1:
-        for item in items:
-            fn(states[0], item)
+    previous = torch.get_num_threads()
+    if n <= 1:  # in this thread, but single-threaded too: the same arithmetic as on a worker
+        try:
+            if previous != 1:
+                torch.set_num_threads(1)
+            for item in items:
+                fn(states[0], item)
+        finally:
+            if previous != 1:
+                torch.set_num_threads(previous)
         return states
     queue = iter(items)
     lock = threading.Lock()
@@ -101,7 +108,6 @@ def run_tasks(fn: Callable[[S, T], None], items: Iterable[T], states: Sequence[S
                 failed.set()
                 raise
 
-    previous = torch.get_num_threads()
     try:
         futures = [_pool(n - 1).submit(loop, s) for s in states_used[1:]]
         errors: list[BaseException] = []
