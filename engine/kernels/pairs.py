@@ -31,9 +31,12 @@ How it is done for all pairs at once (no per-pair Python; loops only over chunks
   sides are found exactly (how many of i's extremes j keeps is a 0/1 product) and get the
   pair's true range; the few distinct (vector, min, max) variants become extra rows of the
   bin table, so every pair is then exact with no special path. The joint histograms are
-  counted per chunk of pairs from the codes ``bin_i * 16 + bin_j`` (dims either
-  vector drops go to one sentinel cell): one ``bincount`` of pair-offset codes on a CPU, a
-  scatter-add, or on CUDA one product of masked one-hot encodings (n·bins × D)(D × n·bins).
+  counted from the codes ``bin_i * 16 + bin_j`` (dims either vector drops go to cells that
+  are then zeroed). On a CPU the pairs (i, i+1..n-1) of a row are contiguous, so a group of
+  rows is one broadcast add per row and one ``bincount`` (:func:`_mi_rows`), the pairs with a
+  variant range one more row or column per variant, all as tasks on single-threaded workers
+  next to the covariance task; else a scatter-add of gathered codes, or on CUDA one product of
+  masked one-hot encodings (n·bins × D)(D × n·bins).
 * Entropies are vectorised over pairs from the integer counts.
 
 The result equals the per-pair NumPy loop to ~1e-14 (MI from identical integer counts).
@@ -510,8 +513,8 @@ def all_pairs_mi_cov_corr(
             bytes of (sample, sample) sums and a few (pair,) vectors: 250 x 1024 runs in
             under 50 MB.
         method: how the joint histograms are counted; all give identical counts.
-            ``"bincount"``: one bincount per chunk of the codes offset by pair (the CPU
-            default). ``"scatter"``: a scatter-add of the codes (no host synchronisation).
+            ``"bincount"``: one bincount per group of whole rows of pairs (about
+            ``chunk_pairs`` pairs) on single-threaded CPU workers (the CPU default). ``"scatter"``: a scatter-add of the codes (no host synchronisation).
             ``"onehot"``: a float32 product of masked one-hot encodings per block of rows
             (the CUDA default; 0/1 values with fp32 accumulation, also under TF32, keep counts
             exact below 2**24 features; fp16/bf16 would return rounded counts above 2048/256),

@@ -50,11 +50,13 @@ QKV_BLOCKS: tuple[str, ...] = ("QQ", "KK", "VV", "QK", "QV", "KV")
 # (row component, column component, strict upper triangle?) per block; 0=Q, 1=K, 2=V
 _BLOCK_SPEC = ((0, 0, True), (1, 1, True), (2, 2, True), (0, 1, False), (0, 2, False), (1, 2, False))
 
-# Output elements of one piece of a block on the CPU (2**16: 41 rows of a 1600-wide
-# block, 256 KB): each piece is counted right after its product is made, while it
-# is in the core's L2 cache with the counter's buffers, and the diagonal blocks skip
-# their lower part. Accelerators do whole blocks.
-_CPU_PIECE = 1 << 16
+# Output elements of one piece of a block on the CPU (2**18: 163 rows of a 1600-wide
+# block, 1 MB): each piece is counted right after its product is made, while it is in
+# cache, and the diagonal blocks skip their lower part. Smaller pieces fit L2 better
+# but mean more, shorter torch calls, and with two workers the Python interpreter lock
+# taken around every call then costs more than the cache misses (measured: 2**16 2.6x
+# the GEMM floor, 2**18 1.8x, on this project's 2-core machine). Accelerators do whole blocks.
+_CPU_PIECE = 1 << 18
 
 Widths = tuple[int, int, int]
 
