@@ -9,6 +9,11 @@ the punctuation vectors get one large-magnitude dimension, as GPT-2's hidden sta
 have, so that the outlier removal and the exact recomputation path of the pairs kernel
 are exercised. The NumPy per-pair loop is timed on a sample of pairs and extrapolated
 to all pairs (labelled so in the output).
+
+Every case (quick and full) times its variants interleaved in one process: warm-up, then
+at least ``--repeats`` rounds and more until every variant's ``(max - min) / median`` is
+under 10% or 5 rounds were timed; min, median and max of each variant and the 1-minute
+load average before and after the case go to the JSON (ratios of medians, and of minima).
 """
 
 from __future__ import annotations
@@ -33,17 +38,24 @@ RSA_LABELS = np.array([1] * 10 + [2] * 13 + [3] * 11)
 F64_BUDGET = 1 << 25  # float64 elements per StreamingPearson update, as the length analysis chunks
 
 
+# Timed rounds beyond --repeats: until every variant's (max - min) / median < SPREAD, at most MAX_REPEATS.
+MAX_REPEATS = 5
+SPREAD = 0.10
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelSpec:
     case: str
     shape: dict[str, int]
+    max_repeats: int | None = MAX_REPEATS  # None: exactly --repeats rounds (tiny)
 
 
 def kernel_specs(mode: str) -> list[KernelSpec]:
     """Issue 5's kernel cases; ``quick`` fewer layers / tokens / states, ``tiny`` minimal."""
     full = mode == "full"
     tiny = mode == "tiny"
-    return [
+    extra = None if tiny else MAX_REPEATS
+    specs = [
         KernelSpec("qkv_blocks", {"layers": 2 if tiny else 48 if full else 4, "roles": 2, "samples": 54,
                                   "d_model": 32 if tiny else 1600}),
         KernelSpec("rsa", {"layers": 3 if tiny else 36, "items": len(RSA_LABELS), "d_model": 32 if tiny else 1280}),
@@ -53,19 +65,23 @@ def kernel_specs(mode: str) -> list[KernelSpec]:
                                    "samples": 20 if tiny else 250, "d_model": 64 if tiny else 1024,
                                    "numpy_pairs": 10 if tiny else 300 if full else 100}),
     ]
+    return [dataclasses.replace(s, max_repeats=extra) for s in specs]
 
 
 def run_kernel_case(spec: KernelSpec, *, device: str, warmup: int, repeats: int, slow_s: float = 20.0) -> CaseResult:
+    """Run one case: its variants interleaved in this process, loads recorded before and after."""
     fn = {"qkv_blocks": _qkv, "rsa": _rsa, "length_corr": _length, "punct_pairs": _punct}[spec.case]
-    result = CaseResult("kernels", spec.case, {**spec.shape, "device": str(device)})
+    result = CaseResult("kernels", spec.case, {**spec.shape, "device": str(device),
+                                               "torch_threads": torch.get_num_threads()}).start()
+    result.params["max_repeats"] = spec.max_repeats
     fn(result, spec.shape, torch.device(device), warmup, repeats, slow_s)
-    return result
+    return result.finish()
 
 
 def _run(result: CaseResult, variants: dict, dev: torch.device, warmup: int, repeats: int, slow_s: float) -> None:
     """Time the variants interleaved (see ``measure_many``) and add them to ``result``."""
     timings = measure_many({n: v[2] for n, v in variants.items()}, device=dev, warmup=warmup, repeats=repeats,
-                           slow_s=slow_s)
+                           slow_s=slow_s, max_repeats=result.params.get("max_repeats"), spread=SPREAD)
     for name, (label, role, _) in variants.items():
         result.add(name, label, role, timings[name])
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import psutil
 
+from .timing import load_average
+
 SEQ_LEN = 512
 
 
@@ -55,6 +57,7 @@ def run_size(model: Path, tokens: int, work: Path) -> dict:
     cmd = [sys.executable, "-m", "lamina.analyses.cli", "run", "length", "--model", str(model), "--text", str(corpus),
            "--n-seq", str(n_seq), "--seq-len", str(SEQ_LEN), "--block", "1", "--no-store-acts", "--no-figures", "--no-progress",
            "--overwrite", "--out", str(work / f"run-{tokens}")]
+    load_start = load_average()
     start = time.perf_counter()
     proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -69,7 +72,7 @@ def run_size(model: Path, tokens: int, work: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"lamina run length failed at {tokens} tokens: {proc.stderr.read().decode()[-2000:]}")
     return {"tokens": n_seq * SEQ_LEN, "seconds": seconds, "tokens_per_s": n_seq * SEQ_LEN / seconds,
-            "peak_rss_mib": peak / 2**20}
+            "peak_rss_mib": peak / 2**20, "load_average_1min": {"start": load_start, "end": load_average()}}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -84,9 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
         rows = [run_size(model, n, work) for n in sizes]
     growth = rows[-1]["peak_rss_mib"] / rows[0]["peak_rss_mib"] - 1
     report = {"case": "streaming_length_correlation", "rows": rows, "peak_rss_growth": growth}
-    print(f"{'tokens':>10} {'seconds':>9} {'tokens/s':>10} {'peak RSS MiB':>13}")
+    print(f"{'tokens':>10} {'seconds':>9} {'tokens/s':>10} {'peak RSS MiB':>13} {'load start -> end':>18}")
     for r in rows:
-        print(f"{r['tokens']:>10} {r['seconds']:>9.1f} {r['tokens_per_s']:>10.0f} {r['peak_rss_mib']:>13.0f}")
+        load = r["load_average_1min"]
+        print(f"{r['tokens']:>10} {r['seconds']:>9.1f} {r['tokens_per_s']:>10.0f} {r['peak_rss_mib']:>13.0f} "
+              f"{load['start']!s:>8} -> {load['end']!s:<8}")
     print(f"peak RSS growth {sizes[0]} -> {sizes[-1]} tokens: {100 * growth:+.1f}%")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))

@@ -6,11 +6,14 @@
 
 Every measurement: ``warmup`` untimed calls (caches, allocator, lazy init), then
 ``repeats`` timed calls, each bracketed by ``torch.cuda.synchronize()`` on CUDA;
-the reported time is the median (the process CPU time is recorded too). Variants
-compared in one table are interleaved round-robin (:func:`measure_many`). During
-each call a thread samples the process' resident memory (psutil RSS) every few
-milliseconds, and on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``)
-is reset before and read after.
+the reported time is the median (min and max are kept, and the process CPU time is
+recorded too). With ``max_repeats`` the rounds go on until every variant's spread
+``(max - min) / median`` is below ``spread`` or ``max_repeats`` rounds were timed: on
+a shared machine a skeptic wants to see that the numbers settled, or how far they
+did not. Variants compared in one table are interleaved round-robin
+(:func:`measure_many`). During each call a thread samples the process' resident
+memory (psutil RSS) every few milliseconds, and on CUDA the allocator's peak
+(``torch.cuda.max_memory_allocated``) is reset before and read after.
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ def sync(device: str | torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none): context for every timing."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Timing:
     """Median seconds of the timed repeats, all repeats, and peak memory while they ran."""
@@ -56,9 +64,23 @@ class Timing:
     peak_cuda_mib: float | None = None  # torch.cuda.max_memory_allocated during them (CUDA only)
     cpu_seconds: float | None = None  # median process CPU time (all threads) per call: steadier under contention
 
+    @property
+    def min_s(self) -> float:
+        return min(self.times)
+
+    @property
+    def max_s(self) -> float:
+        return max(self.times)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the timed repeats (0 for one repeat)."""
+        return (self.max_s - self.min_s) / self.seconds if self.seconds > 0 else 0.0
+
     def to_json(self) -> dict[str, Any]:
-        out = {"seconds": self.seconds, "times": list(self.times), "peak_rss_mib": round(self.peak_rss_mib, 1),
-               "rss_before_mib": round(self.rss_before_mib, 1)}
+        out = {"seconds": self.seconds, "min_s": self.min_s, "median_s": self.seconds, "max_s": self.max_s,
+               "spread": round(self.spread, 4), "repeats": len(self.times), "times": list(self.times),
+               "peak_rss_mib": round(self.peak_rss_mib, 1), "rss_before_mib": round(self.rss_before_mib, 1)}
         if self.cpu_seconds is not None:
             out["cpu_seconds"] = round(self.cpu_seconds, 4)
         if self.peak_cuda_mib is not None:
@@ -112,18 +134,27 @@ def measure(fn: Callable[[], Any], *, device: str | torch.device, warmup: int = 
 
 
 def measure_many(fns: Mapping[str, Callable[[], Any]], *, device: str | torch.device, warmup: int = 1,
-                 repeats: int = 3, slow_s: float | None = None) -> dict[str, Timing]:
+                 repeats: int = 3, slow_s: float | None = None, max_repeats: int | None = None,
+                 spread: float = 0.10) -> dict[str, Timing]:
     """:func:`measure` for several functions, INTERLEAVED: round r runs every function once.
 
     On a machine shared with other work the load drifts; round-robin repeats expose every
     variant to the same drift, so the ratios between them are steadier than with one
     block of repeats per variant. Each variant's peak RSS (and CUDA peak) covers its own
     timed calls only.
+
+    ``repeats`` rounds are always timed; with ``max_repeats`` (> repeats) more rounds follow
+    while some variant's ``(max - min) / median`` is ``spread`` or more, up to ``max_repeats``.
+    Variants measured by one slow call (``slow_s``) do not take part in the extra rounds.
     """
     dev = torch.device(device)
     calls: dict[str, list[tuple[float, float, float, float, float | None]]] = {n: [] for n in fns}
     done: set[str] = set()  # slow variants measured by their first call
-    for r in range(warmup + max(1, repeats)):
+    limit = max(1, repeats) if max_repeats is None else max(1, repeats, max_repeats)
+    r = 0
+    while r < warmup + limit:
+        if r >= warmup + max(1, repeats) and _settled(calls, done, spread):
+            break
         for name, fn in fns.items():
             if name in done:
                 continue
@@ -134,6 +165,7 @@ def measure_many(fns: Mapping[str, Callable[[], Any]], *, device: str | torch.de
                     done.add(name)
                 continue
             calls[name].append(one)
+        r += 1
     out = {}
     for name, rows in calls.items():
         wall = [c[0] for c in rows]
@@ -141,6 +173,18 @@ def measure_many(fns: Mapping[str, Callable[[], Any]], *, device: str | torch.de
         out[name] = Timing(statistics.median(wall), tuple(wall), max(c[2] for c in rows), min(c[3] for c in rows),
                            max(peaks) if peaks else None, statistics.median(c[1] for c in rows))
     return out
+
+
+def _settled(calls: Mapping[str, list], done: set[str], spread: float) -> bool:
+    """Every repeated variant's (max - min) / median of wall times is below ``spread``."""
+    for name, rows in calls.items():
+        if name in done or len(rows) < 2:
+            continue
+        wall = [c[0] for c in rows]
+        med = statistics.median(wall)
+        if med > 0 and (max(wall) - min(wall)) / med >= spread:
+            return False
+    return True
 
 
 def _timed_call(fn: Callable[[], Any], dev: torch.device) -> tuple[float, float, float, float, float | None]:

@@ -229,3 +229,80 @@ def test_bad_shapes_raise_input_error_naming_shapes():
     with pytest.raises(InputError, match="2 token"):
         StreamingPearson().correlation()
     assert issubclass(InputError, ValueError)
+
+
+# --------------------------------------------------------------------------- float64 equality at scale
+
+
+def large_offset_data(seed: int, layers=3, tokens=1500, neurons=700):
+    """Activations ~ N(50, 1) (float32, as captured) that partly follow length and a frequency confound."""
+    g = torch.Generator().manual_seed(seed)
+    length = torch.randint(1, 16, (tokens,), generator=g)
+    logf = -0.3 * length.double() + torch.randn(tokens, generator=g, dtype=torch.float64)
+    w = torch.randn(layers, 1, neurons, generator=g)
+    u = torch.randn(layers, 1, neurons, generator=g)
+    acts = 50.0 + torch.randn(layers, tokens, neurons, generator=g) + w * length[:, None] / 5 + u * logf[:, None].float()
+    return acts.float(), length, logf
+
+
+def assert_close_relative(got: torch.Tensor, ref: torch.Tensor, rtol: float = 1e-10):
+    """|got - ref| <= rtol |ref| + 1e-15 (the batch formula's own float64 rounding near r = 0)."""
+    err = (got - ref).abs()
+    assert torch.isfinite(got).all() and bool((err <= rtol * ref.abs() + 1e-15).all()), float((err / ref.abs()).max())
+
+
+@pytest.mark.parametrize("step", [910, 128, 1])
+def test_streaming_equals_float64_batch_formula_large_offset(step, monkeypatch):
+    import lamina.engine.kernels.correlation as corr_mod
+
+    monkeypatch.setattr(corr_mod, "_CPU_BLOCK", 1 << 14)  # many blocks per update
+    acts, length, logf = large_offset_data(30, tokens=1500 if step > 1 else 300)
+    sp = StreamingPearson()
+    for a in range(0, acts.shape[1], step):
+        sp.update(acts[:, a : a + step], length[a : a + step], logf[a : a + step])
+    assert_close_relative(sp.correlation(), pearson_with_vector(acts, length))
+    assert_close_relative(sp.partial_correlation(), partial_correlation(acts, length, logf))
+    # and against the definition, NumPy float64 loops
+    np.testing.assert_allclose(sp.correlation().numpy(), ref_pearson(acts.double().numpy(), length.double().numpy()),
+                               rtol=1e-10, atol=1e-15)
+
+
+def test_streaming_merge_of_units_equals_batch_and_is_deterministic():
+    """Per-unit states merged in unit order (the length analysis): equal to batch, and deterministic."""
+    acts, length, logf = large_offset_data(31, layers=2, tokens=1200, neurons=300)
+    units = [(0, 500), (500, 700), (700, 1200)]
+
+    def merged() -> StreamingPearson:
+        total = StreamingPearson()
+        for a, b in units:
+            part = StreamingPearson()
+            for s in range(a, b, 160):
+                e = min(b, s + 160)
+                part.update(acts[:, s:e], length[s:e], logf[s:e])
+            total.merge(StreamingPearson.from_state_dict(part.state_dict()))
+        return total
+
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = merged()
+        torch.set_num_threads(3)
+        three, again = merged(), merged()
+    finally:
+        torch.set_num_threads(old)
+    for k, v in three.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k  # deterministic: resume, ranks merged in unit order
+    assert_close_relative(one.correlation(), three.correlation(), rtol=1e-13)  # thread count: rounding only
+    for sp in (one, three):
+        assert_close_relative(sp.correlation(), pearson_with_vector(acts, length))
+        assert_close_relative(sp.partial_correlation(), partial_correlation(acts, length, logf))
+
+
+def test_state_dict_keys_unchanged():
+    acts, length, logf = large_offset_data(32, layers=1, tokens=50, neurons=4)
+    sd = StreamingPearson().update(acts, length, logf).state_dict()
+    assert set(sd) == {"count", "mean_act", "m2_act", "min_act", "max_act", "c_ax", "c_az", "mean_x", "m2_x",
+                       "min_x", "max_x", "mean_z", "m2_z", "min_z", "max_z", "c_xz"}
+    assert all(v.dtype == (torch.int64 if k == "count" else torch.float64) for k, v in sd.items())
+    np.testing.assert_array_equal(sd["min_act"].numpy(), acts.amin(1).double().numpy())
+    np.testing.assert_array_equal(sd["max_act"].numpy(), acts.amax(1).double().numpy())

@@ -224,3 +224,170 @@ def test_component_mean_variance_errors():
 def test_docstrings():
     for mod in (sim_mod, moments_mod):
         assert doctest.testmod(mod, raise_on_error=False).failed == 0
+
+
+# --------------------------------------------------------------------------- unequal widths (GQA), workers, exact hi
+
+
+def ref_blocks_widths(x: np.ndarray, widths: tuple[int, int, int], center: bool = False) -> dict[str, np.ndarray]:
+    """The six blocks for Q|K|V of widths (d_q, d_k, d_v), from the full cosine matrix with loops."""
+    c = ref_cosine(x, center)
+    start = {"Q": 0, "K": widths[0], "V": widths[0] + widths[1]}
+    width = {"Q": widths[0], "K": widths[1], "V": widths[2]}
+    out = {}
+    for name in ("QQ", "KK", "VV"):
+        s, d = start[name[0]], width[name[0]]
+        out[name] = np.array([c[s + i, s + j] for i in range(d) for j in range(i + 1, d)])
+    for name in ("QK", "QV", "KV"):
+        r, k = start[name[0]], start[name[1]]
+        out[name] = np.array([c[r + i, k + j] for i in range(width[name[0]]) for j in range(width[name[1]])])
+    return out
+
+
+@pytest.mark.parametrize("widths", [(12, 4, 4), (9, 3, 6), (2, 5, 1), (7, 7, 7)])
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("piece", [1 << 18, 9])
+def test_block_values_unequal_widths_vs_loops(widths, center, piece, monkeypatch):
+    monkeypatch.setattr(sim_mod, "_CPU_PIECE", piece)
+    rng = np.random.default_rng(sum(widths) + center)
+    x = rng.normal(size=(11, sum(widths))) + rng.normal(size=(11, 1)) * rng.normal(size=sum(widths))
+    got = qkv_block_values(torch.from_numpy(x), center=center, widths=widths)
+    ref = ref_blocks_widths(x, widths, center)
+    for name in QKV_BLOCKS:
+        assert got[name].shape == ref[name].shape, name
+        np.testing.assert_allclose(got[name].numpy(), ref[name], atol=1e-12, rtol=0, err_msg=name)
+    if widths[0] == widths[1] == widths[2]:  # widths=None is the same thing
+        same = qkv_block_values(torch.from_numpy(x), center=center)
+        assert all(torch.equal(same[k], got[k]) for k in QKV_BLOCKS)
+
+
+@pytest.mark.parametrize("widths", [(16, 4, 4), (6, 10, 2)])
+@pytest.mark.parametrize("piece", [1 << 16, 13])
+def test_block_histograms_unequal_widths_exact(widths, piece, monkeypatch):
+    monkeypatch.setattr(sim_mod, "_CPU_PIECE", piece)
+    rng = np.random.default_rng(21)
+    x = torch.from_numpy(rng.normal(size=(3, 9, sum(widths))) + rng.normal(size=(3, 9, 1))).float()
+    for center in (False, True):
+        h = qkv_block_histograms(x, center=center, widths=widths, bins=40, lo=-1.0, hi=1.0)
+        for layer in range(3):
+            vals = qkv_block_values(x[layer], center=center, widths=widths)
+            for b, name in enumerate(QKV_BLOCKS):
+                ref = np.histogram(vals[name].numpy(), bins=40, range=(-1.0, 1.0))[0]
+                np.testing.assert_array_equal(h[layer, b].numpy(), ref, err_msg=f"{layer} {name}")
+
+
+def test_component_mean_variance_unequal_widths():
+    rng = np.random.default_rng(22)
+    widths = (8, 2, 3)
+    x = torch.from_numpy(rng.normal(1.0, 2.0, size=(2, 4, 17, sum(widths))))  # (..., sample, feature)
+    mean, var = component_mean_variance(x, widths=widths)
+    assert mean.shape == var.shape == (2, 4, 3)
+    xs = x.numpy()
+    bounds = np.cumsum((0,) + widths)
+    for c in range(3):
+        cols = xs[..., bounds[c] : bounds[c + 1]]
+        np.testing.assert_allclose(mean[..., c].numpy(), cols.mean(-2).mean(-1), rtol=1e-12)
+        np.testing.assert_allclose(var[..., c].numpy(), cols.var(-2).mean(-1), rtol=1e-12)
+    # equal widths given explicitly: bit-identical to the default
+    eq = torch.from_numpy(rng.normal(size=(5, 12)))
+    assert all(torch.equal(a, b) for a, b in zip(component_mean_variance(eq), component_mean_variance(eq, widths=(4, 4, 4))))
+
+
+@pytest.mark.parametrize(
+    "fn,shape,widths,match",
+    [
+        (qkv_block_values, (5, 12), (4, 4, 5), "add up to 13"),
+        (qkv_block_values, (5, 12), (4, 8), "three positive ints"),
+        (qkv_block_histograms, (1, 5, 12), (0, 6, 6), "three positive ints"),
+        (component_mean_variance, (5, 12), (4.0, 4, 4), "three positive ints"),
+    ],
+)
+def test_widths_errors(fn, shape, widths, match):
+    with pytest.raises(InputError, match=match):
+        fn(torch.zeros(shape), widths=widths)
+
+
+def test_unequal_widths_without_widths_explains():
+    with pytest.raises(InputError, match="widths="):
+        qkv_block_values(torch.zeros(4, 13))
+
+
+@pytest.mark.parametrize("hi", [1.0, 0.5])
+def test_values_exactly_at_hi_land_in_the_last_bin(hi, monkeypatch):
+    """Basis-vector features give cosines of exactly 1 and 0.5: the arithmetic path's hi fix-up."""
+    monkeypatch.setattr(sim_mod, "_CPU_PIECE", 24)
+    rng = np.random.default_rng(23)
+    d = 6
+    x = rng.normal(size=(4, 3 * d))
+    x[:, 0] = [1.0, 0.0, 0.0, 0.0]  # Q_0 = e_1
+    x[:, d] = [1.0, 0.0, 0.0, 0.0]  # K_0 = e_1: cos(Q_0, K_0) = 1 exactly
+    x[:, d + 1] = [1.0, 1.0, 1.0, 1.0]  # K_1: cos(Q_0, K_1) = 0.5 exactly
+    x[:, 2 * d + 3] = [1.0, 0.0, 0.0, 0.0]  # V_3 = e_1
+    xt = torch.from_numpy(np.stack([x, -x])).float()
+    for lo in (-1.0, 0.0):
+        h = qkv_block_histograms(xt, bins=10, lo=lo, hi=hi)
+        for layer in range(2):
+            vals = qkv_block_values(xt[layer])
+            assert (vals["QK"] == hi).any()
+            for b, name in enumerate(QKV_BLOCKS):
+                ref = np.histogram(vals[name].numpy(), bins=10, range=(lo, hi))[0]
+                np.testing.assert_array_equal(h[layer, b].numpy(), ref, err_msg=name)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_histograms_do_not_depend_on_workers_and_match_values_at_size(threads, monkeypatch):
+    """Realistic shapes (MKL's real kernels): any number of workers gives the counts of the values."""
+    rng = np.random.default_rng(24)
+    x = torch.from_numpy(rng.normal(size=(2, 54, 3 * 160)) + rng.normal(size=(2, 54, 1))).float()
+    monkeypatch.setattr(sim_mod, "_CPU_PIECE", 1 << 12)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for center in (False, True):
+            h = qkv_block_histograms(x, center=center)
+            for layer in range(2):
+                vals = qkv_block_values(x[layer], center=center)
+                for b, name in enumerate(QKV_BLOCKS):
+                    ref = np.histogram(vals[name].numpy(), bins=100, range=(-1.0, 1.0))[0]
+                    np.testing.assert_array_equal(h[layer, b].numpy(), ref, err_msg=name)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.get_num_threads() == old
+
+
+def test_non_finite_input_uses_the_general_path():
+    x = torch.randn(2, 8, 12)
+    x[1, 3, 5] = float("nan")
+    h = qkv_block_histograms(x)
+    for layer in range(2):
+        vals = qkv_block_values(x[layer])
+        for b, name in enumerate(QKV_BLOCKS):
+            ref = np.histogram(vals[name].numpy(), bins=100, range=(-1.0, 1.0))[0]
+            np.testing.assert_array_equal(h[layer, b].numpy(), ref)
+
+
+def test_whole_blocks_and_per_piece_hi_counts_as_on_accelerators(monkeypatch):
+    """The accelerator layout (one piece per block, values == hi counted per piece) on the CPU."""
+    import lamina.engine.kernels.histogram as hist_mod
+
+    monkeypatch.setattr(sim_mod, "_piece_elements", lambda device: None)
+    real = hist_mod.PieceCounter
+
+    def eager(*args, **kwargs):
+        kwargs["defer_hi"] = False
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sim_mod, "PieceCounter", eager)
+    rng = np.random.default_rng(25)
+    x = rng.normal(size=(2, 5, 3 * 7))
+    x[:, :, 0] = x[:, :, 7]  # identical features: cosine (about) 1
+    x[0, :, 1] = [1.0, 0.0, 0.0, 0.0, 0.0]
+    x[0, :, 8] = [1.0, 0.0, 0.0, 0.0, 0.0]  # exactly 1
+    xt = torch.from_numpy(x).float()
+    for widths in (None, (9, 6, 6)):
+        h = qkv_block_histograms(xt, widths=widths)
+        for layer in range(2):
+            vals = qkv_block_values(xt[layer], widths=widths)
+            for b, name in enumerate(QKV_BLOCKS):
+                ref = np.histogram(vals[name].numpy(), bins=100, range=(-1.0, 1.0))[0]
+                np.testing.assert_array_equal(h[layer, b].numpy(), ref, err_msg=name)

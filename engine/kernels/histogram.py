@@ -35,14 +35,21 @@ arithmetic: every one is new pages to fault in).
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from lamina.engine.errors import InputError
+from lamina.engine.kernels.bucketing import (
+    _check_range,
+    _linspace64,
+    _plan,
+    _Plan,
+    bucket_codes,
+    clamp_free,
+    count_equal_hi,
+)
 
 __all__ = ["uniform_histogram", "histogram_edges"]
 
@@ -116,104 +123,67 @@ def uniform_histogram(
 
 
 # ---------------------------------------------------------------------------
-# plan
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Everything about one (dtype, bins, lo, hi) that does not depend on the data."""
-
-    bins: int
-    work_dtype: torch.dtype  # float32, or float64 for float64 / integer data
-    thresholds: Tensor  # (bin + 1,) work dtype, CPU: edge[0..bins-1], nextafter(edge[-1])
-    scale: float  # bins / (hi - lo)
-    offset: float  # 1/2 - lo * scale
-    fast: bool  # nearest-threshold arithmetic is provably safe
-    widths: Tensor  # (bin,) float64, CPU: diff of the edges in the data's dtype
-
-
-def _check_range(bins: int, lo: float, hi: float) -> tuple[int, float, float]:
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise InputError(f"bins must be a positive int, got {bins!r}")
-    try:
-        lo, hi = float(lo), float(hi)
-    except (TypeError, ValueError):
-        raise InputError(f"lo and hi must be real numbers, got lo={lo!r}, hi={hi!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise InputError(f"range [{lo}, {hi}] is not finite")
-    if lo > hi:
-        raise InputError(f"lo must not exceed hi, got lo={lo}, hi={hi}")
-    if lo == hi:  # NumPy widens an empty range
-        lo, hi = lo - 0.5, hi + 0.5
-    return bins, lo, hi
-
-
-def _linspace64(bins: int, lo: float, hi: float) -> Tensor:
-    """np.linspace(lo, hi, bins + 1) in float64: arange * step + lo, last = hi."""
-    step = (hi - lo) / bins
-    edges = torch.arange(bins + 1, dtype=torch.float64) * step + lo
-    edges[-1] = hi
-    return edges
-
-
-def _round_to(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """float64 -> ``dtype`` with one correct rounding (half to even), returned as float64.
-
-    torch converts float64 to float16 / bfloat16 through float32, which can round
-    twice; NumPy rounds once, so do it by hand for the narrow types.
-    """
-    if dtype in (torch.float64, torch.float32):
-        return x.to(dtype).to(torch.float64)  # direct, correctly rounded
-    fi = torch.finfo(dtype)
-    _, exponent = torch.frexp(x)  # x = m * 2**e, 1/2 <= |m| < 1
-    quantum = torch.ldexp(torch.ones_like(x), exponent - 1) * fi.eps  # ulp in dtype
-    quantum = quantum.clamp_min(fi.tiny * fi.eps)  # subnormal spacing
-    out = torch.round(x / quantum) * quantum
-    return torch.where(out.abs() > fi.max, out.sign() * math.inf, out)
-
-
-@functools.lru_cache(maxsize=64)
-def _plan(dtype: torch.dtype, bins: int, lo: float, hi: float) -> _Plan:
-    if dtype.is_floating_point:
-        edge_dtype = dtype
-        work = torch.float64 if dtype == torch.float64 else torch.float32
-    else:  # bool / integers: NumPy bins them with float64 edges
-        edge_dtype, work = torch.float64, torch.float64
-    edges = _round_to(_linspace64(bins, lo, hi), edge_dtype)  # float64 holding dtype values
-    if not torch.isfinite(edges).all():
-        raise InputError(f"range [{lo}, {hi}] is not finite in {dtype}")
-    if bool((edges[1:] <= edges[:-1]).any()):
-        raise InputError(
-            f"too many bins ({bins}) for the range [{lo}, {hi}] in {dtype}: "
-            "neighbouring edges round to the same value; use fewer bins or a wider range"
-        )
-    widths = (edges[1:].to(edge_dtype) - edges[:-1].to(edge_dtype)).to(torch.float64)
-    thresholds = edges.to(work)  # exact: work is at least as wide as edge_dtype
-    thresholds[-1] = torch.nextafter(thresholds[-1], torch.tensor(math.inf, dtype=work))
-
-    scale = bins / (hi - lo)
-    offset = 0.5 - lo * scale
-    # Is j = floor(x * scale + offset) within the right half bin? The thresholds
-    # sit at positions j + dev_j (rounding of the edges, and the nextafter); the
-    # arithmetic in the work dtype errs by a few ulp of the largest term.
-    positions = (thresholds.to(torch.float64) - lo) * scale
-    deviation = float((positions - torch.arange(bins + 1, dtype=torch.float64)).abs().max())
-    reach = scale * (max(abs(lo), abs(hi)) + 1.0 / scale)
-    arithmetic = 4.0 * torch.finfo(work).eps * (reach + abs(offset) + bins + 1.0)
-    fast = deviation + arithmetic < 0.25
-    return _Plan(bins, work, thresholds, scale, offset, fast, widths)
-
-
-# ---------------------------------------------------------------------------
 # counting
+
+
+class _Buckets:
+    """Bucket codes (0 .. bins + 1) of blocks of values under one plan, in reused buffers.
+
+    Fresh temporaries per block cost more than the arithmetic on the CPU (every
+    large allocation is new pages to fault in), so block-sized buffers are made
+    once and every elementwise step writes into them with ``out=``.
+    """
+
+    def __init__(self, plan: _Plan, device: torch.device, chunk: int):
+        self.plan = plan
+        self.chunk = chunk
+        self.arith = plan.fast and plan.arith is not None  # see lamina.engine.kernels.bucketing
+        self._thresholds = plan.thresholds.to(device)  # (bin + 1,) work dtype
+        self._offset = torch.tensor(plan.offset, dtype=plan.work_dtype, device=device)
+        self._device = device
+        self._size = 0  # elements the buffers hold
+
+    def buffers(self, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Flat buffers of at least n elements: (x, v, t) in the work dtype, j int32."""
+        if n > self._size:
+            self._size = max(n, min(self.chunk, 2 * self._size))
+            work, dev = self.plan.work_dtype, self._device
+            self._x = torch.empty(self._size, dtype=work, device=dev)
+            self._v = torch.empty(self._size, dtype=work, device=dev)
+            self._t = torch.empty(self._size, dtype=work, device=dev)
+            self._j = torch.empty(self._size, dtype=torch.int32, device=dev)
+        return self._x[:n], self._v[:n], self._t[:n], self._j[:n]
+
+    def codes(self, x: Tensor, *, finite: bool, clamp: bool = True) -> Tensor:
+        """Tensor[...] work dtype, contiguous -> bucket codes of the same shape (int32, or int64
+        for float64 work on the arithmetic path), a view of a buffer; valid until the next call.
+
+        On the arithmetic path ``x == hi`` gives ``bins + 1`` (fix with :func:`count_equal_hi`).
+        """
+        plan = self.plan
+        _, v, t, j = (b.view(x.shape) for b in self.buffers(x.numel()))
+        if self.arith:
+            return bucket_codes(plan, x, v, t, nan=not finite, clamp=clamp)
+        if plan.fast:
+            # Bucket = number of thresholds <= x = j + (x >= t_j), j the nearest threshold.
+            torch.add(self._offset, x, alpha=plan.scale, out=v)  # x * bins/(hi-lo) + 1/2 - lo * ...
+            v.clamp_(0.0, float(plan.bins))
+            if not finite:
+                v.nan_to_num_(0.0)  # NaN -> 0, where x >= t_0 is False
+            j.copy_(v)  # truncation == floor on [0, bins]
+            torch.index_select(self._thresholds, 0, j.view(-1), out=t.view(-1))
+            torch.ge(x, t, out=t)
+            v.copy_(j).add_(t)
+            j.copy_(v)
+        else:
+            torch.bucketize(x, self._thresholds, right=True, out_int32=True, out=j)
+            if not finite:
+                j.masked_fill_(torch.isnan(x), 0)
+        return j
 
 
 class _Counter:
     """Counts values into histograms with one plan on one device, reusing its buffers.
-
-    Fresh temporaries per chunk cost more than the arithmetic on the CPU (every
-    large allocation is new pages to fault in), so the chunk-sized buffers are
-    made once per call and the elementwise steps write into them with ``out=``.
 
     >>> import torch
     >>> c = _Counter(torch.float32, bins=2, lo=0.0, hi=1.0, device=torch.device("cpu"))
@@ -225,23 +195,9 @@ class _Counter:
     def __init__(self, dtype: torch.dtype, *, bins: int, lo: float, hi: float, device: torch.device):
         self.plan = plan = _plan(dtype, *_check_range(bins, lo, hi))
         self.chunk = _CPU_CHUNK if device.type == "cpu" else _DEVICE_CHUNK
-        self._thresholds = plan.thresholds.to(device)  # (bin + 1,) work dtype
-        self._offset = torch.tensor(plan.offset, dtype=plan.work_dtype, device=device)
+        self._buckets = _Buckets(plan, device, self.chunk)
         self._device = device
-        self._size = 0  # elements the buffers hold
         self._total = self.new_total()
-
-    def _buffers(self, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Flat buffers of at least n elements: (x, u, j, threshold, above)."""
-        if n > self._size:
-            self._size = max(n, min(self.chunk, 2 * self._size))
-            work, dev = self.plan.work_dtype, self._device
-            self._x = torch.empty(self._size, dtype=work, device=dev)
-            self._u = torch.empty(self._size, dtype=work, device=dev)
-            self._j = torch.empty(self._size, dtype=torch.int32, device=dev)
-            self._t = torch.empty(self._size, dtype=work, device=dev)
-            self._above = torch.empty(self._size, dtype=torch.bool, device=dev)
-        return self._x[:n], self._u[:n], self._j[:n], self._t[:n], self._above[:n]
 
     def _count_block(self, out: Tensor, x: Tensor) -> None:
         """Add the counts of the rows of x to out.
@@ -252,25 +208,21 @@ class _Counter:
         """
         plan = self.plan
         rows, n = x.shape
-        xb, u, j, t, above = (b.view(rows, n) for b in self._buffers(rows * n))
         if x.dtype != plan.work_dtype or not x.is_contiguous():
+            xb = self._buckets.buffers(rows * n)[0].view(rows, n)
             xb.copy_(x)
             x = xb
-        if plan.fast:
-            # Bucket = number of thresholds <= x = j + (x >= t_j), j the nearest threshold.
-            torch.add(self._offset, x, alpha=plan.scale, out=u)  # x * bins/(hi-lo) + 1/2 - lo * ...
-            u.clamp_(0.0, float(plan.bins)).nan_to_num_(0.0)  # NaN -> 0, where x >= t_0 is False
-            j.copy_(u)  # truncation == floor on [0, bins]
-            torch.index_select(self._thresholds, 0, j.view(-1), out=t.view(-1))
-            torch.ge(x, t, out=above)
-            j.add_(above.view(torch.int8))
-        else:
-            torch.bucketize(x, self._thresholds, right=True, out_int32=True, out=j)
-            j.masked_fill_(torch.isnan(x), 0)
+        codes = self._buckets.codes(x, finite=False)
         width = plan.bins + 2
+        # x == hi was coded above the range: count those, on a CPU only if some code is that high
+        fix = self._buckets.arith and (x.device.type != "cpu" or int(codes.amax()) > plan.bins)
         if rows > 1:
-            j.add_(torch.arange(0, rows * width, width, dtype=torch.int32, device=x.device)[:, None])
-        out += torch.bincount(j.view(-1), minlength=rows * width).view(rows, width)
+            codes.add_(torch.arange(0, rows * width, width, dtype=codes.dtype, device=x.device)[:, None])
+        out += torch.bincount(codes.view(-1), minlength=rows * width).view(rows, width)
+        if fix:
+            at_hi = count_equal_hi(plan, x, check=False)
+            out[:, -2] += at_hi
+            out[:, -1] -= at_hi
 
     def new_total(self) -> Tensor:
         """A zero accumulator for :meth:`add`: Tensor[1, bin + 2] int64 (two overflow slots)."""
@@ -304,3 +256,105 @@ class _Counter:
                 for a in range(0, n_rows, step):
                     self._count_block(out[a : a + step], rows[a : a + step])
         return out[:, 1:-1]
+
+
+class PieceCounter:
+    """Counts finite work-dtype values written into its own buffer, two values per bincount slot.
+
+    For kernels that produce values piece by piece (a matrix product into
+    :meth:`piece`) and count each piece while it is in cache, then read one
+    histogram per group of pieces (:meth:`flush`). Not thread-safe: one per worker.
+
+    >>> import torch
+    >>> c = PieceCounter(torch.float32, bins=4, lo=-1.0, hi=1.0, device=torch.device("cpu"), defer_hi=False)
+    >>> p = c.piece(2, 3)
+    >>> _ = p.copy_(torch.tensor([[-1.0, -0.2, 0.3], [1.0, 1.5, 0.9]]))
+    >>> c.count(p); c.flush()
+    (tensor([1, 1, 1, 2]), tensor(1))
+
+    The bincount runs over ``code_a * (bins + 2) + code_b`` for the two halves of each
+    piece (half the scattered increments of one code per value); the marginals of that
+    (bins + 2)² table are the counts.
+
+    Values equal to ``hi``: on the arithmetic path (:mod:`~lamina.engine.kernels.bucketing`)
+    they are coded above the range. With ``defer_hi=False`` every piece also counts them
+    (one more pass; no host synchronisation, for accelerators) and :meth:`flush` puts them
+    in the last bin. With ``defer_hi=True`` (:attr:`defers_hi` then tells whether it
+    applies) nothing is done per piece: :meth:`flush` returns them among the values above
+    the range, and a caller that finds that count non-zero recounts its pieces with
+    :meth:`count_hi` (values equal to hi are rare: a cosine of exactly 1).
+    """
+
+    def __init__(self, dtype: torch.dtype, *, bins: int, lo: float, hi: float, device: torch.device,
+                 chunk: int = 1 << 17, bound: float | None = None, defer_hi: bool = True):
+        """
+        Args:
+            dtype: the values' dtype (float32, or float64).
+            bins, lo, hi: the uniform bins.
+            device: where the values are.
+            chunk: the largest piece (elements).
+            bound: optional: every value counted satisfies ``|x| <= bound`` or is -inf (saves a pass).
+            defer_hi: see the class docstring.
+        """
+        self.plan = plan = _plan(dtype, *_check_range(bins, lo, hi))
+        self._buckets = _Buckets(plan, device, chunk + 1)
+        x, v, t, _ = self._buckets.buffers(chunk + 1)  # allocated once
+        self._x, self._v, self._t = x, v, t
+        self._device = device
+        self._width = w = plan.bins + 2
+        self._pairs = torch.zeros(w * w, dtype=torch.int64, device=device)
+        self._pair_codes = torch.empty(chunk // 2 + 1, dtype=torch.int32 if plan.work_dtype == torch.float32
+                                       else torch.int64, device=device)
+        self._arith = self._buckets.arith
+        self._clamp = bound is None or not clamp_free(plan, bound)
+        self.defers_hi = self._arith and defer_hi
+        self._at_hi: Tensor | int = 0
+
+    def piece(self, rows: int, cols: int) -> Tensor:
+        """Tensor[rows, cols] of the work dtype to write a piece into (a view of the buffer)."""
+        return self._x[: rows * cols].view(rows, cols)
+
+    def count(self, piece: Tensor, *, drop: Tensor | None = None) -> None:
+        """Count the values of a piece from :meth:`piece` (finite, or -inf where not to count).
+
+        Args:
+            piece: Tensor[rows, cols] returned by :meth:`piece`, filled.
+            drop: optional Tensor[rows, k] bool, k <= cols: entries of the first k columns
+                not to count (set to -inf, which counts below the range).
+        """
+        if drop is not None:
+            piece[:, : drop.shape[1]].masked_fill_(drop, -math.inf)
+        n = piece.numel()
+        if n & 1:
+            self._x[n] = -math.inf  # pad to an even count: one more value below the range
+            n += 1
+        x = self._x[:n]
+        if self._arith:
+            codes = bucket_codes(self.plan, x, self._v[:n], self._t[:n], nan=False, clamp=self._clamp)
+        else:
+            codes = self._buckets.codes(x, finite=True)
+        h = n // 2
+        pair = torch.add(codes[h:], codes[:h], alpha=self._width, out=self._pair_codes[:h])
+        self._pairs += torch.bincount(pair, minlength=self._width**2)
+        if self._arith and not self.defers_hi:
+            self._at_hi = self._at_hi + torch.eq(x, self.plan.hi).sum()
+
+    def count_hi(self, piece: Tensor, *, drop: Tensor | None = None) -> Tensor:
+        """How many values of a filled piece equal hi (Tensor[] int64), masked like :meth:`count`."""
+        if drop is not None:
+            piece[:, : drop.shape[1]].masked_fill_(drop, -math.inf)
+        return torch.eq(piece, self.plan.hi).sum()
+
+    def flush(self) -> tuple[Tensor, Tensor]:
+        """(counts Tensor[bin] int64, above Tensor[] int64) since the last flush; resets them.
+
+        ``above`` counts the values above the range; if :attr:`defers_hi`, the values equal
+        to hi are among them and not yet in the last bin.
+        """
+        table = self._pairs.view(self._width, self._width)
+        counts = table.sum(0) + table.sum(1)  # (bin + 2,) codes of the second and first halves
+        counts[-2] += self._at_hi
+        counts[-1] -= self._at_hi
+        self._pairs.zero_()
+        self._at_hi = 0
+        return counts[1:-1], counts[-1]

@@ -31,9 +31,12 @@ How it is done for all pairs at once (no per-pair Python; loops only over chunks
   sides are found exactly (how many of i's extremes j keeps is a 0/1 product) and get the
   pair's true range; the few distinct (vector, min, max) variants become extra rows of the
   bin table, so every pair is then exact with no special path. The joint histograms are
-  counted per chunk of pairs from the codes ``bin_i * 16 + bin_j`` (dims either
-  vector drops go to one sentinel cell): one ``bincount`` of pair-offset codes on a CPU, a
-  scatter-add, or on CUDA one product of masked one-hot encodings (n·bins × D)(D × n·bins).
+  counted from the codes ``bin_i * 16 + bin_j`` (dims either vector drops go to cells that
+  are then zeroed). On a CPU the pairs (i, i+1..n-1) of a row are contiguous, so a group of
+  rows is one broadcast add per row and one ``bincount`` (:func:`_mi_rows`), the pairs with a
+  variant range one more row or column per variant, all as tasks on single-threaded workers
+  next to the covariance task; else a scatter-add of gathered codes, or on CUDA one product of
+  masked one-hot encodings (n·bins × D)(D × n·bins).
 * Entropies are vectorised over pairs from the integer counts.
 
 The result equals the per-pair NumPy loop to ~1e-14 (MI from identical integer counts).
@@ -42,12 +45,14 @@ The result equals the per-pair NumPy loop to ~1e-14 (MI from identical integer c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from lamina.engine.errors import InputError
+from lamina.engine.kernels.workers import cpu_workers, run_tasks
 
 __all__ = ["pair_indices", "all_pairs_mi_cov_corr"]
 
@@ -97,9 +102,9 @@ def _bin_index(v: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
     Bit-for-bit NumPy ``histogramdd``: equal lo/hi widen to lo - 0.5 .. hi + 0.5; edges are
     ``arange(bins + 1) * step + lo`` with the last edge set to hi (NumPy's linspace);
     index = searchsorted(edges, v, 'right') - 1 with v == hi in the last bin. The index is
-    guessed as floor((v - lo) / step) and then corrected against the exact edges (rounding
-    moves the guess by at most one bin). Values outside [lo, hi] (dims the caller masks
-    out) get some index in range and must be ignored.
+    settled by one comparison with the interior edge nearest to v, recomputed with NumPy's
+    arithmetic (no table, no gather). Values outside [lo, hi] (dims the caller masks out)
+    get some index in range and must be ignored.
 
     Args:
         v: (row, feature) float64.
@@ -119,11 +124,16 @@ def _bin_index(v: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
     if bool(tiny.any()):
         idx = torch.searchsorted(edges, v.contiguous(), right=True) - 1
         return idx.clamp_(0, bins - 1)
-    idx = ((v - lo.unsqueeze(1)) / step.unsqueeze(1)).floor_().clamp_(0, bins - 1).long()
-    idx -= (v < edges.gather(1, idx)).long()  # guess one too high
-    idx.clamp_(0, bins - 1)
-    idx += ((v >= edges.gather(1, idx + 1)) & (idx < bins - 1)).long()  # one too low
-    return idx
+    if bins == 1:
+        return torch.zeros(v.shape, dtype=torch.int64, device=v.device)
+    # The interior edge nearest to v is e_j = j * step + lo (NumPy's arithmetic: a product, then
+    # a sum, never fused), 1 <= j <= bins - 1; rounding can only misplace v relative to e_j
+    # itself, so the bin is j - 1 + (v >= e_j). Values outside [lo, hi] get some bin in range.
+    lo1, step1 = lo.unsqueeze(1), step.unsqueeze(1)
+    j = torch.sub(v, lo1).div_(step1).round_().clamp_(1, bins - 1)  # (row, feature) float
+    e = torch.mul(j, step1).add_(lo1)  # e_j exactly as np.linspace computes it
+    above = torch.ge(v, e, out=e)  # 1.0 where v >= e_j (a float out: adding a bool tensor is slow)
+    return j.sub_(1).add_(above).long()
 
 
 def _masked_min_max(v: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
@@ -138,7 +148,8 @@ def _at(mat: Tensor, flat: Tensor) -> Tensor:
 
 
 def _first_shared(
-    ranked: Tensor, vec: Tensor, partner: Tensor, keep: Tensor, top: int = 8, largest: bool = False
+    ranked: Tensor, vec: Tensor, partner: Tensor, keep: Tensor, own_keep: Tensor, top: int = 8,
+    largest: bool = False,
 ) -> Tensor:
     """(query,) the first dim, in order of ``ranked[vec]``, that vec and partner both keep.
 
@@ -147,15 +158,16 @@ def _first_shared(
     one rank per round (a loop over ranks, never over pairs).
 
     Args:
-        ranked: (sample, feature) values to rank, +inf (-inf if largest) where the vector
-            itself drops the dim.
-        vec, partner: (query,) int64 vector indices; every pair must share a kept dim.
-        keep: (sample, feature) bool.
+        ranked: (row, feature) values to rank, +inf (-inf if largest) where the vector
+            itself drops the dim: one row per vector that has queries.
+        vec: (query,) int64 rows of ``ranked``; partner: (query,) int64 vector indices;
+            every pair must share a kept dim.
+        keep: (sample, feature) bool; own_keep: (row, feature) bool, keep of ranked's rows.
     """
     d = ranked.shape[1]
     k = min(top, d)
-    order = torch.topk(ranked, k, dim=1, largest=largest, sorted=True).indices  # (sample, k)
-    own = keep.gather(1, order)  # (sample, k) the vector keeps its rank-r dim
+    order = torch.topk(ranked, k, dim=1, largest=largest, sorted=True).indices  # (row, k)
+    own = own_keep.gather(1, order)  # (row, k) the vector keeps its rank-r dim
     dims = order.index_select(0, vec)  # (query, k)
     ok = own.index_select(0, vec) & keep.reshape(-1)[dims + (partner * d).unsqueeze(1)]
     first = ok.to(torch.uint8).argmax(1)  # first True (argmax returns the first maximum)
@@ -168,7 +180,7 @@ def _first_shared(
                 break
             v, p = vec[pending], partner[pending]
             dd = order[v, r]
-            hit = keep[v, dd] & keep[p, dd]
+            hit = own_keep[v, dd] & keep[p, dd]
             out[pending[hit]] = dd[hit]
             pending = pending[~hit]
     return out
@@ -200,7 +212,7 @@ def _range_variants(
     # the 0/1 product at_ext @ keepᵀ, summed over the few dims where a vector attains an extreme
     r, c = torch.nonzero(at_ext, as_tuple=True)
     hits = torch.zeros(2 * n, n, dtype=torch.float32, device=xf.device)
-    hits.index_add_(0, r, keep.T.to(torch.float32).index_select(0, c))
+    hits.index_add_(0, r, keep[:, c].T.to(torch.float32))  # rows: keep of every vector at dim c
     vec = torch.cat([ii, jj])  # (side,): x side of every pair, then y side
     partner = torch.cat([jj, ii])
     both = torch.cat([shared, shared])
@@ -217,10 +229,13 @@ def _range_variants(
     v, pt = vec[moved], partner[moved]
     d_lo = torch.full_like(v, d)  # d = "the vector's own min"
     d_hi = torch.full_like(v, d)
-    q = torch.nonzero(gone_lo[moved]).flatten()
-    d_lo[q] = _first_shared(torch.where(keep, xf, inf), v[q], pt[q], keep)
-    q = torch.nonzero(gone_hi[moved]).flatten()
-    d_hi[q] = _first_shared(torch.where(keep, xf, -inf), v[q], pt[q], keep, largest=True)
+    for gone, sign, out in ((gone_lo, 1.0, d_lo), (gone_hi, -1.0, d_hi)):
+        q = torch.nonzero(gone[moved]).flatten()
+        if q.numel():  # rank only the vectors that have queries (a few)
+            uv, row = torch.unique(v[q], return_inverse=True)
+            kv = keep.index_select(0, uv)
+            ranked = torch.where(kv, xf.index_select(0, uv), sign * inf)
+            out[q] = _first_shared(ranked, row, pt[q], keep, kv, largest=sign < 0)
     key = (v * (d + 1) + d_lo) * (d + 1) + d_hi  # (vector, min dim, max dim)
     uniq, inv = torch.unique(key, return_inverse=True)  # a few distinct ranges per vector
     u_vec, u_lo, u_hi = uniq // ((d + 1) ** 2), (uniq // (d + 1)) % (d + 1), uniq % (d + 1)
@@ -274,15 +289,17 @@ def _mi_from_counts(joint: Tensor, total: Tensor, table: Tensor, base: Tensor) -
     Zero cells add nothing, so a zeroed sentinel needs no slicing.
 
     Args:
-        joint: (pair, w, w) int64 counts; total: (pair,) float64 T; table, base: from
-            :func:`_entropy_table` (base sliced to these pairs).
+        joint: (pair, w, w) int64 counts, contiguous; overwritten. total: (pair,) float64 T;
+            table, base: from :func:`_entropy_table` (base sliced to these pairs).
     """
     c, w = joint.shape[0], joint.shape[1]
     base = base.unsqueeze(1)  # (pair, 1)
-    marg = torch.cat([joint.sum(2), joint.sum(1)], 1).add_(base)  # (pair, 2w) x then y marginals
-    s = table.index_select(0, marg.reshape(-1)).view(c, 2 * w).sum(1)
-    cells = joint.reshape(c, w * w) + base
-    s -= table.index_select(0, cells.reshape(-1)).view(c, w * w).sum(1)
+    marg = torch.empty(c, 2 * w, dtype=joint.dtype, device=joint.device)  # x then y marginals
+    torch.sum(joint, 2, out=marg[:, :w])
+    torch.sum(joint, 1, out=marg[:, w:])
+    s = table.index_select(0, marg.add_(base).view(-1)).view(c, 2 * w).sum(1)
+    cells = joint.view(c, w * w).add_(base)  # in place: the joint counts are not needed after this
+    s -= table.index_select(0, cells.view(-1)).view(c, w * w).sum(1)
     return torch.log2(total) - s / total
 
 
@@ -323,6 +340,113 @@ def _mi_codes(
             counts = torch.bincount(code.bitwise_or_(off[:c]).view(-1), minlength=c * w * w).view(c, w * w)
         counts[:, sentinel] = 0
         mi[s : s + c] = _mi_from_counts(counts.view(c, w, w), total[s : s + c], table, base[s : s + c])
+    return mi
+
+
+class _RowBuffers:
+    """One worker's buffer for :func:`_mi_rows`: the int32 codes of a group of pairs."""
+
+    def __init__(self, size: int, device: torch.device):
+        self.codes = torch.empty(size, dtype=torch.int32, device=device)
+
+
+def _row_groups(n: int, target: int) -> list[tuple[int, int]]:
+    """Consecutive rows [i0, i1) of the pairs i < j, each group about ``target`` pairs (at least one row)."""
+    groups, i0, count = [], 0, 0
+    for i in range(n - 1):
+        count += n - 1 - i
+        if count >= target or i == n - 2:
+            groups.append((i0, i + 1))
+            i0, count = i + 1, 0
+    return groups
+
+
+def _mi_rows(
+    b: Tensor, keep: Tensor, n: int, table_vec: Tensor, ri: Tensor, rj: Tensor, bins: int, group_pairs: int,
+    total: Tensor, table: Tensor, base: Tensor, extra: Callable[[], None] | None = None,
+) -> Tensor:
+    """(pair,) MI of all pairs i < j (x = row i, y = row j), from the table of bins, in rows of pairs.
+
+    The pairs of row i are (i, i+1..n-1), contiguous in ``triu`` order, so their codes are
+    one broadcast add: ``(bin_i * w + shift_i) + (bin_j + j * w²)``, with w the power of two
+    above ``bins`` and the bin ``bins`` standing for "this vector drops the dim" (that row and
+    column of each w × w table are zeroed). One ``bincount`` per group of rows gives the joint
+    tables of all its pairs. The pairs that use a range variant (table row >= n, see
+    :func:`_range_variants`) are recounted per variant: one more row (the variant against
+    every later vector) or column (every earlier vector against the variant), again one add
+    and one bincount; pairs where both sides are variants (rare) go through
+    :func:`_mi_codes`. All of it runs as tasks on single-threaded CPU workers, each writing
+    its own slices; the recounted pairs are written last, in a fixed order.
+
+    Args:
+        b: (row, feature) int64 bins of the table rows (the n vectors, then the variants);
+            keep: (row, feature) bool.
+        table_vec: (row,) the vector of each table row; ri, rj: (pair,) table rows of x and y.
+        total, base: (pair,) and table: see :func:`_mi_from_counts`.
+        extra: other independent work to run as the first task (the covariances).
+    """
+    d = b.shape[1]
+    w = 1 << bins.bit_length()  # power of two > bins (the layout of _mi_codes' tables)
+    dev = b.device
+    own = torch.where(keep, b, bins).to(torch.int32)  # (row, feature)
+    offsets = (torch.arange(own.shape[0], dtype=torch.int32, device=dev) * (w * w)).unsqueeze(1)
+    col = own + offsets  # y side, offset by the row: + j·w²
+    row = own * w  # x side
+    row_off = row + offsets  # x side offset by the row: + i·w²
+    start = [i * (2 * n - i - 1) // 2 for i in range(n)] + [n * (n - 1) // 2]  # pair index of (i, i + 1)
+    mi = torch.empty(start[-1], dtype=torch.float64, device=dev)
+    groups = _row_groups(n, group_pairs)
+    largest = max(max(start[i1] - start[i0] for i0, i1 in groups), n)
+    variant_x = ri >= n
+    variant_y = rj >= n
+    both = torch.nonzero(variant_x & variant_y).flatten()
+    recounted: dict[tuple, tuple[Tensor, Tensor]] = {}  # item -> (pair indices, MI)
+
+    def count(codes: Tensor, pairs: slice | Tensor) -> Tensor:
+        k = codes.shape[0]
+        joint = torch.bincount(codes.view(-1), minlength=k * w * w).view(k, w, w)
+        joint[:, bins:, :] = 0  # dims one of the two drops
+        joint[:, :, bins:] = 0
+        return _mi_from_counts(joint, total[pairs], table, base[pairs])
+
+    def task(buf: _RowBuffers, item: tuple[str, int, int]) -> None:
+        kind, lo, hi = item
+        if kind == "extra":
+            extra()
+        elif kind == "rows":  # pairs of rows lo..hi-1, own ranges
+            p0, p1 = start[lo], start[hi]
+            codes = buf.codes[: (p1 - p0) * d].view(p1 - p0, d)
+            for i in range(lo, hi):
+                q = start[i] - p0  # pair (i, j) sits at q + j - i - 1 within the group
+                torch.add(col[i + 1 : n], row[i] + (q - i - 1) * (w * w), out=codes[q : q + n - i - 1])
+            mi[p0:p1] = count(codes, slice(p0, p1))
+        elif kind == "x":  # table row lo (a variant of vector v) as x against every later vector
+            v = int(table_vec[lo])
+            p0, p1 = start[v], start[v + 1]
+            codes = torch.add(col[v + 1 : n], row[lo] - (v + 1) * (w * w), out=buf.codes[: (p1 - p0) * d].view(-1, d))
+            use = torch.nonzero((ri[p0:p1] == lo) & ~variant_y[p0:p1]).flatten()
+            recounted[item] = (use + p0, count(codes, slice(p0, p1))[use])
+        elif kind == "y":  # every earlier vector as x against table row lo (a variant of vector v) as y
+            v = int(table_vec[lo])
+            pairs = torch.tensor(start[:v], dtype=torch.int64, device=dev) + v - torch.arange(v, device=dev) - 1
+            codes = torch.add(row_off[:v], own[lo], out=buf.codes[: v * d].view(v, d))
+            use = torch.nonzero((rj[pairs] == lo) & ~variant_x[pairs]).flatten()
+            recounted[item] = (pairs[use], count(codes, pairs)[use])
+        else:  # both sides variants
+            q = both[lo:hi]
+            recounted[item] = (q, _mi_codes(b, keep, ri[q], rj[q], bins, hi - lo, "bincount", total[q], table, base[q]))
+
+    items = ([("extra", 0, 0)] if extra is not None else []) + [("rows", i0, i1) for i0, i1 in groups]
+    for r in range(n, b.shape[0]):
+        v = int(table_vec[r])
+        items += [("x", r, 0)] if v < n - 1 else []
+        items += [("y", r, 0)] if v > 0 else []
+    items += [("both", s0, min(s0 + group_pairs, both.shape[0])) for s0 in range(0, both.shape[0], max(1, group_pairs))]
+    run_tasks(task, items, [_RowBuffers(largest * d, dev) for _ in range(cpu_workers(dev))])
+    for item in items:  # in a fixed order, whichever worker finished first
+        if item in recounted:
+            idx, val = recounted[item]
+            mi[idx] = val
     return mi
 
 
@@ -389,8 +513,8 @@ def all_pairs_mi_cov_corr(
             bytes of (sample, sample) sums and a few (pair,) vectors: 250 x 1024 runs in
             under 50 MB.
         method: how the joint histograms are counted; all give identical counts.
-            ``"bincount"``: one bincount per chunk of the codes offset by pair (the CPU
-            default). ``"scatter"``: a scatter-add of the codes (no host synchronisation).
+            ``"bincount"``: one bincount per group of whole rows of pairs (about
+            ``chunk_pairs`` pairs) on single-threaded CPU workers (the CPU default). ``"scatter"``: a scatter-add of the codes (no host synchronisation).
             ``"onehot"``: a float32 product of masked one-hot encodings per block of rows
             (the CUDA default; 0/1 values with fp32 accumulation, also under TF32, keep counts
             exact below 2**24 features; fp16/bf16 would return rounded counts above 2048/256),
@@ -440,26 +564,33 @@ def all_pairs_mi_cov_corr(
     lo, hi = _masked_min_max(xf, keep)  # (sample,)
     ii, jj = pair_indices(n, device=x.device)  # (pair,)
 
-    # ---- covariance and correlation: sums over each pair's joint mask. With xc centred and
-    # 0 where the vector drops a dim, sum_{both keep} f(x_i) = sum_{i keeps} f(x_i) - sum_{j drops} f(x_i):
-    # the correction is an index_add over the (few) dropped dims, the cross products one GEMM.
-    kd = keep.T.to(torch.float64)  # (feature, sample): this block works on transposed layouts
-    xt = xf.T
-    own_mean = (xt * kd).sum(0) / kd.sum(0)  # (sample,)
-    xc = (xt - own_mean) * kd  # (feature, sample), centred, 0 where the vector drops the dim
-    stats = torch.cat([xc, xc.square(), kd], 1)  # (feature, 3·sample)
+    # ---- dims both vectors of a pair keep: each vector's kept count minus the partner's
+    # drops that it keeps (an index_add over the few dropped (vector, dim)); exact integers
+    kd = keep.T.to(torch.float64)  # (feature, sample): the covariance block works on transposed layouts
     r, c = torch.nonzero(~keep, as_tuple=True)  # the (few) dropped (vector, dim)
-    drop_sums = torch.zeros(n, 3 * n, dtype=torch.float64, device=x.device)
-    drop_sums.index_add_(0, r, stats.index_select(0, c))  # [j, .]: sums over j's drops
-    sums = stats.sum(0).unsqueeze(1) - drop_sums.T  # [i, j]: sums of x_i, x_i^2, 1 where both keep
-    s1, s2, cnt = sums[:n], sums[n : 2 * n], sums[2 * n :]
+    drop_cnt = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    drop_cnt.index_add_(0, r, kd.index_select(0, c))  # [j, i]: dims j drops that i keeps
     pij, pji = ii * n + jj, jj * n + ii  # (pair,) flat indices of [i, j] and [j, i]
-    m = _at(cnt, pij).round()  # (pair,) dims both keep (exact integers)
-    sx, sy = _at(s1, pij), _at(s1, pji)
-    cov = (_at(xc.T @ xc, pij) - sx * sy / m) / (m - 1)
-    vx = (_at(s2, pij) - sx.square() / m) / (m - 1)
-    vy = (_at(s2, pji) - sy.square() / m) / (m - 1)
-    corr = (cov / torch.sqrt(vx * vy)).clamp(-1.0, 1.0)
+    m = _at(kd.sum(0).unsqueeze(1) - drop_cnt.T, pij).round()  # (pair,)
+    out: dict[str, Tensor] = {}
+
+    def cov_corr() -> None:
+        """Covariance and correlation: sums over each pair's joint mask. With xc centred and 0
+        where the vector drops a dim, sum_{both keep} f(x_i) = sum_{i keeps} f(x_i) - sum_{j drops} f(x_i):
+        the correction is an index_add over the (few) dropped dims, the cross products one GEMM."""
+        xt = xf.T
+        own_mean = (xt * kd).sum(0) / kd.sum(0)  # (sample,)
+        xc = (xt - own_mean) * kd  # (feature, sample), centred, 0 where the vector drops the dim
+        stats = torch.cat([xc, xc.square(), kd], 1)  # (feature, 3·sample), as before (same sums, same bits)
+        drop_sums = torch.zeros(n, 3 * n, dtype=torch.float64, device=x.device)
+        drop_sums.index_add_(0, r, stats.index_select(0, c))  # [j, .]: sums over j's drops
+        sums = stats.sum(0).unsqueeze(1) - drop_sums.T  # [i, j]: sums of x_i, x_i^2 where both keep
+        s1, s2 = sums[:n], sums[n : 2 * n]
+        sx, sy = _at(s1, pij), _at(s1, pji)
+        out["cov"] = (_at(xc.T @ xc, pij) - sx * sy / m) / (m - 1)
+        vx = (_at(s2, pij) - sx.square() / m) / (m - 1)
+        vy = (_at(s2, pji) - sy.square() / m) / (m - 1)
+        out["corr"] = (out["cov"] / torch.sqrt(vx * vy)).clamp(-1.0, 1.0)
 
     # ---- histogram range of each side of each pair: its own, or an exact variant
     shared = m > 0
@@ -467,15 +598,20 @@ def all_pairs_mi_cov_corr(
     b = _bin_index(xf.index_select(0, table_vec), table_lo, table_hi, bins)  # (row, feature)
     keep_t = keep.index_select(0, table_vec)
     table, base = _entropy_table(m.long(), d)
-    if method == "onehot":
-        mi = _mi_onehot(b[:n], keep, bins, chunk_pairs, m, table, base)
-        redo = torch.nonzero((ri >= n) | (rj >= n)).flatten()
-        if redo.numel():
-            mi[redo] = _mi_codes(
-                b, keep_t, ri[redo], rj[redo], bins, chunk_pairs, "scatter", m[redo], table, base[redo]
-            )
+    if method == "bincount":  # the covariances run next to the MI tasks
+        mi = _mi_rows(b, keep_t, n, table_vec, ri, rj, bins, chunk_pairs, m, table, base, extra=cov_corr)
     else:
-        mi = _mi_codes(b, keep_t, ri, rj, bins, chunk_pairs, method, m, table, base)
+        cov_corr()
+        if method == "onehot":
+            mi = _mi_onehot(b[:n], keep, bins, chunk_pairs, m, table, base)
+            redo = torch.nonzero((ri >= n) | (rj >= n)).flatten()
+            if redo.numel():
+                mi[redo] = _mi_codes(
+                    b, keep_t, ri[redo], rj[redo], bins, chunk_pairs, "scatter", m[redo], table, base[redo]
+                )
+        else:
+            mi = _mi_codes(b, keep_t, ri, rj, bins, chunk_pairs, method, m, table, base)
+    cov, corr = out["cov"], out["corr"]
 
     # ---- degenerate pairs
     const = table_lo == table_hi  # (row,) the kept values are all equal

@@ -10,7 +10,10 @@ tensor([[1.0000, 0.0000, 0.7071],
 Features are columns: each column is normalised to unit L2 norm over the samples
 and ``C = Xnᵀ Xn``. For Q|K|V activations (``3·d_model`` features, Q first, then
 K, then V) only six ``d_model × d_model`` blocks of ``C`` are used: the strict upper
-triangles of QQ, KK and VV and the full QK, QV and KV blocks.
+triangles of QQ, KK and VV and the full QK, QV and KV blocks. With grouped-query
+attention the widths differ (``d_q = n_heads·d_head``, ``d_k = d_v =
+n_kv_heads·d_head``): pass ``widths=(d_q, d_k, d_v)``; the diagonal blocks are then
+``d_c × d_c`` and QK is ``d_q × d_k`` (rows from the first component), and so on.
 
 Numerics: inputs of any float dtype are computed in float32 (float64 stays
 float64). Cosines are not clipped, so a pair of (nearly) identical features can
@@ -22,13 +25,17 @@ than NaN.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from lamina.engine.errors import InputError
-from lamina.engine.kernels.histogram import _Counter
+from lamina.engine.kernels.bucketing import _check_range
+from lamina.engine.kernels.histogram import PieceCounter, uniform_histogram
+from lamina.engine.kernels.workers import cpu_workers, run_tasks
 
 __all__ = [
     "QKV_BLOCKS",
@@ -43,11 +50,15 @@ QKV_BLOCKS: tuple[str, ...] = ("QQ", "KK", "VV", "QK", "QV", "KV")
 # (row component, column component, strict upper triangle?) per block; 0=Q, 1=K, 2=V
 _BLOCK_SPEC = ((0, 0, True), (1, 1, True), (2, 2, True), (0, 1, False), (0, 2, False), (1, 2, False))
 
-# Rows of a block computed per matrix product on the CPU, as a number of output
-# elements (2**19: 327 rows of a 1600-wide block, 2 MB): each piece is counted
-# right after it is made instead of a 10 MB block going through memory several
-# times, and diagonal blocks skip their lower part. Accelerators do whole blocks.
-_CPU_PIECE = 1 << 19
+# Output elements of one piece of a block on the CPU (2**18: 163 rows of a 1600-wide
+# block, 1 MB): each piece is counted right after its product is made, while it is in
+# cache, and the diagonal blocks skip their lower part. Smaller pieces fit L2 better
+# but mean more, shorter torch calls, and with two workers the Python interpreter lock
+# taken around every call then costs more than the cache misses (measured: 2**16 2.6x
+# the GEMM floor, 2**18 1.8x, on this project's 2-core machine). Accelerators do whole blocks.
+_CPU_PIECE = 1 << 18
+
+Widths = tuple[int, int, int]
 
 
 def _work_dtype(x: Tensor) -> torch.dtype:
@@ -111,89 +122,201 @@ def feature_correlation(x: Tensor) -> Tensor:
     return xn.mT @ xn
 
 
-def _check_qkv(x: Tensor, leading: str) -> int:
-    """d_model of a Tensor[{leading}sample, 3*d_model]; raise InputError otherwise.
+def _check_qkv(x: Tensor, leading: str, widths: Widths | None = None) -> Widths:
+    """(d_q, d_k, d_v) of a Tensor[{leading}sample, d_q + d_k + d_v]; raise InputError otherwise.
 
-    ``leading`` is "" (exactly 2-D), "layer, " (exactly 3-D) or "..., " (2-D or more)."""
+    ``leading`` is "" (exactly 2-D), "layer, " (exactly 3-D) or "..., " (2-D or more).
+    ``widths`` None means three equal thirds."""
     want = 3 if leading == "layer, " else 2
     if not isinstance(x, Tensor) or (x.ndim < want if leading == "..., " else x.ndim != want):
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise InputError(f"expected Q|K|V activations of shape [{leading}sample, 3*d_model], got {shape}")
+        what = "3*d_model" if widths is None else "d_q + d_k + d_v"
+        raise InputError(f"expected Q|K|V activations of shape [{leading}sample, {what}], got {shape}")
     features = x.shape[-1]
-    if features == 0 or features % 3:
-        raise InputError(
-            f"the feature axis must hold Q, K and V of equal length (3*d_model), got {features} "
-            f"in shape {tuple(x.shape)}"
-        )
+    if widths is None:
+        if features == 0 or features % 3:
+            raise InputError(
+                f"the feature axis must hold Q, K and V of equal length (3*d_model), got {features} "
+                f"in shape {tuple(x.shape)}; pass widths=(d_q, d_k, d_v) for unequal widths"
+            )
+        widths = (features // 3,) * 3
+    else:
+        ok = isinstance(widths, (tuple, list)) and len(widths) == 3
+        ok = ok and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)
+        if not ok:
+            raise InputError(f"widths must be three positive ints (d_q, d_k, d_v), got {widths!r}")
+        widths = (int(widths[0]), int(widths[1]), int(widths[2]))
+        if sum(widths) != features:
+            raise InputError(
+                f"widths {widths} add up to {sum(widths)} but the feature axis of shape "
+                f"{tuple(x.shape)} has {features}"
+            )
     if x.shape[-2] == 0:
         raise InputError(f"no samples: shape {tuple(x.shape)}")
-    return features // 3
+    return widths
 
 
-def _block_pieces(xn: Tensor, d: int, piece_rows: int) -> Iterator[tuple[int, Tensor, Tensor | None]]:
-    """Pieces of the six blocks of ``xnᵀ xn`` in row order, without the full product.
+@dataclass(frozen=True)
+class _Piece:
+    """Rows ``a:b`` of one block: component ``r``'s features a:b against component ``c``'s
+    features ``a:`` (a triangle block: only what lies right of the piece's first column)
+    or all of them (a full block)."""
 
-    Yields ``(block, rect, square)`` for rows ``a:b`` of a block (``k = b - a``).
-    For a full block, ``rect`` is Tensor[k, d] (those rows) and ``square`` is None.
-    For a triangle block, ``square`` is Tensor[k, k] (columns ``a:b``, whose strict
-    upper triangle are values) and ``rect`` is Tensor[k, d - b] (columns ``b:``,
-    all values); the columns before ``a`` (the lower triangle) are never computed.
+    block: int
+    r: int
+    c: int
+    a: int
+    b: int
+    triangle: bool
+
+    def shape(self, widths: Widths) -> tuple[int, int]:
+        """(rows, columns) of the piece's product."""
+        return self.b - self.a, widths[self.c] - (self.a if self.triangle else 0)
+
+    def values(self, widths: Widths) -> tuple[int, int]:
+        """(offset, count) of the piece's values in its block's row-major value list."""
+        d = widths[self.c]
+        if self.triangle:  # row i holds d - 1 - i values
+            def before(i: int) -> int:
+                return i * (d - 1) - i * (i - 1) // 2
+            return before(self.a), before(self.b) - before(self.a)
+        return self.a * d, (self.b - self.a) * d
+
+
+def _pieces(widths: Widths, piece: int | None) -> list[_Piece]:
+    """The pieces of the six blocks in block and row order; ``piece`` output elements per
+    piece (None: whole blocks)."""
+    out = []
+    for block, (r, c, triangle) in enumerate(_BLOCK_SPEC):
+        a = 0
+        while a < widths[r]:
+            cols = widths[c] - (a if triangle else 0)
+            rows = widths[r] - a if piece is None else max(1, min(widths[r] - a, piece // max(cols, 1)))
+            out.append(_Piece(block, r, c, a, a + rows, triangle))
+            a += rows
+    return out
+
+
+def _product(xn: Tensor, widths: Widths, p: _Piece, out: Tensor) -> Tensor:
+    """The piece's products ``xn[:, rows]ᵀ xn[:, cols]`` into out (Tensor[rows, cols]).
 
     Args:
-        xn: Tensor[sample, 3*d_model], unit columns.
+        xn: Tensor[sample, d_q + d_k + d_v], unit columns.
     """
-    parts = (xn[:, :d], xn[:, d : 2 * d], xn[:, 2 * d :])  # (sample, d) each
-    for block, (r, c, triangle) in enumerate(_BLOCK_SPEC):
-        for a in range(0, d, piece_rows):
-            b = min(a + piece_rows, d)
-            rows = parts[r][:, a:b].mT  # (k, sample)
-            if triangle:
-                yield block, rows @ parts[c][:, b:], rows @ parts[c][:, a:b]
-            else:
-                yield block, rows @ parts[c], None
+    start = (0, widths[0], widths[0] + widths[1])
+    rows = xn[:, start[p.r] + p.a : start[p.r] + p.b]  # (sample, k)
+    cols = xn[:, start[p.c] + (p.a if p.triangle else 0) : start[p.c] + widths[p.c]]  # (sample, w)
+    return torch.mm(rows.mT, cols, out=out)
 
 
-def _piece_rows(x: Tensor, d: int) -> int:
-    if x.device.type != "cpu":
-        return d
-    return max(1, min(d, _CPU_PIECE // d))
+def _piece_elements(device: torch.device) -> int | None:
+    return _CPU_PIECE if device.type == "cpu" else None
 
 
-def qkv_block_values(x: Tensor, *, center: bool = False) -> dict[str, Tensor]:
+class _Scratch:
+    """One worker's product buffer and masks (for :func:`qkv_block_values`)."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device):
+        self.buffer = torch.empty(0, dtype=dtype, device=device)
+
+    def piece(self, rows: int, cols: int) -> Tensor:
+        if self.buffer.numel() < rows * cols:
+            self.buffer = torch.empty(rows * cols, dtype=self.buffer.dtype, device=self.buffer.device)
+        return self.buffer[: rows * cols].view(rows, cols)
+
+
+def qkv_block_values(x: Tensor, *, center: bool = False, widths: Widths | None = None) -> dict[str, Tensor]:
     """The cosine values of the six Q/K/V blocks, with the masks of EXPERIMENTS.md A.
 
     >>> import torch
     >>> v = qkv_block_values(torch.randn(54, 3 * 4))
     >>> {k: tuple(t.shape) for k, t in v.items()}
     {'QQ': (6,), 'KK': (6,), 'VV': (6,), 'QK': (16,), 'QV': (16,), 'KV': (16,)}
+    >>> v = qkv_block_values(torch.randn(54, 4 + 2 + 2), widths=(4, 2, 2))  # grouped-query attention
+    >>> {k: tuple(t.shape) for k, t in v.items()}
+    {'QQ': (6,), 'KK': (1,), 'VV': (1,), 'QK': (8,), 'QV': (8,), 'KV': (4,)}
 
-    QQ, KK, VV: the strict upper triangle of the diagonal block, ``d(d-1)/2`` values
-    in row-major order (the order of ``np.triu_indices(d, 1)``). QK, QV, KV: the
-    full off-diagonal block, ``d²`` values, row-major with rows from the first
-    component (QK[i*d + j] = cos(Q_i, K_j)). Only the six block products are
-    computed, never the full ``3d × 3d`` matrix.
+    QQ, KK, VV: the strict upper triangle of the diagonal block, ``d_c(d_c-1)/2`` values
+    in row-major order (the order of ``np.triu_indices(d_c, 1)``). QK, QV, KV: the
+    full off-diagonal block, ``d_r · d_c`` values, row-major with rows from the first
+    component (QK[i*d_k + j] = cos(Q_i, K_j)). Only the six block products are
+    computed, never the full ``F × F`` matrix.
 
     Args:
-        x: Tensor[sample, 3*d_model], Q|K|V concatenated along features.
+        x: Tensor[sample, d_q + d_k + d_v], Q|K|V concatenated along features.
         center: subtract each feature's mean first (correlation instead of cosine).
+        widths: (d_q, d_k, d_v) for unequal widths (grouped-query attention: d_k = d_v =
+            n_kv_heads·d_head); None = three equal thirds.
 
     Returns:
         dict block name -> Tensor[n], float32 (float64 for float64 input), keys in
         QKV_BLOCKS order. Bit-identical to the values that
-        :func:`qkv_block_histograms` counts on the same device.
+        :func:`qkv_block_histograms` counts on the same device (the same piece
+        products, each single-threaded on a CPU).
     """
-    d = _check_qkv(x, "")
+    widths = _check_qkv(x, "", widths)
     xn = _unit_columns(x, center=center)
-    pieces: list[list[Tensor]] = [[] for _ in QKV_BLOCKS]
-    for block, rect, square in _block_pieces(xn, d, _piece_rows(x, d)):
-        if square is None:
-            pieces[block].append(rect.reshape(-1))
-        else:  # row-major: each row's part of the square, then its part of the rect
-            k = square.shape[0]
-            piece = torch.cat([square, rect], dim=1)  # (k, d - a)
-            i, j = torch.triu_indices(k, piece.shape[1], offset=1, device=piece.device)
-            pieces[block].append(piece[i, j])
-    return {name: torch.cat(p) for name, p in zip(QKV_BLOCKS, pieces)}
+    pieces = _pieces(widths, _piece_elements(x.device))
+    out = {}
+    for block, (name, (r, c, triangle)) in enumerate(zip(QKV_BLOCKS, _BLOCK_SPEC)):
+        n = widths[c] * (widths[c] - 1) // 2 if triangle else widths[r] * widths[c]
+        out[name] = torch.empty(n, dtype=xn.dtype, device=x.device)
+
+    def task(scratch: _Scratch, p: _Piece) -> None:
+        prod = _product(xn, widths, p, scratch.piece(*p.shape(widths)))
+        offset, count = p.values(widths)
+        if p.triangle:  # row i of the piece keeps the columns right of its diagonal
+            k, w = prod.shape
+            keep = torch.ones(k, w, dtype=torch.bool, device=prod.device).triu_(1)
+            prod = prod[keep]
+        out[QKV_BLOCKS[p.block]][offset : offset + count] = prod.reshape(-1)
+
+    run_tasks(task, pieces, [_Scratch(xn.dtype, x.device) for _ in range(cpu_workers(x.device))])
+    return out
+
+
+class _HistWorker:
+    """One worker of :func:`qkv_block_histograms`: its counter and its partial counts."""
+
+    def __init__(self, xn: Tensor, widths: Widths, bins: int, lo: float, hi: float, chunk: int):
+        dev = xn.device
+        # |cosine| <= 1 up to the rounding of the norms and of the product's sum over samples
+        bound = 1.0 + 4.0 * (xn.shape[-2] + 2) * torch.finfo(xn.dtype).eps
+        self.counter = PieceCounter(xn.dtype, bins=bins, lo=lo, hi=hi, device=dev, chunk=chunk, bound=bound,
+                                    defer_hi=dev.type == "cpu")
+        self.counts = torch.zeros(xn.shape[0], len(QKV_BLOCKS), bins, dtype=torch.int64, device=dev)
+        self.xn, self.widths = xn, widths
+        self.key: tuple[int, int] | None = None  # (layer, block) the counter holds
+        self.done: list[_Piece] = []  # this worker's pieces of that (layer, block)
+        self.masks: dict[int, Tensor] = {}  # k -> (k, k) lower triangle and diagonal
+
+    def run(self, layer: int, p: _Piece) -> None:
+        self.switch((layer, p.block))
+        prod = _product(self.xn[layer], self.widths, p, self.counter.piece(*p.shape(self.widths)))
+        self.counter.count(prod, drop=self.drop(p, prod))
+        self.done.append(p)
+
+    def drop(self, p: _Piece, prod: Tensor) -> Tensor | None:
+        if not p.triangle:
+            return None
+        k = prod.shape[0]
+        if k not in self.masks:
+            self.masks[k] = torch.ones(k, k, dtype=torch.bool, device=prod.device).tril_()
+        return self.masks[k]
+
+    def switch(self, key: tuple[int, int] | None) -> None:
+        """Move the counter's counts to ``counts`` when the (layer, block) changes."""
+        if key == self.key:
+            return
+        if self.key is not None:
+            counts, above = self.counter.flush()
+            if self.counter.defers_hi and bool(above > 0):  # some may equal hi: recount those pieces
+                layer = self.key[0]
+                for p in self.done:
+                    prod = _product(self.xn[layer], self.widths, p, self.counter.piece(*p.shape(self.widths)))
+                    counts[-1] += self.counter.count_hi(prod, drop=self.drop(p, prod))
+            self.counts[self.key] += counts
+        self.key, self.done = key, []
 
 
 def qkv_block_histograms(
@@ -203,6 +326,7 @@ def qkv_block_histograms(
     bins: int = 100,
     lo: float = -1.0,
     hi: float = 1.0,
+    widths: Widths | None = None,
 ) -> Tensor:
     """Per layer, the histogram of each of the six Q/K/V block value sets.
 
@@ -210,43 +334,56 @@ def qkv_block_histograms(
     >>> h = qkv_block_histograms(torch.randn(2, 54, 3 * 8))
     >>> tuple(h.shape), h.sum(-1)[0].tolist()
     ((2, 6, 100), [28, 28, 28, 64, 64, 64])
+    >>> qkv_block_histograms(torch.randn(1, 54, 8 + 4 + 4), widths=(8, 4, 4)).sum(-1).tolist()
+    [[28, 6, 6, 32, 32, 16]]
 
-    Equal to ``uniform_histogram(qkv_block_values(x[l], center=center)[name],
+    Equal to ``uniform_histogram(qkv_block_values(x[l], center=center, widths=widths)[name],
     bins=bins, lo=lo, hi=hi)`` for every layer ``l`` and block, exactly (NumPy's
-    ``np.histogram`` edge rule), without materialising the blocks. On the CPU each
-    block is computed in pieces of rows that are counted while still in cache,
-    and the diagonal blocks compute only what lies right of each piece's first
-    column (about half of the block), so the products cost about 3/4 of six full
-    block products. The strict triangle of each piece's diagonal square is
-    gathered with ``triu_indices``; no symmetry of the float product is assumed.
+    ``np.histogram`` edge rule), without materialising the blocks.
+
+    On the CPU, ``torch.get_num_threads()`` workers (:mod:`~lamina.engine.kernels.workers`)
+    take pieces of rows of the blocks from one queue; each makes its piece's product
+    single-threaded and counts it while it is in cache (:class:`~lamina.engine.kernels.
+    histogram.PieceCounter`: exact buckets by arithmetic, two values per bincount slot),
+    keeping its own partial counts, summed at the end. The diagonal blocks compute only
+    what lies right of each piece's first column (about half of the block), so the
+    products cost about 3/4 of six full block products; the piece's lower triangle and
+    diagonal are masked, no symmetry of the float product is assumed.
 
     Args:
-        x: Tensor[layer, sample, 3*d_model].
+        x: Tensor[layer, sample, d_q + d_k + d_v].
         center: correlation instead of cosine.
         bins, lo, hi: uniform bins on ``[lo, hi]``.
+        widths: (d_q, d_k, d_v), or None for three equal thirds.
 
     Returns:
         Tensor[layer, block=6, bin] int64 counts, blocks in QKV_BLOCKS order.
     """
-    d = _check_qkv(x, "layer, ")
-    counter = _Counter(_work_dtype(x), bins=bins, lo=lo, hi=hi, device=x.device)  # buffers shared by all
-    rows = _piece_rows(x, d)
-    out = torch.zeros(x.shape[0], len(QKV_BLOCKS), bins, dtype=torch.int64, device=x.device)
-    triangles: dict[int, tuple[Tensor, Tensor]] = {}  # piece height -> strict upper (i, j)
-    for layer in range(x.shape[0]):
-        xn = _unit_columns(x[layer], center=center)
-        totals = [counter.new_total() for _ in QKV_BLOCKS]
-        for block, rect, square in _block_pieces(xn, d, rows):
-            counter.add(rect, totals[block])
-            if square is not None:
-                k = square.shape[0]
-                if k not in triangles:
-                    triangles[k] = tuple(torch.triu_indices(k, k, offset=1, device=x.device))
-                i, j = triangles[k]
-                counter.add(square[i, j], totals[block])
-        for block, total in enumerate(totals):
-            out[layer, block] = counter.counts(total)
-    return out
+    widths = _check_qkv(x, "layer, ", widths)
+    _check_range(bins, lo, hi)
+    xn = _unit_columns(x, center=center)  # (layer, sample, feature), work dtype
+    if not bool(torch.isfinite(xn.sum())):  # NaN / inf input (|xn| <= 1 otherwise): the general counter
+        return torch.stack([
+            torch.stack([uniform_histogram(v, bins=bins, lo=lo, hi=hi)
+                         for v in qkv_block_values(x[layer], center=center, widths=widths).values()])
+            for layer in range(x.shape[0])
+        ])
+    piece = _piece_elements(x.device)
+    pieces = _pieces(widths, piece)
+    chunk = max(math.prod(p.shape(widths)) for p in pieces)
+    workers = [_HistWorker(xn, widths, bins, lo, hi, chunk) for _ in range(cpu_workers(x.device))]
+    run_tasks(lambda w, item: w.run(*item), ((layer, p) for layer in range(x.shape[0]) for p in pieces), workers)
+    for w in workers:
+        w.switch(None)
+    return _sum(w.counts for w in workers)
+
+
+def _sum(tensors: Iterable[Tensor]) -> Tensor:
+    it = iter(tensors)
+    total = next(it).clone()
+    for t in it:
+        total += t
+    return total
 
 
 def random_baseline_values(x: Tensor, generator: torch.Generator, *, center: bool = False) -> Tensor:
