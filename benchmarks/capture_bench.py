@@ -27,8 +27,8 @@ first call's complete staged run and skip the work). lamina's overhead over the 
 split by three more variants in the same round-robin (in ``params["split"]`` and the
 notes, not in the table): ``split_hooks`` (the fast path's hooks that only count and
 stop the forward after the deepest one: dispatch minus the early stop's saving),
-``split_capture`` (``capture_arrays``: + plan, buffers, position gather, pad zeroing,
-finite check), and lamina itself (+ device-to-host copy, Zarr open, writes, finalise);
+``split_capture`` (``plan`` + ``capture_batches`` as ``capture_to_store`` calls them: + buffers,
+position gather, pad zeroing, finite check), and lamina itself (+ device-to-host copy, Zarr open, writes, finalise);
 the device-to-host copy of the captured arrays is also timed on its own, and
 ``split_bridge`` is lamina with ``LAMINA_FASTPATH=0`` (every hook through the bridge).
 
@@ -54,7 +54,7 @@ import torch
 
 from lamina.analyses.textfiles import stimulus_path
 from lamina.engine import fastpath
-from lamina.engine.capture import auto_micro_batch, capture_arrays
+from lamina.engine.capture import auto_micro_batch, capture_batches, plan
 from lamina.engine.hooks import Capture, hidden_state_hooks, layer_hooks, qkv_hooks
 from lamina.engine.inputs import Selector, TokenBatch, encode_texts
 from lamina.engine.models import MODEL_SPECS, LoadedModel, load_model
@@ -237,8 +237,10 @@ def run_capture_case(spec: CaptureSpec, *, device: str, warmup: int, repeats: in
         finally:
             store.close()
 
-    def split_capture():
-        last["captured"] = capture_arrays(model, batch, caps, micro_batch=mb)
+    def split_capture():  # what capture_to_store computes before its writes: the same calls, no store
+        layouts = plan(model, caps)
+        last["captured"] = [out for _, out in capture_batches(model, batch, layouts, rows=range(len(batch)),
+                                                                micro_batch=mb)]
 
     def split_bridge():
         old = os.environ.get("LAMINA_FASTPATH")
@@ -348,7 +350,7 @@ def _hooks_only(route, mbs, hook_names):
     return run
 
 
-def _split(timings, captured: dict[str, torch.Tensor], dev, warmup: int, repeats: int, notes: list[str]
+def _split(timings, captured: list[dict[str, torch.Tensor]], dev, warmup: int, repeats: int, notes: list[str]
            ) -> dict[str, Any]:
     """lamina's time over the floor, split: hooks (+ early stop), gather, device-to-host copy, store."""
     floor, lamina_s = timings["hf_body"].seconds, timings["lamina"].seconds
@@ -356,8 +358,9 @@ def _split(timings, captured: dict[str, torch.Tensor], dev, warmup: int, repeats
     hooks = timings["split_hooks"].seconds if "split_hooks" in timings else None
 
     def d2h():
-        for v in captured.values():
-            v.cpu()
+        for part in captured:
+            for v in part.values():
+                v.cpu()
 
     d2h_s = measure(d2h, device=dev, warmup=warmup, repeats=repeats).seconds if dev.type == "cuda" else 0.0
     out = {

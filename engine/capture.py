@@ -12,8 +12,8 @@ pre-activations, residual stream, final norm - straight from the HuggingFace mod
 the bridge wraps, on a bridge-free twin of the model (plain ``register_forward_hook``,
 HF's own forward, lamina's attention kernel), and runs whenever every requested hook
 maps; otherwise the micro-batch runs through the TransformerLens bridge with
-``run_with_hooks``. Buffers are not zeroed first (every element is written), a large
-CPU buffer asks for huge pages, and the NaN/inf check is one reduction.
+``run_with_hooks``. Buffers are not zeroed first (every element is written) and the
+NaN/inf check is one reduction.
 
 >>> caps = [Capture("acts/final", qkv_hooks(range(m.n_layers)), Selector.last())]   # doctest: +SKIP
 >>> for rows, arrays in capture_batches(m, batch, caps, micro_batch=8):            # doctest: +SKIP
@@ -23,7 +23,7 @@ CPU buffer asks for huge pages, and the NaN/inf check is one reduction.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -143,11 +143,18 @@ def capture_batches(
     rows: range,
     micro_batch: int,
     check_finite: bool = True,
+    on_entry: Callable[[str, int, range, torch.Tensor], None] | None = None,
 ) -> Iterator[tuple[range, dict[str, torch.Tensor]]]:
     """Run samples ``rows`` in micro-batches; yield (sample range, {capture name: device tensor}).
 
     Tensors are [layer, batch, feature] or [layer, batch, pos, feature] (pos padded to
     ``batch.max_len`` with zeros), float32, on the model's device.
+
+    ``on_entry(name, entry, samples, values)`` is called during the forward as soon as
+    layer entry ``entry`` of capture ``name`` is final for the micro-batch ``samples``
+    (every hook of it fired, pads zeroed; ``values`` = that entry of the yielded tensor):
+    a caller can start writing it while the later blocks still run. The NaN/inf check
+    comes after the forward, so an entry handed over early may still fail it.
 
     Hooks whose values are plain functions of HuggingFace module outputs (Q/K/V, MLP
     pre-activations, residual stream, final norm: :mod:`lamina.engine.fastpath`) are read
@@ -158,7 +165,8 @@ def capture_batches(
     route = fast_route(model, sorted({h for lay in layouts for h in lay.capture.hook_names}))
     for start in range(rows.start, rows.stop, micro_batch):
         stop = min(start + micro_batch, rows.stop)
-        yield range(start, stop), _forward_one(model, batch, layouts, positions, start, stop, check_finite, route)
+        yield range(start, stop), _forward_one(model, batch, layouts, positions, start, stop, check_finite, route,
+                                               on_entry)
 
 
 @dataclasses.dataclass
@@ -173,7 +181,8 @@ class _Copy:
     parts: tuple[int, ...] | None = None  # several consecutive parts merged into one copy
 
 
-def _forward_one(model, batch, layouts, positions, start, stop, check_finite, route=None) -> dict[str, torch.Tensor]:
+def _forward_one(model, batch, layouts, positions, start, stop, check_finite, route=None,
+                 on_entry=None) -> dict[str, torch.Tensor]:
     dev = model.device
     b = stop - start
     lengths = batch.lengths[start:stop]
@@ -183,75 +192,62 @@ def _forward_one(model, batch, layouts, positions, start, stop, check_finite, ro
     row0 = torch.arange(b, device=dev) * width  # flat index of each sample's position 0 in [b * width, feature]
     buffers: dict[str, torch.Tensor] = {}
     copies: dict[str, list[_Copy]] = {}  # hook name -> its copies
+    entries: dict[str, list[tuple]] = {}  # hook name -> the (layout, entry) it fills
+    waiting: dict[tuple[str, int], int] = {}  # (capture, entry) -> hooks of it not fired yet
     for lay in layouts:
         name = lay.capture.name
         shape = (lay.n_entries, b, *lay.sample_shape(batch.max_len))
         # every element is written below (by a hook, or zeroed as padding): no need to zero it first
-        buffers[name] = _empty(shape, dev)
+        buffers[name] = torch.empty(shape, dtype=torch.float32, device=dev)
         pos = positions[name]
         pos = None if pos is None else row0 + pos[start:stop].to(dev, non_blocking=True)
         for e, (group, widths) in enumerate(zip(lay.capture.hooks, lay.widths)):
             offset = 0
+            waiting[name, e] = len(set(group))
             for hook_name, w in zip(group, widths):
                 copies.setdefault(hook_name, []).append(_Copy(buffers[name], e, slice(offset, offset + w), pos))
+                if (lay, e) not in entries.setdefault(hook_name, []):
+                    entries[hook_name].append((lay, e))
                 offset += w
     n_hooks = len(copies)
     fired: set[str] = set()
+    short = [(i, n) for i, n in enumerate(lengths.tolist()) if n < width]
+    samples = range(start, stop)
+
+    def filled(names) -> None:
+        """Hooks ``names`` fired and were copied: finish every entry they completed."""
+        fired.update(names)
+        for hook_name in names:
+            for lay, e in entries[hook_name]:
+                key = (lay.capture.name, e)
+                waiting[key] -= 1
+                if waiting[key]:
+                    continue
+                values = buffers[lay.capture.name][e]
+                if lay.per_position:  # zero the pad positions: their activations are not data
+                    values[:, width:] = 0.0
+                    for i, n in short:
+                        values[i, n:width] = 0.0
+                if on_entry is not None:
+                    on_entry(lay.capture.name, e, samples, values)
+        if len(fired) == n_hooks:
+            raise _StopForward
+
     with torch.inference_mode():
         try:
             if route is not None:
-                _run_fast(route, copies, b, width, fired, n_hooks, tokens, mask)
+                _run_fast(route, copies, b, width, filled, tokens, mask)
             else:
-                _run_bridge(model, copies, b, width, fired, n_hooks, tokens, mask)
+                _run_bridge(model, copies, b, width, filled, tokens, mask)
         except _StopForward:
             pass
     if len(fired) != n_hooks:  # plan() saw every hook fire; a forward that skips one is a bug, not data
         raise RuntimeError(f"hook points {sorted(set(copies) - fired)} did not fire in this forward pass")
     for lay in layouts:
         buf = buffers[lay.capture.name]
-        if lay.per_position:  # zero the pad positions: their activations are not data
-            buf[:, :, width:] = 0.0
-            for i, n in enumerate(lengths.tolist()):
-                if n < width:
-                    buf[:, i, n:width] = 0.0
         if check_finite and not _all_finite(buf):
             _check_finite(buf, lay, start, positions[lay.capture.name], model.dtype)
     return buffers
-
-
-_HUGE_PAGE = 2 << 20
-
-
-def _empty(shape: tuple[int, ...], dev: torch.device) -> torch.Tensor:
-    """An uninitialised float32 buffer; on Linux CPUs a large one asks for transparent huge pages before
-    its first touch (a fresh multi-MiB buffer otherwise costs one page fault per 4 KiB as hooks fill it)."""
-    buf = torch.empty(shape, dtype=torch.float32, device=dev)
-    nbytes = buf.numel() * 4
-    if dev.type == "cpu" and nbytes >= 4 * _HUGE_PAGE and _madvise is not None:
-        start = -(-buf.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
-        stop = (buf.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE
-        if stop > start:
-            _madvise(start, stop - start, 14)  # MADV_HUGEPAGE; a refusal (e.g. THP off) changes nothing
-    return buf
-
-
-def _libc_madvise():
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_madvise = _libc_madvise()
 
 
 def _all_finite(buf: torch.Tensor) -> bool:
@@ -308,7 +304,7 @@ def _module_hook(kind: str, fn):
     return post
 
 
-def _run_fast(route, copies, b, width, fired, n_hooks, tokens, mask) -> None:
+def _run_fast(route, copies, b, width, filled, tokens, mask) -> None:
     by_module: dict = {}  # (twin module, "in" | "out") -> hook names
     for hook_name in copies:
         tap = route.taps[hook_name]
@@ -319,24 +315,20 @@ def _run_fast(route, copies, b, width, fired, n_hooks, tokens, mask) -> None:
 
         def fn(t: torch.Tensor) -> None:
             _copy_into(t.reshape(b, width, -1), ops, width)
-            fired.update(names)
-            if len(fired) == n_hooks:
-                raise _StopForward
+            filled(names)
 
         return fn
 
     route.run(tokens, mask, [(m, kind, _module_hook(kind, make(names))) for (m, kind), names in by_module.items()])
 
 
-def _run_bridge(model, copies, b, width, fired, n_hooks, tokens, mask) -> None:
+def _run_bridge(model, copies, b, width, filled, tokens, mask) -> None:
     def make(hook_name: str):
         ops = copies[hook_name]
 
         def fn(t: torch.Tensor, hook) -> torch.Tensor:
             _copy_into(t.reshape(b, width, -1), ops, width)
-            fired.add(hook_name)
-            if len(fired) == n_hooks:
-                raise _StopForward
+            filled((hook_name,))
             return t
 
         return fn

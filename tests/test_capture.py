@@ -52,3 +52,24 @@ def test_micro_batch_size_does_not_change_results(tiny_model):
     one = capture_arrays(m, batch, caps, micro_batch=len(TEXTS))["qkv"]
     many = capture_arrays(m, batch, caps, micro_batch=1)["qkv"]
     torch.testing.assert_close(one, many, atol=1e-5, rtol=1e-5)
+
+
+def test_entries_are_handed_over_final_during_the_forward(tiny_model):
+    """``on_entry`` sees each layer entry once per micro-batch, already final (pads zeroed), in layer order."""
+    m = tiny_model
+    batch = encode_texts(m.tokenizer, TEXTS, n_ctx=m.n_ctx)
+    L = m.n_layers
+    caps = [Capture("pre", layer_hooks("blocks.{layer}.mlp.hook_pre", range(L)), Selector.every()),
+            Capture("qkv", qkv_hooks(range(L)), Selector.last())]
+    from lamina.engine.capture import capture_batches, plan
+
+    layouts = plan(m, caps)
+    seen = []
+    outs = list(capture_batches(m, batch, layouts, rows=range(len(batch)), micro_batch=2,
+                                on_entry=lambda name, e, rows, values: seen.append((name, e, rows, values.clone()))))
+    assert len(seen) == 2 * L * len(outs)
+    for rows, out in outs:
+        mine = [(name, e, v) for name, e, r, v in seen if r == rows]
+        assert [e for name, e, _ in mine if name == "pre"] == list(range(L))
+        for name, e, values in mine:
+            torch.testing.assert_close(values, out[name][e], rtol=0, atol=0)

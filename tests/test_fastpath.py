@@ -58,14 +58,16 @@ def bridge_cache(model, batch, names: list[str]) -> dict[str, torch.Tensor]:
 
 
 def assert_equal_to_cache(out: dict, caps: list[Capture], ref: dict, lengths: list[int], what: str) -> None:
+    """Every real position equal to float32 noise: max |diff| <= 2e-5 x max |value| of that hook (both run the
+    same HF modules; the GEMM split of a joint Q|K|V, the LayerNorm formula or the SDPA mask layout may differ).
+    Pad positions are zero."""
     for cap in caps:
         for entry, (name,) in enumerate(cap.hooks):
             mine, theirs = out[cap.name][entry], ref[name]
+            diff = max(float((mine[i, :n] - theirs[i, :n]).abs().max()) for i, n in enumerate(lengths))
+            scale = max(float(theirs[i, :n].abs().max()) for i, n in enumerate(lengths))
+            assert diff <= 2e-5 * scale, f"{what}: {name}: max |diff| {diff} (max |value| {scale})"
             for i, n in enumerate(lengths):
-                a, r = mine[i, :n], theirs[i, :n]
-                diff = float((a - r).abs().max())
-                # float32 noise: both run the same HF modules; at most the GEMM split or SDPA kernel differs
-                assert diff <= 1e-5 * max(float(r.abs().max()), 1.0), f"{what}: {name} sample {i}: max |diff| {diff}"
                 assert not mine[i, n:].any(), f"{what}: {name}: pad positions must be zero"
 
 
