@@ -26,9 +26,9 @@ import torch
 from lamina.engine.errors import InputError
 from lamina.engine.hooks import Capture, qkv_hooks
 from lamina.engine.inputs import Selector
-from lamina.engine.kernels.histogram import histogram_edges, uniform_histogram
+from lamina.engine.kernels.histogram import histogram_edges
 from lamina.engine.kernels.moments import component_mean_variance
-from lamina.engine.kernels.similarity import QKV_BLOCKS, qkv_block_histograms, random_baseline_values
+from lamina.engine.kernels.similarity import QKV_BLOCKS, qkv_block_histograms, random_baseline_histograms
 from lamina.engine.labelled import Labelled, bins_coord, index_coord, labels
 from lamina.engine.provenance import sha256_texts
 
@@ -119,15 +119,8 @@ def histograms(x_target: torch.Tensor, x_nontarget: torch.Tensor, *, generator: 
     for name, center in (("cosine", False), ("correlation", True)):
         out[f"{name}_hist"] = torch.stack(
             [qkv_block_histograms(x, center=center, bins=BINS, lo=LO, hi=HI, **kw) for x in roles])
-    base: dict[str, list] = {"cosine": [], "correlation": []}
-    for layer in range(x_target.shape[0]):
-        state = generator.get_state()
-        for name, center in (("cosine", False), ("correlation", True)):
-            generator.set_state(state)  # the same permutation for both variants
-            values = random_baseline_values(x_target[layer], generator, center=center)  # [pair]
-            base[name].append(uniform_histogram(values, bins=BINS, lo=LO, hi=HI))
-    for name, rows in base.items():
-        out[f"baseline_{name}_hist"] = torch.stack(rows)  # [layer, bin]
+    for name, counts in random_baseline_histograms(x_target, generator, bins=BINS, lo=LO, hi=HI).items():
+        out[f"baseline_{name}_hist"] = counts  # [layer, bin]
     moments = [component_mean_variance(x, **kw) for x in roles]  # each ([layer, 3], [layer, 3])
     out["mean"] = torch.stack([m for m, _ in moments]).to(torch.float64)
     out["variance"] = torch.stack([v for _, v in moments]).to(torch.float64)

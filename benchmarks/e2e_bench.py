@@ -3,8 +3,9 @@
 The run records its own phases (``timings`` attribute: load, capture, compute, write, figures); the
 floor is measured in the same process afterwards on the same model and sentences: the raw HuggingFace
 body (no hooks, no LM head, its default attention kernel) over the same micro-batches, plus the six
-Q/K/V block products of every layer, role and variant (cosine, correlation) — the arithmetic the
-analysis cannot avoid.
+Q/K/V block products of every layer, role and variant (cosine, correlation) and of the random baseline
+(the shuffled target activations: the same six blocks make its whole upper triangle) — the arithmetic
+the analysis cannot avoid.
 
 >>> res = run_e2e("gpt2", device="cpu")          # doctest: +SKIP
 >>> res["ratio_to_floor"]         # (capture + compute) / (body + GEMMs)   # doctest: +SKIP
@@ -81,13 +82,13 @@ def _body_seconds(model: str, weights: str, device: str, tokens, lengths, repeat
 
 
 def _gemm_seconds(n_layers: int, n: int, features: int, device: str, repeats: int) -> float:
-    """Six (d × n)(n × d) block products per layer, for 2 roles × 2 variants (median of ``repeats``)."""
+    """Six (d × n)(n × d) block products per layer, for (2 roles + the baseline) × 2 variants (median of ``repeats``)."""
     d = features // 3
     x = torch.randn(n, features, device=device)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        for _layer in range(n_layers * 4):
+        for _layer in range(n_layers * 6):
             q, k, v = x[:, :d], x[:, d:2 * d], x[:, 2 * d:]
             for a, b in ((q, q), (k, k), (v, v), (q, k), (q, v), (k, v)):
                 a.T @ b

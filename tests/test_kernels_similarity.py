@@ -22,6 +22,7 @@ from lamina.engine.kernels.similarity import (
     feature_cosine,
     qkv_block_histograms,
     qkv_block_values,
+    random_baseline_histograms,
     random_baseline_values,
 )
 
@@ -186,6 +187,44 @@ def test_random_baseline_vs_loop(center):
     ii, jj = np.triu_indices(9, 1)
     np.testing.assert_allclose(got.numpy(), c[ii, jj], atol=1e-12, rtol=0)
     assert sorted(shuffled.reshape(-1).tolist()) == sorted(x.numpy().reshape(-1).tolist())
+
+
+@pytest.mark.parametrize("features", [2, 13, 30])
+def test_random_baseline_histograms_vs_numpy(features):
+    """Per layer one permutation (drawn in layer order, shared by both variants), then the histogram of the
+    strict upper triangle of the whole cosine / correlation matrix, as NumPy computes it pair by pair."""
+    rng = np.random.default_rng(features)
+    x = torch.from_numpy(rng.normal(size=(3, 17, features)).astype(np.float32))
+    got = random_baseline_histograms(x, torch.Generator().manual_seed(8), bins=20, lo=-1.0, hi=1.0)
+    g = torch.Generator().manual_seed(8)
+    perms = [torch.randperm(17 * features, generator=g).numpy() for _ in range(3)]
+    ii, jj = np.triu_indices(features, 1)
+    for name, center in (("cosine", False), ("correlation", True)):
+        assert tuple(got[name].shape) == (3, 20)
+        for layer in range(3):
+            shuffled = x[layer].numpy().reshape(-1)[perms[layer]].reshape(17, features)
+            values = ref_cosine(shuffled, center)[ii, jj]
+            want = np.histogram(values, bins=20, range=(-1.0, 1.0))[0]
+            # float32 products: a value within rounding of a bin edge may sit in the neighbouring bin
+            near = int(np.sum(np.abs(values[:, None] - np.linspace(-1, 1, 21)[None]) < 1e-5))
+            assert int(np.abs(got[name][layer].numpy() - want).sum()) <= 2 * near, (name, layer)
+            assert int(got[name][layer].sum()) == len(values)
+
+
+def test_random_baseline_histograms_equal_values_path():
+    """The fused counter counts exactly the values random_baseline_values gives for the same permutation
+    when both make the same products (float64: no rounding left to differ)."""
+    x = torch.randn(2, 23, 15, dtype=torch.float64)
+    got = random_baseline_histograms(x, torch.Generator().manual_seed(3), bins=50, lo=-1.0, hi=1.0)
+    g = torch.Generator().manual_seed(3)
+    for layer in range(2):
+        state = g.get_state()
+        for name, center in (("cosine", False), ("correlation", True)):
+            g.set_state(state)
+            want = uniform_histogram(random_baseline_values(x[layer], g, center=center), bins=50, lo=-1.0, hi=1.0)
+            assert torch.equal(got[name][layer], want), (name, layer)
+    with pytest.raises(InputError, match="layer, sample, feature"):
+        random_baseline_histograms(torch.zeros(3, 4), torch.Generator())
 
 
 def test_random_baseline_errors():

@@ -44,6 +44,7 @@ __all__ = [
     "qkv_block_values",
     "qkv_block_histograms",
     "random_baseline_values",
+    "random_baseline_histograms",
 ]
 
 QKV_BLOCKS: tuple[str, ...] = ("QQ", "KK", "VV", "QK", "QV", "KV")
@@ -414,6 +415,59 @@ def random_baseline_values(x: Tensor, generator: torch.Generator, *, center: boo
         raise InputError(f"the generator is on {generator.device} but x is on {x.device}")
     perm = torch.randperm(x.numel(), generator=generator, device=x.device)
     shuffled = x.reshape(-1)[perm].reshape(x.shape)
-    c = feature_correlation(shuffled) if center else feature_cosine(shuffled)
-    i, j = torch.triu_indices(x.shape[1], x.shape[1], offset=1, device=x.device)
+    return _upper(feature_correlation(shuffled) if center else feature_cosine(shuffled))
+
+
+def random_baseline_histograms(
+    x: Tensor, generator: torch.Generator, *, bins: int = 100, lo: float = -1.0, hi: float = 1.0
+) -> dict[str, Tensor]:
+    """Histograms of the random baseline of every layer, cosine and correlation, without the F × F matrix.
+
+    >>> import torch
+    >>> h = random_baseline_histograms(torch.randn(2, 54, 12), torch.Generator().manual_seed(0))
+    >>> {k: tuple(v.shape) for k, v in h.items()}, h["cosine"].sum(-1).tolist()
+    ({'cosine': (2, 100), 'correlation': (2, 100)}, [66, 66])
+
+    Per layer, in layer order, one ``torch.randperm`` of all elements of ``x[layer]`` drawn from
+    ``generator`` (the permutation of :func:`random_baseline_values`), shared by both variants.
+    The strict upper triangle of the whole feature matrix is exactly the union of the six Q/K/V
+    blocks of any split of the features into three parts, so it is counted by
+    :func:`qkv_block_histograms` (pieces counted in cache, on every worker) and summed over the
+    blocks: equal to ``uniform_histogram(random_baseline_values(x[layer], ...))`` up to the
+    rounding of the products' sums (a value within float rounding of a bin edge may land in the
+    neighbouring bin).
+
+    Args:
+        x: Tensor[layer, sample, feature].
+        generator: on x's device.
+        bins, lo, hi: uniform bins on ``[lo, hi]``.
+
+    Returns:
+        {"cosine": Tensor[layer, bin], "correlation": Tensor[layer, bin]} int64 counts.
+    """
+    if not isinstance(x, Tensor) or x.ndim != 3:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise InputError(f"expected a tensor [layer, sample, feature], got {shape}")
+    if generator.device.type != x.device.type:
+        raise InputError(f"the generator is on {generator.device} but x is on {x.device}")
+    n_layers, _, features = x.shape
+    shuffled = torch.stack([x[layer].reshape(-1)[torch.randperm(x[layer].numel(), generator=generator,
+                                                                 device=x.device)].reshape(x.shape[1:])
+                            for layer in range(n_layers)])  # (layer, sample, feature)
+    out = {}
+    for name, center in (("cosine", False), ("correlation", True)):
+        if features >= 3:
+            third = features // 3
+            widths = (third, third, features - 2 * third)
+            out[name] = qkv_block_histograms(shuffled, center=center, bins=bins, lo=lo, hi=hi,
+                                             widths=widths).sum(dim=1)
+        else:  # fewer than three features: no three-way split; the pairs directly
+            out[name] = torch.stack([
+                uniform_histogram(_upper(feature_correlation(s) if center else feature_cosine(s)),
+                                  bins=bins, lo=lo, hi=hi) for s in shuffled])
+    return out
+
+
+def _upper(c: Tensor) -> Tensor:
+    i, j = torch.triu_indices(c.shape[0], c.shape[1], offset=1, device=c.device)
     return c[i, j]
