@@ -97,7 +97,7 @@ def _lines(runs: Sequence[Labelled | None], labels: Sequence[str], figdir: Path,
         for k, (label, c) in enumerate(zip(labels, runs)):
             if c is None:
                 continue
-            y = _select(c, extra, names)
+            y = select_series(c, extra, names)
             if y is None:
                 continue
             x = relative_depth(len(y))
@@ -135,8 +135,10 @@ def _legend_columns(fig, names: Sequence[str]) -> int:
     return max(1, min(len(names), int(0.95 * fig.get_figwidth() / need)))
 
 
-def _select(c: Labelled, dims: Sequence[str], names: Sequence[str]) -> np.ndarray | None:
-    """The depth series of ``c`` at the labels ``names`` of ``dims`` (None when this run lacks a label)."""
+def select_series(c: Labelled | None, dims: Sequence[str], names: Sequence[str]) -> np.ndarray | None:
+    """The depth series of ``c`` at the labels ``names`` of ``dims`` (None when this run lacks the curve or a label)."""
+    if c is None:
+        return None
     data = c.numpy()
     index = []
     for d, name in zip(dims, names):

@@ -20,7 +20,7 @@ import numpy as np
 
 from lamina.engine.labelled import Labelled
 
-from .compare_plots import coord_labels
+from .compare_plots import coord_labels, select_series
 from .curves import is_heatmap, nan_mean_rows
 
 AT = ("first", "middle", "last", "mean")
@@ -50,7 +50,7 @@ def key_numbers(per_run: Sequence[Mapping[str, Labelled]]) -> list[dict]:
         for names in itertools.product(*(coord_labels(first, d) for d in extra)):
             values: dict[str, list] = {at: [] for at in AT}
             for curves in per_run:
-                y = _series(curves.get(name), extra, names)
+                y = select_series(curves.get(name), extra, names)
                 got = at_depths(y) if y is not None else {}
                 for at in AT:
                     v = got.get(at)
@@ -58,18 +58,6 @@ def key_numbers(per_run: Sequence[Mapping[str, Labelled]]) -> list[dict]:
             rows.append({"curve": name, "quantity": str(first.attrs.get("long_name", name)),
                          "series": " · ".join(names), "values": values})
     return rows
-
-
-def _series(c: Labelled | None, dims, names) -> np.ndarray | None:
-    if c is None:
-        return None
-    index = []
-    for d, n in zip(dims, names):
-        labs = coord_labels(c, d)
-        if n not in labs:
-            return None
-        index.append(labs.index(n))
-    return c.numpy()[tuple(index)]
 
 
 def write_csv(rows: Sequence[dict], labels: Sequence[str], path: Path) -> Path:

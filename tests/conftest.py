@@ -41,6 +41,19 @@ def make_checkpoint(folder, family: str, *, n_layers=3, d_model=64, n_heads=4, n
     return folder
 
 
+
+def make_nan_checkpoint(folder, *, n_layers: int, layer: int, neuron: int):
+    """A GPT-2 checkpoint whose block ``layer`` MLP bias is NaN at ``neuron``: NaN in mlp.hook_pre from there on."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    make_checkpoint(folder, "gpt2", n_layers=n_layers)
+    hf = AutoModelForCausalLM.from_pretrained(str(folder))
+    with torch.no_grad():
+        hf.transformer.h[layer].mlp.c_fc.bias[neuron] = float("nan")
+    hf.save_pretrained(str(folder))
+    return folder
+
 @pytest.fixture(scope="session", autouse=True)
 def _lamina_cache(tmp_path_factory):
     os.environ["LAMINA_CACHE"] = str(tmp_path_factory.mktemp("lamina-cache"))

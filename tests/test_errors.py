@@ -78,16 +78,9 @@ def test_position_out_of_range(tiny_model):
 
 
 def test_nan_in_activations_names_layer_and_position(tmp_path):
-    from .conftest import make_checkpoint
+    from .conftest import make_nan_checkpoint
 
-    folder = make_checkpoint(tmp_path / "nan", "gpt2", n_layers=3)
-    from transformers import AutoModelForCausalLM
-
-    hf = AutoModelForCausalLM.from_pretrained(str(folder))
-    with torch.no_grad():
-        hf.transformer.h[1].mlp.c_fc.bias[5] = float("nan")
-    hf.save_pretrained(str(folder))
-    m = load_model(str(folder))
+    m = load_model(str(make_nan_checkpoint(tmp_path / "nan", n_layers=3, layer=1, neuron=5)))
     batch = from_token_ids([[1, 2, 3], [4, 5, 6]], pad_id=0, n_ctx=m.n_ctx)
     caps = [Capture("acts/pre", layer_hooks("blocks.{layer}.mlp.hook_pre", range(3)), Selector.every())]
     with pytest.raises(NonFiniteError, match=r"blocks.1.mlp.hook_pre \(layer 1\) at sample 1, position 0"):

@@ -58,20 +58,14 @@ def test_corpus_of_one_token_length_is_refused_before_loading(gpt2_dir, tmp_path
 
 def test_nan_message_fits_the_dtype(tmp_path):
     """float32 runs are not told to 'try --dtype float32'; half-precision runs are."""
-    from transformers import AutoModelForCausalLM
-
     from lamina.engine.capture import capture_arrays
     from lamina.engine.hooks import Capture, layer_hooks
     from lamina.engine.inputs import Selector, from_token_ids
     from lamina.engine.models import load_model
 
-    from .conftest import make_checkpoint
+    from .conftest import make_nan_checkpoint
 
-    folder = make_checkpoint(tmp_path / "nan", "gpt2", n_layers=2)
-    hf = AutoModelForCausalLM.from_pretrained(str(folder))
-    with torch.no_grad():
-        hf.transformer.h[0].mlp.c_fc.bias[3] = float("nan")
-    hf.save_pretrained(str(folder))
+    folder = make_nan_checkpoint(tmp_path / "nan", n_layers=2, layer=0, neuron=3)
     batch = from_token_ids([[1, 2, 3]], pad_id=0, n_ctx=128)
     cap = [Capture("pre", layer_hooks("blocks.{layer}.mlp.hook_pre", range(2)), Selector.every())]
     for dtype, needle, absent in (("float32", "check the weights", "--dtype float32"),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from .hard_values import hard_values
 import lamina.engine.kernels.bucketing as bucket_mod
 import lamina.engine.kernels.workers as workers_mod
 from lamina.engine.kernels.bucketing import _plan, bucket_codes, clamp_free
@@ -17,22 +18,6 @@ from lamina.engine.kernels.histogram import PieceCounter, uniform_histogram
 from lamina.engine.kernels.workers import run_tasks
 
 RANGES = [(100, -1.0, 1.0), (80, -0.8, 0.8), (50, -8.0, 5.0), (37, -0.9, 1.0), (7, -0.3, 0.7), (1, 0.0, 1.0)]
-
-
-def hard_values(rng: np.random.Generator, dtype, bins: int, lo: float, hi: float, n: int = 3000) -> np.ndarray:
-    """Random values, every edge in dtype and its two neighbours, lo, hi, outside values, NaN, ±inf."""
-    edges = np.linspace(lo, hi, bins + 1).astype(dtype)
-    width = hi - lo
-    parts = [
-        rng.uniform(lo - 0.2 * width, hi + 0.2 * width, n).astype(dtype),
-        edges,
-        np.nextafter(edges, np.inf, dtype=dtype),
-        np.nextafter(edges, -np.inf, dtype=dtype),
-        np.array([lo, hi, hi, -0.0, 0.0, np.nan, np.inf, -np.inf, lo - 10 * width, hi + 10 * width], dtype=dtype),
-        np.array([1e-30, -1e-30, 1e-45, -1e-45], dtype=dtype),  # tiny values around an edge at 0
-    ]
-    v = np.concatenate(parts).astype(dtype)
-    return v[rng.permutation(v.size)]
 
 
 def reference_buckets(v: np.ndarray, bins: int, lo: float, hi: float) -> np.ndarray:
@@ -61,7 +46,7 @@ def test_arithmetic_path_is_taken_for_short_decimals(bins, lo, hi):
 )
 def test_bucket_codes_match_numpy(dtype, bins, lo, hi):
     rng = np.random.default_rng(bins)
-    v = hard_values(rng, dtype, bins, lo, hi)
+    v = hard_values(rng, dtype, bins, lo, hi, n=3000)
     plan = _plan(torch.from_numpy(v).dtype, bins, lo, hi)
     if plan.arith is None:  # float64 edges are not always the correctly rounded rationals
         pytest.skip("no exact arithmetic thresholds for this range in float64")

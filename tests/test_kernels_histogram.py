@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from .hard_values import hard_values
 import lamina.engine.kernels.histogram as hist_mod
 from lamina.engine.errors import InputError
 from lamina.engine.kernels.histogram import histogram_edges, uniform_histogram
@@ -23,25 +24,6 @@ RANGES = [
     (50, 1e4, 1e4 + 0.1),  # float32 edges a few ulp apart: exercises the binary-search path
 ]
 DTYPES = [np.float16, np.float32, np.float64]
-
-
-def hard_values(rng: np.random.Generator, dtype, bins: int, lo: float, hi: float, n: int = 400) -> np.ndarray:
-    """Random values plus every edge (in dtype), its neighbours, lo, hi, outside values, NaN, inf, ties."""
-    if lo == hi:
-        lo, hi = lo - 0.5, hi + 0.5
-    edges = np.linspace(lo, hi, bins + 1).astype(dtype)
-    width = hi - lo
-    parts = [
-        rng.uniform(lo - 0.1 * width, hi + 0.1 * width, n).astype(dtype),
-        edges,
-        np.nextafter(edges, np.inf, dtype=dtype),
-        np.nextafter(edges, -np.inf, dtype=dtype),
-        np.array([lo, hi, lo, hi, np.nan, np.inf, -np.inf, np.nan, lo - width, hi + width], dtype=dtype),
-        np.full(5, edges[bins // 2], dtype=dtype),  # ties on an interior edge
-        np.full(5, rng.uniform(lo, hi), dtype=dtype),  # ties inside a bin
-    ]
-    v = np.concatenate(parts).astype(dtype)
-    return v[rng.permutation(v.size)]
 
 
 def numpy_or_none(v: np.ndarray, bins: int, lo: float, hi: float, **kw):

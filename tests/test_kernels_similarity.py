@@ -373,6 +373,16 @@ def test_values_exactly_at_hi_land_in_the_last_bin(hi, monkeypatch):
                 np.testing.assert_array_equal(h[layer, b].numpy(), ref, err_msg=name)
 
 
+def assert_counts_of_values(x: torch.Tensor, bins: int = 100, lo: float = -1.0, hi: float = 1.0, **kw) -> None:
+    """qkv_block_histograms(x) equals np.histogram of qkv_block_values(x[layer]) for every layer and block."""
+    h = qkv_block_histograms(x, bins=bins, lo=lo, hi=hi, **kw)
+    for layer in range(x.shape[0]):
+        vals = qkv_block_values(x[layer], **kw)
+        for b, name in enumerate(QKV_BLOCKS):
+            ref = np.histogram(vals[name].numpy(), bins=bins, range=(lo, hi))[0]
+            np.testing.assert_array_equal(h[layer, b].numpy(), ref, err_msg=f"layer {layer} {name}")
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_histograms_do_not_depend_on_workers_and_match_values_at_size(threads, monkeypatch):
     """Realistic shapes (MKL's real kernels): any number of workers gives the counts of the values."""
@@ -383,12 +393,7 @@ def test_histograms_do_not_depend_on_workers_and_match_values_at_size(threads, m
     torch.set_num_threads(threads)
     try:
         for center in (False, True):
-            h = qkv_block_histograms(x, center=center)
-            for layer in range(2):
-                vals = qkv_block_values(x[layer], center=center)
-                for b, name in enumerate(QKV_BLOCKS):
-                    ref = np.histogram(vals[name].numpy(), bins=100, range=(-1.0, 1.0))[0]
-                    np.testing.assert_array_equal(h[layer, b].numpy(), ref, err_msg=name)
+            assert_counts_of_values(x, center=center)
     finally:
         torch.set_num_threads(old)
     assert torch.get_num_threads() == old
@@ -397,12 +402,7 @@ def test_histograms_do_not_depend_on_workers_and_match_values_at_size(threads, m
 def test_non_finite_input_uses_the_general_path():
     x = torch.randn(2, 8, 12)
     x[1, 3, 5] = float("nan")
-    h = qkv_block_histograms(x)
-    for layer in range(2):
-        vals = qkv_block_values(x[layer])
-        for b, name in enumerate(QKV_BLOCKS):
-            ref = np.histogram(vals[name].numpy(), bins=100, range=(-1.0, 1.0))[0]
-            np.testing.assert_array_equal(h[layer, b].numpy(), ref)
+    assert_counts_of_values(x)
 
 
 def test_whole_blocks_and_per_piece_hi_counts_as_on_accelerators(monkeypatch):
@@ -424,9 +424,4 @@ def test_whole_blocks_and_per_piece_hi_counts_as_on_accelerators(monkeypatch):
     x[0, :, 8] = [1.0, 0.0, 0.0, 0.0, 0.0]  # exactly 1
     xt = torch.from_numpy(x).float()
     for widths in (None, (9, 6, 6)):
-        h = qkv_block_histograms(xt, widths=widths)
-        for layer in range(2):
-            vals = qkv_block_values(xt[layer], widths=widths)
-            for b, name in enumerate(QKV_BLOCKS):
-                ref = np.histogram(vals[name].numpy(), bins=100, range=(-1.0, 1.0))[0]
-                np.testing.assert_array_equal(h[layer, b].numpy(), ref, err_msg=name)
+        assert_counts_of_values(xt, widths=widths)
