@@ -148,7 +148,8 @@ def _verify(run) -> None:
 @click.argument("store")
 @click.pass_context
 def plot(ctx, store):
-    """(Re)draw the figures of a complete run into STORE/figures; figure options as for `lamina run`."""
+    """(Re)draw the figures of a complete run into STORE/figures and refresh STORE/report.html; figure
+    options as for `lamina run`."""
     from lamina.engine.reader import open_run
     from lamina.engine.verify import verify as check
 
@@ -164,6 +165,9 @@ def plot(ctx, store):
     sub = parser.make_context("lamina plot STORE", list(ctx.args), parent=ctx)
     for path in draw(analysis, run, figure_settings(analysis, sub.params)):
         click.echo(str(path))
+    from .report import write_report
+
+    click.echo(write_report(analysis, run))  # the page lists every figure the folder now holds
 
 
 @app.command("analyses", context_settings=CONTEXT)

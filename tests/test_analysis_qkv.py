@@ -282,5 +282,7 @@ def test_figure_layer_is_clipped_and_redrawn_without_rerunning(tmp_path):
     out = tmp_path / "run"
     run_analysis("qkv", qkv.Config(), RunOptions(model=str(folder), out=str(out), progress=False), layer=6)
     assert (out / "figures" / "qkv_block1_cosine.png").exists()
+    assert "qkv_block0_cosine.png" not in (out / "report.html").read_text(encoding="utf-8")
     cli_main(["plot", str(out), "--layer", "0"])
     assert (out / "figures" / "qkv_block0_cosine.png").exists()
+    assert "figures/qkv_block0_cosine.png" in (out / "report.html").read_text(encoding="utf-8")  # page refreshed
