@@ -89,13 +89,40 @@ def plan(model: LoadedModel, captures: Sequence[Capture]) -> list[CaptureLayout]
     return out
 
 
+def per_position(t: torch.Tensor, b: int, width: int) -> torch.Tensor | None:
+    """``t`` as [b, width, features]: a hook value [b, width, ...] or flattened [(b width), ...] (OPT's MLP);
+    None when it is not one value per token position (attention patterns, head-major [b, head, pos, d])."""
+    if t.ndim >= 2 and t.shape[0] == b and t.shape[1] == width:
+        return t.reshape(b, width, -1)
+    if t.ndim >= 1 and t.shape[0] == b * width and (b > 1 or t.ndim >= 2):
+        return t.reshape(b, width, -1)
+    return None
+
+
+def _not_per_position(name: str, shape) -> InputError:
+    return InputError(
+        f"hook {name!r} gives a tensor of shape {list(shape)}, not one value per token position "
+        "([batch, position, ...]); lamina captures per-position hooks (e.g. attn.hook_q, hook_resid_post, "
+        "mlp.hook_pre, hook_z). Attention patterns and scores, and head-major tensors, cannot be captured: "
+        "capture hook_q and hook_k instead")
+
+
+def _probe_length(model: LoadedModel) -> int:
+    """Tokens of the probe forward: a length no head count or head width equals, so that a head-major
+    tensor [1, head, pos, d] cannot pass for a per-position one [1, pos, ...]."""
+    taken = {getattr(model.cfg, k, None) for k in ("n_heads", "n_key_value_heads", "d_head")}
+    taken.add(getattr(getattr(model, "info", None), "n_kv_heads", None))
+    return next(p for p in (3, 5, 7, 11, 13, 17, 19, 23) if p not in taken)
+
+
 def _probe_widths(model: LoadedModel, hooks: list[str]) -> dict[str, int]:
-    """{hook: features per position} from a 2-token forward (fast path when every hook has one)."""
+    """{hook: features per position} from a short forward (fast path when every hook has one)."""
     route = fast_route(model, hooks)
     if route is not None and all(h in route.twin.widths for h in hooks):  # probed before on this model
         return {h: route.twin.widths[h] for h in hooks}
     widths: dict[str, int] = {}
-    tokens = torch.zeros((1, 2), dtype=torch.long, device=model.device)
+    n = _probe_length(model)
+    tokens = torch.zeros((1, n), dtype=torch.long, device=model.device)
     with torch.inference_mode():
         try:
             if route is not None:
@@ -105,7 +132,10 @@ def _probe_widths(model: LoadedModel, hooks: list[str]) -> dict[str, int]:
 
                 def probe_module(names):
                     def fn(t: torch.Tensor):
-                        flat = t.reshape(1, 2, -1)[0, 0]  # (OPT's MLP runs on [batch * pos, feature])
+                        rows = per_position(t, 1, n)  # (OPT's MLP runs on [batch * pos, feature])
+                        if rows is None:
+                            raise _not_per_position(names[0], t.shape)
+                        flat = rows[0, 0]
                         for h in names:
                             widths[h] = int(split_part(flat, route.taps[h].part)[0].numel())
                         if len(widths) == len(hooks):
@@ -117,7 +147,10 @@ def _probe_widths(model: LoadedModel, hooks: list[str]) -> dict[str, int]:
             else:
                 def probe(name):
                     def fn(t, hook):
-                        widths[name] = int(t[0, 0].numel())
+                        rows = per_position(t, 1, n)
+                        if rows is None:
+                            raise _not_per_position(name, t.shape)
+                        widths[name] = int(rows[0, 0].numel())
                         if len(widths) == len(hooks):
                             raise _StopForward
                         return t
@@ -304,6 +337,13 @@ def _module_hook(kind: str, fn):
     return post
 
 
+def _rows(t: torch.Tensor, b: int, width: int, name: str) -> torch.Tensor:
+    rows = per_position(t, b, width)
+    if rows is None:
+        raise _not_per_position(name, t.shape)
+    return rows
+
+
 def _run_fast(route, copies, b, width, filled, tokens, mask) -> None:
     by_module: dict = {}  # (twin module, "in" | "out") -> hook names
     for hook_name in copies:
@@ -314,7 +354,7 @@ def _run_fast(route, copies, b, width, filled, tokens, mask) -> None:
         ops = _merge([dataclasses.replace(op, part=route.taps[h].part) for h in names for op in copies[h]])
 
         def fn(t: torch.Tensor) -> None:
-            _copy_into(t.reshape(b, width, -1), ops, width)
+            _copy_into(_rows(t, b, width, names[0]), ops, width)
             filled(names)
 
         return fn
@@ -327,7 +367,7 @@ def _run_bridge(model, copies, b, width, filled, tokens, mask) -> None:
         ops = copies[hook_name]
 
         def fn(t: torch.Tensor, hook) -> torch.Tensor:
-            _copy_into(t.reshape(b, width, -1), ops, width)
+            _copy_into(_rows(t, b, width, hook_name), ops, width)
             filled((hook_name,))
             return t
 

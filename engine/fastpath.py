@@ -23,10 +23,13 @@ The resolution is not a table of names: each hook name is looked up in the bridg
 a ``LinearBridge``'s ``hook_out`` (the wrapped projection's output), a block's
 ``hook_in``/``hook_out`` and the final norm's ``hook_out``; the joint Q|K|V projections of
 GPT-2 and GPT-NeoX (whose separate q/k/v the bridge makes itself) by their HF attention
-class. Everything else - attention scores and patterns, ``hook_z``, ``hook_resid_mid``,
-norms' inner hooks, ... - is not mapped, and a capture that asks for one runs on the
-bridge (``capture.py``'s general path), as does any family not in :data:`FAMILIES`, a
-bridge carrying hooks of its own, a bridge in training mode, or ``LAMINA_FASTPATH=0``.
+class. Everything else - ``hook_z``, ``hook_resid_mid``, norms' inner hooks, ... - is not
+mapped, and a capture that asks for one runs on the bridge (attention scores and patterns,
+which have no value per token position, are refused by ``capture.plan`` on either path) (``capture.py``'s general path), as does any family not in :data:`FAMILIES`, a
+bridge carrying hooks of its own, a bridge in training mode, a bridge whose weights changed
+after :func:`remember_weights` (edited in place, replaced, reloaded: the bridge keeps its own
+copies of some, e.g. GPT-NeoX's split q/k/v, so the two would disagree), or ``LAMINA_FASTPATH=0``.
+The joint Q|K|V projection's own ``hook_out`` is not mapped either: the bridge never fires it.
 
 The forward runs on a *twin* of the bridged HF model: the same HF module classes,
 shallow-copied with every bridge wrapper replaced by the HF module it wraps, sharing
@@ -102,6 +105,7 @@ class Twin:
         # hook point -> (owning bridge component, "hook_in" | "hook_out")
         self._owner: dict[int, tuple[Any, str]] = {}
         self._joint_parent: dict[int, tuple[Any, int]] = {}  # id(q/k/v bridge) -> (attention bridge, index)
+        self._joint_projections: set[int] = set()  # id(HF joint Q|K|V projection): its hook_out never fires
         for comp in bridge.modules():
             if isinstance(comp, GeneralizedComponent):
                 for attr in ("hook_in", "hook_out"):
@@ -110,6 +114,9 @@ class Twin:
                         self._owner.setdefault(id(hp), (comp, attr))
                 oc = comp._modules.get("_original_component")
                 if oc is not None and type(oc).__name__ in JOINT_QKV:
+                    proj = oc._modules.get(JOINT_QKV[type(oc).__name__][0])  # HF's, or the bridge's wrapper
+                    if proj is not None:
+                        self._joint_projections |= {id(proj), id(proj._modules.get("_original_component"))}
                     for i, key in enumerate("qkv"):
                         sub = comp._modules.get(key)
                         if sub is not None:
@@ -201,6 +208,8 @@ class Twin:
             return Tap(self._clones[id(inner)], "out")
         if not isinstance(comp, LinearBridge):
             return None
+        if {id(comp), id(inner)} & self._joint_projections:  # the bridge runs its split q/k/v instead
+            return None
         if id(inner) in self._clones:  # a projection of the HF model itself
             return Tap(self._clones[id(inner)], "out")
         joint = self._joint_parent.get(id(comp))  # q/k/v split by the bridge from a joint projection
@@ -241,6 +250,11 @@ def twin(model) -> Twin | None:
     hf = getattr(bridge, "original_model", None)
     if hf is None or getattr(hf.config, "model_type", None) not in FAMILIES or not hasattr(bridge, "blocks"):
         return None
+    loaded = bridge.__dict__.get("_lamina_weights")
+    if loaded is None:  # a bridge lamina did not load: its weights as first seen
+        remember_weights(bridge)
+    elif loaded != _weights_signature(bridge):
+        return None
     kinds = _attention_kinds(bridge)
     cached = bridge.__dict__.get("_lamina_twin")
     if cached is not None and cached.attention == kinds and not cached.stale():
@@ -252,6 +266,16 @@ def twin(model) -> Twin | None:
     if built is not None:
         object.__setattr__(bridge, "_lamina_twin", built)  # not a submodule: no state_dict, no hook_dict entry
     return built
+
+
+def _weights_signature(bridge) -> tuple:
+    """Every parameter's identity, storage and in-place version counter (bumped by every in-place edit)."""
+    return tuple((id(p), p.data_ptr(), p._version) for p in bridge.parameters())
+
+
+def remember_weights(bridge) -> None:
+    """Record ``bridge``'s weights as loaded; the fast path runs only while they are unchanged."""
+    object.__setattr__(bridge, "_lamina_weights", _weights_signature(bridge))  # plain attribute, not state
 
 
 def _bridge_is_plain(bridge, modules: Sequence[torch.nn.Module]) -> bool:

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import torch
 
 from .errors import InputError, ModelNotFoundError
+from .fastpath import remember_weights
 from .model_configs import GPT2_BPE_NAMES, SHIPPED_CONFIGS
 from .model_info import ModelInfo, adapter_for, hf_config, shapes
 from .model_source import ResolvedSource, fetch_weights, quiet, resolve
@@ -240,6 +241,7 @@ def load_model(
     if dev.type == "meta":
         with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints "Moving model to device"
             bridge.to("meta")  # the fused Q|K|V storage TransformerLens read at boot goes
+    remember_weights(bridge)  # the capture fast path runs while these weights stay as loaded
     return LoadedModel(bridge, info.tokenizer, info.name, src.kind, seed if src.kind == "random" else None, dev, dt,
                        info)
 

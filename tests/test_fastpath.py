@@ -165,3 +165,66 @@ def test_hook_whose_module_does_not_fire_goes_to_the_bridge(family_model):
         tw._taps.clear()
         tw.widths.clear()
     assert fastpath.fast_route(m, names) is not None
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "gpt2", "llama"])
+@pytest.mark.parametrize("where", ["bridge", "hf"])
+def test_weights_edited_after_load_run_on_the_bridge(family, where, tmp_path):
+    """An in-place edit of a weight (TransformerLens' own q/k/v copy, or the HF module's weight) after load:
+    the fast path steps aside and the capture equals the bridge's own hooks. (GPT-NeoX's bridge keeps
+    split q/k/v copies of the joint projection: a twin would otherwise miss the first edit.)"""
+    from lamina.engine.models import load_model
+
+    m = load_model(str(make_family_checkpoint(tmp_path / family, family)))
+    caps = captures(m.n_layers, MAPPED[-1:])
+    names = [h for c in caps for h in c.hook_names]
+    assert fastpath.fast_route(m, names) is not None
+    owner = m.bridge.blocks[0].attn if where == "bridge" else m.bridge.original_model
+    name, weight = next((n, p) for n, p in owner.named_parameters() if p.ndim == 2 and "attn" in f"attn.{n}")
+    with torch.no_grad():
+        weight.mul_(3.0)
+    assert fastpath.fast_route(m, names) is None, f"{family}: {name} edited, the fast path must step aside"
+    batch = random_batch(m.n_ctx, seed=4)
+    out = capture_arrays(m, batch, caps, micro_batch=2)
+    assert_equal_to_cache(out, caps, bridge_cache(m, batch, names), batch.lengths.tolist(), f"{family} edited")
+
+
+def test_joint_projection_output_is_not_offered(family_model):
+    """The joint Q|K|V projection's own hook_out never fires on the bridge (it runs its split q/k/v):
+    refused on both paths alike, never a value only the fast path has."""
+    from lamina.engine.errors import InputError
+
+    family, m = family_model
+    name = "blocks.0.attn.qkv.hook_out"
+    if name not in fastpath.hook_points(m.bridge):
+        pytest.skip(f"{family} has no joint Q|K|V projection")
+    assert fastpath.fast_route(m, [name]) is None
+    with pytest.raises(InputError, match="did not fire"):
+        capture_arrays(m, random_batch(m.n_ctx), [Capture("x", ((name,),), Selector.every())])
+
+
+def test_hooks_without_one_value_per_position_are_refused(family_model):
+    """Attention patterns/scores and head-major tensors ([batch, head, pos, d], e.g. Gemma 3's normed k)
+    are one clear InputError at planning, never reshaped into wrong rows."""
+    from lamina.engine.errors import InputError
+
+    family, m = family_model
+    points = fastpath.hook_points(m.bridge)
+    names = [n for n in ("blocks.0.attn.hook_pattern", "blocks.0.attn.hook_attn_scores",
+                         "blocks.0.attn.hook_k_normed", "blocks.0.attn.hook_q_normed") if n in points]
+    assert names, f"{family}: expected an attention pattern hook"
+    for name in names:
+        with pytest.raises(InputError, match="not one value per token position"):
+            capture_arrays(m, random_batch(m.n_ctx), [Capture("x", ((name,),), Selector.every())])
+
+
+def test_norm_hooks_on_flattened_tokens_are_captured(family_model):
+    """Norm hooks the bridge fires on [batch * pos, feature] (OPT's MLP side) are per position too."""
+    family, m = family_model
+    name = "blocks.0.ln2.hook_normalized"
+    if name not in fastpath.hook_points(m.bridge):
+        pytest.skip(f"{family} has no {name}")
+    batch = random_batch(m.n_ctx, seed=5)
+    caps = [Capture("ln2", ((name,),), Selector.every())]
+    out = capture_arrays(m, batch, caps, micro_batch=2)
+    assert_equal_to_cache(out, caps, bridge_cache(m, batch, [name]), batch.lengths.tolist(), f"{family} ln2")
