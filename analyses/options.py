@@ -56,9 +56,18 @@ class RunOptions:
             raise InputError(f"--unit-samples must be >= 1, got {self.unit_samples}")
         if self.model is not None and not str(self.model).strip():
             raise InputError("--model is empty; give a model name or a checkpoint folder")
+        if str(self.device).strip().lower().split(":")[0] == "meta":
+            raise InputError("--device meta builds a model's shapes without memory (lamina.load_model(..., "
+                             "device='meta')); it cannot run an analysis or a capture: use --device cpu, cuda or auto")
 
     def with_model(self, default: str) -> RunOptions:
-        return self if self.model else dataclasses.replace(self, model=default)
+        """``--model``, else the architecture named by ``--config`` (its absolute path), else ``default``."""
+        if self.model:
+            return self
+        if self.config:
+            path = Path(self.config).expanduser().resolve()
+            return dataclasses.replace(self, model=str(path.parent if path.name == "config.json" else path))
+        return dataclasses.replace(self, model=default)
 
     def out_for(self, experiment: str, out_dir: str = "runs") -> str:
         """``--out``, or the default ``runs/EXPERIMENT-MODEL[-random]``."""

@@ -41,16 +41,31 @@ class TargetSentences:
         return self.target_pos - 1
 
 
+# words offered as single-token targets, when this model's vocabulary holds them whole
+_ALTERNATIVES = (" her", " him", " his", " them", " she", " he", " it", " the")
+
+
 def target_token(tok, word: str) -> int:
-    """The one token id of ``word`` (with its leading space); InputError naming the pieces otherwise."""
+    """The one token id of ``word`` (with its leading space); InputError naming the pieces otherwise, and
+    for a word this vocabulary does not know (it becomes the unknown token)."""
     ids = tok(word, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        pieces = [tok.decode([i]) for i in ids]
-        raise InputError(
-            f"target {word!r} is not one token for this model's tokenizer: with its leading space it becomes "
-            f"{len(ids)} tokens {pieces} (ids {ids}); pass a --target that is a single token, e.g. ' her' or ' him'"
-        )
-    return int(ids[0])
+    unk = getattr(tok, "unk_token_id", None)
+    if len(ids) == 1 and (unk is None or ids[0] != unk or tok.decode(ids).strip() == word.strip()):
+        return int(ids[0])
+    alts = [w for w in _ALTERNATIVES if w != word and _whole(tok, w, unk)][:3]
+    fix = ("pass a --target that is a single token of this vocabulary, e.g. " + " or ".join(map(repr, alts))
+           if alts else "pass a --target that this vocabulary holds as one token")
+    if len(ids) == 1:
+        raise InputError(f"target {word!r} is not in this model's vocabulary: it becomes the unknown token "
+                         f"{tok.decode(ids)!r} (id {ids[0]}); {fix}")
+    pieces = [tok.decode([i]) for i in ids]
+    raise InputError(f"target {word!r} is not one token for this model's tokenizer: with its leading space it becomes "
+                     f"{len(ids)} tokens {pieces} (ids {ids}); {fix}")
+
+
+def _whole(tok, word: str, unk: int | None) -> bool:
+    ids = tok(word, add_special_tokens=False)["input_ids"]
+    return len(ids) == 1 and ids[0] != unk
 
 
 def read_target_sentences(path: str | Path, word: str, tok, *, n_ctx: int, bos_token_id: int | None = None,

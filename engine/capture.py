@@ -70,6 +70,9 @@ def plan(model: LoadedModel, captures: Sequence[Capture]) -> list[CaptureLayout]
     """Validate hooks, and find each hook's feature width with a 2-token probe forward."""
     if not captures:
         raise InputError("nothing to capture: give at least one capture")
+    if model.device.type == "meta":
+        raise InputError("a model on the meta device has shapes but no weights: it cannot run a capture; load it "
+                         "with device='cpu' or 'cuda'")
     names = [c.name for c in captures]
     if len(set(names)) != len(names):
         raise InputError(f"capture names must be unique, got {names}")

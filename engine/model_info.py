@@ -35,6 +35,8 @@ class ModelInfo:
     revision: str | None  # resolved commit hash of the hub snapshot, when known
     config_source: str = ""  # "table" | "hf-cache" | "hub" | "config-file" | "checkpoint"
     tokenizer_source: str = ""  # "model" (its own) | "gpt2-bpe (bundled)"
+    config_path: str | None = None  # the config.json the architecture was read from (absolute), when a file
+    config_sha256: str | None = None  # of that file's bytes
 
     @property
     def q_width(self) -> int:

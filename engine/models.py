@@ -140,6 +140,8 @@ class LoadedModel:
             out.update(family=i.family, revision=i.revision, n_kv_heads=i.n_kv_heads, d_head=i.d_head,
                        vocab=i.vocab, gated_mlp=i.gated_mlp, config_source=i.config_source,
                        tokenizer=i.tokenizer_source, bos_token_id=i.bos_token_id)
+            if i.config_path:
+                out.update(config_path=i.config_path, config_sha256=i.config_sha256)
         blocks = sdpa_blocks(self.bridge)
         out["attention"] = "sdpa" if all(blocks) else "eager" if not any(blocks) else "mixed"
         if self.is_random:
@@ -260,9 +262,19 @@ def _inspect(name, weights, revision, config, need_tokenizer: bool = True) -> tu
     info = ModelInfo(
         name=src.name, source=src.kind, architecture=src.architecture, family=src.family, tokenizer=tok,
         bos_token_id=bos_token_id(tok) if tok is not None else None, revision=src.revision,
-        config_source=src.config_source, tokenizer_source=tok_source, **sizes,
+        config_source=src.config_source, tokenizer_source=tok_source, **sizes, **_config_file(src.config_path),
     )
     return info, src, cfg
+
+
+def _config_file(path: str | None) -> dict:
+    """The config.json's absolute path and sha256, for provenance (nothing for the shipped table)."""
+    if not path or not os.path.isfile(path):
+        return {}
+    import hashlib
+
+    data = Path(path).read_bytes()
+    return {"config_path": str(Path(path).resolve()), "config_sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _boot_bridge(model_name: str, hf_model, tok, dev: torch.device, dt: torch.dtype):

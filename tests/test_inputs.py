@@ -74,3 +74,23 @@ def test_nan_message_fits_the_dtype(tmp_path):
             capture_arrays(load_model(str(folder), dtype=dtype), batch, cap)
         assert needle in str(e.value) and (absent is None or absent not in str(e.value))
     assert np.isnan(np.float32("nan"))
+
+
+def test_target_outside_the_vocabulary_is_refused_with_alternatives_it_holds():
+    """A word the tokenizer maps to its unknown token is no target; the suggested targets are single tokens
+    of THIS vocabulary (not GPT-2's)."""
+    from lamina.analyses.sentences import target_token
+    from lamina.engine.tokenizer import gpt2_tokenizer
+
+    from .families import word_tokenizer
+
+    tok = word_tokenizer()
+    assert target_token(tok, " her") == tok.convert_tokens_to_ids("her")
+    with pytest.raises(InputError, match=r"' zebra' is not in this model's vocabulary: it becomes the unknown token") as e:
+        target_token(tok, " zebra")
+    assert "' her' or ' she'" in str(e.value) and "' him'" not in str(e.value)  # 'him' is not in this vocabulary
+    with pytest.raises(InputError, match=r"becomes 2 tokens \['her', ','\]") as e:
+        target_token(tok, " her,")
+    assert "' him'" not in str(e.value)
+    with pytest.raises(InputError, match="e.g. ' her' or ' him' or ' his'"):
+        target_token(gpt2_tokenizer(), " hello world")
