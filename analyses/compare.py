@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lamina.engine import destination as dst
-from lamina.engine.errors import InputError
+from lamina.engine.errors import InputError, StoreNotWritableError
 from lamina.engine.labelled import Labelled
 from lamina.engine.reader import Run, open_run
 from lamina.engine.verify import verify
@@ -68,18 +68,27 @@ def compare(runs: Sequence[str | os.PathLike | Run], *, out: str | os.PathLike,
     """
     folder = _check_out(out)
     analysis, opened = open_runs(runs, allow_different_stimuli=allow_different_stimuli)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreNotWritableError(f"cannot create --out {str(out)!r}: {e.strerror or e}; choose a writable "
+                                    "folder") from None
     fn = analysis.curves_function()
     per_run = [dict(fn(run)) for run in opened]
     labels = run_labels(opened)
-    figures = draw_comparison(per_run, labels, folder / dst.FIGURES, experiment=analysis.name,
-                              random=[lab for lab, r in zip(labels, opened) if r.attrs.get("weights") == "random"])
-    rows = key_numbers(per_run)
-    table = write_csv(rows, labels, folder / TABLE)
-    data = comparison_data(analysis, opened, labels, per_run, rows, figures, folder,
-                           allow_different_stimuli=allow_different_stimuli)
-    (folder / DATA).write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
-    report = write_comparison_report(folder, data)
+    try:
+        figures = draw_comparison(per_run, labels, folder / dst.FIGURES, experiment=analysis.name,
+                                  random=[lab for lab, r in zip(labels, opened) if r.attrs.get("weights") == "random"])
+        dst.record_figures(folder / dst.FIGURES, [Path(p).name for p in figures])
+        rows = key_numbers(per_run)
+        table = write_csv(rows, labels, folder / TABLE)
+        data = comparison_data(analysis, opened, labels, per_run, rows, figures, folder,
+                               allow_different_stimuli=allow_different_stimuli)
+        (folder / DATA).write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+        report = write_comparison_report(folder, data)
+    except OSError as e:
+        raise StoreNotWritableError(f"cannot write the comparison into {str(folder)!r}: {e.strerror or e}; "
+                                    "choose a writable --out") from None
     return Comparison(str(folder), analysis.name, tuple(r.url for r in opened), tuple(labels),
                       tuple(str(p) for p in figures), str(table), str(report))
 
@@ -191,4 +200,33 @@ def _check_out(out: str | os.PathLike) -> Path:
         raise InputError(f"--out {str(out)!r} is a Zarr group (a run?); give a new or a comparison folder")
     if folder.exists() and not folder.is_dir():
         raise InputError(f"--out {str(out)!r} is a file; give a folder")
+    for above in folder.resolve().parents:
+        if (above / "zarr.json").is_file():
+            raise InputError(f"--out {str(out)!r} is inside the Zarr group {str(above)!r} (a run?); give a folder "
+                             "outside any run")
+    if folder.is_dir() and any(folder.iterdir()):
+        foreign = _foreign_in_comparison(folder)
+        if foreign:
+            raise InputError(f"--out {str(out)!r} holds entries lamina did not write ({', '.join(foreign[:5])}); "
+                             "give a new or empty folder, or the folder of an earlier comparison (lamina deletes and "
+                             "replaces only what it wrote)")
     return folder
+
+
+def _foreign_in_comparison(folder: Path) -> list[str]:
+    """What a comparison folder holds that an earlier ``lamina compare`` did not write."""
+    try:
+        ours = json.loads((folder / DATA).read_text(encoding="utf-8")).get("kind") == "lamina comparison"
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        return sorted(p.name for p in folder.iterdir())
+    out = []
+    for child in folder.iterdir():
+        if child.name in (DATA, TABLE, dst.REPORT) and child.is_file():
+            continue
+        if child.name == dst.FIGURES and child.is_dir():
+            out += [f"{dst.FIGURES}/{n}" for n in dst.foreign_figures(child)]
+        else:
+            out.append(child.name)
+    return sorted(out)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lamina.engine import destination as dst
 from lamina.engine.labelled import Coord, Labelled
 
 from .curves import depth_dim, is_heatmap, relative_depth
@@ -43,8 +44,9 @@ def draw_comparison(per_run: Sequence[Mapping[str, Labelled]], labels: Sequence[
     matplotlib.use("Agg")
     figdir = Path(figdir)
     figdir.mkdir(parents=True, exist_ok=True)
-    for old in figdir.glob("compare_*"):  # a previous comparison's figures would be mistaken for these
-        old.unlink()
+    for old in dst.lamina_figures(figdir) or ():  # a previous comparison's figures would be mistaken for these
+        if (figdir / old).is_file():
+            (figdir / old).unlink()
     note = f"RANDOM WEIGHTS (scientifically meaningless): {', '.join(random)}" if random else ""
     paths: list[Path] = []
     for name, first in per_run[0].items():

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina.engine import destination as dst
-from lamina.engine.errors import InputError
+from lamina.engine.errors import InputError, StoreNotWritableError
 from lamina.engine.reader import Run, open_run
 
 from . import registry
@@ -42,7 +42,7 @@ def write_report(analysis: Analysis | None, run: Run) -> str:
     html = render_run(analysis, run)
     if dst.is_local(run.url):
         path = Path(run.folder) / dst.REPORT
-        path.write_text(html, encoding="utf-8")
+        _write(path, html)
         return str(path)
     import fsspec
 
@@ -50,6 +50,14 @@ def write_report(analysis: Analysis | None, run: Run) -> str:
     target = f"{root.rstrip('/')}/{dst.REPORT}"
     fs.pipe_file(target, html.encode("utf-8"))
     return f"{run.url.rstrip('/')}/{dst.REPORT}"
+
+
+def _write(path: Path, html: str) -> None:
+    try:
+        path.write_text(html, encoding="utf-8")
+    except OSError as e:
+        raise StoreNotWritableError(f"cannot write {str(path)!r}: {e.strerror or e}; copy the folder somewhere "
+                                    "writable and run `lamina report` there") from None
 
 
 def report(store: str | os.PathLike) -> str:
@@ -61,7 +69,14 @@ def report(store: str | os.PathLike) -> str:
     A run must be complete and pass :func:`~lamina.engine.verify.verify` (the report shows its numbers)."""
     folder = dst.local_path(store) if dst.is_local(store) else None
     if folder is not None and (folder / COMPARISON_DATA).is_file() and not (folder / "zarr.json").exists():
-        data = json.loads((folder / COMPARISON_DATA).read_text(encoding="utf-8"))
+        try:
+            data = json.loads((folder / COMPARISON_DATA).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise InputError(f"{str(folder / COMPARISON_DATA)!r} cannot be read ({e}); run the `lamina compare` "
+                             "that made it again") from None
+        if not isinstance(data, dict) or data.get("kind") != "lamina comparison" or not isinstance(data.get("runs"), list):
+            raise InputError(f"{str(folder / COMPARISON_DATA)!r} is not a lamina comparison; give a run or the --out "
+                             "folder of `lamina compare`")
         return str(write_comparison_report(folder, data))
     from lamina.engine.verify import verify
 
@@ -117,7 +132,7 @@ def write_comparison_report(folder: str | os.PathLike, data: Mapping[str, Any]) 
         same_stimuli=data.get("same_stimuli", True), table=data.get("table", []),
         table_file=data.get("table_file", "key_numbers.csv"), figures=figures, figures_hint="")
     path = folder / dst.REPORT
-    path.write_text(html, encoding="utf-8")
+    _write(path, html)
     return path
 
 

@@ -204,7 +204,9 @@ def draw(analysis: Analysis, run: Run, figs=None) -> list[str]:
         folder = dst.local_path(run.url) / dst.FIGURES
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            return [str(p) for p in fn(run, folder, **kwargs)]
+            paths = [str(p) for p in fn(run, folder, **kwargs)]
+            dst.record_figures(folder, [Path(p).name for p in paths])  # what lamina may later replace or delete
+            return paths
         except OSError as e:
             if e.errno not in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
                 raise

@@ -110,16 +110,80 @@ def sibling(url: str, kind: Literal["new", "old"]) -> str:
     return str(p.parent / f".{p.name}.lamina-{kind}")
 
 
+FIGURES_MANIFEST = ".lamina-figures.json"  # in a figures folder: the files lamina wrote there
+
+
+def lamina_figures(folder: Path) -> set[str] | None:
+    """Names of the files lamina wrote into the figures ``folder`` (its manifest); None without a manifest
+    (a run drawn before manifests: its PNG and PDF files count as lamina's)."""
+    try:
+        return set(json.loads((Path(folder) / FIGURES_MANIFEST).read_text(encoding="utf-8"))["files"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()  # a damaged manifest vouches for nothing
+
+
+def record_figures(folder: Path, names) -> None:
+    """Add ``names`` (files just written into the figures ``folder``) to its manifest."""
+    folder = Path(folder)
+    known = {n for n in (lamina_figures(folder) or set()) if (folder / n).is_file()}
+    (folder / FIGURES_MANIFEST).write_text(json.dumps({"files": sorted(known | set(names))}), encoding="utf-8")
+
+
 def foreign_entries(folder: Path) -> list[str]:
-    """Entries of a run folder that lamina did not write (sorted names)."""
+    """Paths (relative, sorted) inside a run folder that lamina did not write: anything but the root
+    zarr.json, the lock, the report, Zarr nodes holding only zarr.json, chunk files and nodes, and the
+    figures in the figures folder's manifest. Checked at every depth."""
     out = []
-    for child in folder.iterdir():
-        if child.name in ("zarr.json", LOCK_NAME, FIGURES, REPORT):
+    for child in Path(folder).iterdir():
+        if child.name in ("zarr.json", LOCK_NAME, REPORT) and child.is_file():
             continue
         if child.is_dir() and (child / "zarr.json").is_file():
-            continue  # a Zarr node of the run
-        out.append(child.name)
+            out += [f"{child.name}/{p}" for p in _foreign_in_node(child)]
+        elif child.name == FIGURES and child.is_dir():
+            out += [f"{child.name}/{p}" for p in foreign_figures(child)]
+        else:
+            out.append(child.name)
     return sorted(out)
+
+
+def foreign_figures(folder: Path) -> list[str]:
+    """Files of a figures folder that lamina did not write."""
+    known = lamina_figures(folder)
+    out = []
+    for child in folder.iterdir():
+        if child.name == FIGURES_MANIFEST and child.is_file():
+            continue
+        ours = child.is_file() and (child.suffix in (".png", ".pdf") if known is None else child.name in known)
+        if not ours:
+            out.append(child.name)
+    return out
+
+
+def _foreign_in_node(node: Path) -> list[str]:
+    out = []
+    for child in node.iterdir():
+        if child.name in ("zarr.json", "c") and child.is_file():  # metadata; the chunk of a 0-d array
+            continue
+        if child.is_dir() and (child / "zarr.json").is_file():
+            out += [f"{child.name}/{p}" for p in _foreign_in_node(child)]
+        elif child.name == "c" and child.is_dir():
+            out += [f"c/{p}" for p in _not_chunks(child)]
+        else:
+            out.append(child.name)
+    return out
+
+
+def _not_chunks(folder: Path) -> list[str]:
+    """Under a node's ``c/``: what is not a chunk key path (digits at every level)."""
+    out = []
+    for child in folder.iterdir():
+        if not child.name.isdigit():
+            out.append(child.name)
+        elif child.is_dir():
+            out += [f"{child.name}/{p}" for p in _not_chunks(child)]
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,17 +273,28 @@ def remove_run(folder: str | os.PathLike, *, keep_lock: bool = False) -> None:
         return
     if not is_run(read_attrs(str(path))) and (path / "zarr.json").exists():
         raise NotARunError(f"refusing to delete {str(path)!r}: it is not a lamina run")
-    foreign = set(foreign_entries(path))
-    for child in path.iterdir():
-        if child.name in foreign or (keep_lock and child.name == LOCK_NAME):
-            continue
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    _remove_ours(path, "", set(foreign_entries(path)), keep=LOCK_NAME if keep_lock else None)
     if keep_lock:
         return
     try:
         path.rmdir()
     except OSError:
         pass  # something else is in there: it stays
+
+
+def _remove_ours(folder: Path, rel: str, foreign: set[str], keep: str | None = None) -> None:
+    """Delete what lamina wrote under ``folder``; foreign paths (relative to the run) and their folders stay."""
+    for child in folder.iterdir():
+        r = f"{rel}{child.name}"
+        if r in foreign or (not rel and child.name == keep):
+            continue
+        if child.is_dir() and not child.is_symlink():
+            if any(f.startswith(r + "/") for f in foreign):
+                _remove_ours(child, r + "/", foreign)
+                continue
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def swap_in(url: str, new: str) -> None:

@@ -207,3 +207,42 @@ def test_different_stimuli_need_the_flag(runs, tmp_path_factory, tmp_path, capsy
     page = (tmp_path / "o" / "report.html").read_text()
     assert "different stimuli" in page
     assert json.loads((tmp_path / "o" / "comparison.json").read_text())["same_stimuli"] is False
+
+
+def test_out_with_user_files_or_inside_a_run_is_refused_and_left_alone(runs, tmp_path, capsys):
+    """--out is a new or empty folder or an earlier comparison: a folder holding someone's files, a fake
+    comparison.json, or a folder inside a run is refused and not touched."""
+    import hashlib
+
+    def snap(folder: Path) -> dict:
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    pair = [runs["rsa", 3], runs["rsa", 6]]
+    mine = tmp_path / "mine"
+    (mine / "figures").mkdir(parents=True)
+    (mine / "report.html").write_text("my report")
+    (mine / "figures" / "compare_notes.txt").write_text("my notes")
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "comparison.json").write_text('{"name": "my config"}')
+    inside = Path(runs["rsa", 3]) / "sub"
+    for out, why in ((mine, "lamina did not write"), (fake, "lamina did not write"), (inside, "inside the Zarr group")):
+        before = snap(out) if out.exists() else None
+        assert why in _cli_error(["compare", *pair, "--out", str(out)], capsys)
+        assert (snap(out) if out.exists() else None) == before
+    assert not inside.exists()
+    earlier = compare(pair, out=tmp_path / "earlier")  # an earlier comparison, plus one file of the user's
+    (Path(earlier.out) / "figures" / "my_mark.png").write_bytes(b"x")
+    assert "figures/my_mark.png" in _cli_error(["compare", *pair, "--out", earlier.out], capsys)
+    (Path(earlier.out) / "figures" / "my_mark.png").unlink()
+    assert compare(pair, out=earlier.out).figures == earlier.figures  # and without it, it is rewritten
+
+
+def test_report_of_a_folder_that_is_not_a_comparison_is_one_error(tmp_path, capsys):
+    for text in ('{"name": "my config"}', "{garbage"):
+        folder = tmp_path / f"f{len(text)}"
+        folder.mkdir()
+        (folder / "comparison.json").write_text(text)
+        err = _cli_error(["report", str(folder)], capsys)
+        assert "comparison.json" in err and not (folder / "report.html").exists()

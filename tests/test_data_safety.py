@@ -161,6 +161,26 @@ def test_overwrite_of_a_run_holding_user_files_is_refused(gpt2_dir, tmp_path, no
     assert snapshot(out) == before
 
 
+def test_user_files_inside_a_runs_folders_are_found_and_kept(gpt2_dir, old_qkv, no_model):
+    """Files of the user's inside a run's figures folder or inside a Zarr node are not the run's: --overwrite
+    is refused naming them, and deleting the run (remove_run) deletes everything else but keeps them."""
+    out, _ = old_qkv
+    (out / "figures" / "my_annotated.png").write_bytes(os.urandom(300))
+    (out / "results" / "notes.txt").write_text("why block 3 looks odd")
+    chunk_dir = next(p for p in (out / "results").rglob("c") if p.is_dir())
+    (chunk_dir / "scratch").write_text("mine too")
+    lamina_figs = [p.name for p in (out / "figures").iterdir() if p.suffix == ".png" and p.name != "my_annotated.png"]
+    assert lamina_figs
+    foreign = dst.foreign_entries(out)
+    assert foreign == sorted(["figures/my_annotated.png", "results/notes.txt",
+                              str((chunk_dir / "scratch").relative_to(out))])
+    with pytest.raises(NotARunError, match="my_annotated.png"):
+        dst.check_destination(out, overwrite=True)
+    mine = {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in foreign}
+    dst.remove_run(out)
+    assert snapshot(out) == mine  # exactly the user's three files are left
+
+
 # ---- 2. --overwrite: the old run survives a failure at every stage ------------------------------
 
 
