@@ -96,6 +96,8 @@ def compare(runs: Sequence[str | os.PathLike | Run], *, out: str | os.PathLike,
 def open_runs(runs: Sequence[str | os.PathLike | Run], *, allow_different_stimuli: bool = False,
               ) -> tuple[Analysis, list[Run]]:
     """The runs, opened and checked (every refusal of the module docstring), and their analysis."""
+    if not isinstance(runs, (str, os.PathLike, Run)):
+        runs = list(runs)  # any iterable of runs (a generator too)
     if isinstance(runs, (str, os.PathLike, Run)) or len(runs) < 2:
         n = 1 if isinstance(runs, (str, os.PathLike, Run)) else len(runs)
         raise InputError(f"lamina compare needs at least 2 runs of one analysis, got {n}")

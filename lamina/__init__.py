@@ -21,7 +21,7 @@ from lamina.analyses.api import capture, run
 from lamina.analyses.compare import compare
 from lamina.analyses.protocol import Analysis
 from lamina.analyses.registry import register
-from lamina.engine import errors
+from lamina import errors
 from lamina.engine.models import load_model
 from lamina.engine.reader import Run, open_run
 from lamina.engine.verify import verify

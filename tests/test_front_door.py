@@ -82,6 +82,25 @@ def test_run_and_read_by_label(gpt2_dir, tmp_path):
         lamina.run("rsa", model=str(gpt2_dir), out=str(tmp_path / "x"), permutation=3)
     with pytest.raises(ValueError):  # every lamina error subclasses the built-in a caller would catch
         lamina.run("nope", model=str(gpt2_dir))
+    for bad, want in ((dict(seed="x"), "seed='x' must be int"), (dict(permutations="many"), "must be int"),
+                      (dict(dtype="float64"), "one of 'float32'"), (dict(micro_batch=2.5), "int or None"),
+                      (dict(figures="no"), "must be bool")):
+        with pytest.raises(lamina.errors.InputError, match=want):  # before any model work: no run is left
+            lamina.run("rsa", model=str(gpt2_dir), out=str(tmp_path / "typed"), **bad)
+    assert not (tmp_path / "typed").exists()
+
+
+def test_errors_module_imports_by_name():
+    """``import lamina.errors`` / ``from lamina.errors import ...`` work, and name every error class lamina has."""
+    import inspect
+
+    import lamina.engine.errors as engine_errors
+    from lamina.errors import InputError, __all__ as names
+
+    assert InputError is engine_errors.InputError
+    defined = {n for n, c in inspect.getmembers(engine_errors, inspect.isclass)
+               if issubclass(c, engine_errors.LaminaError) and c.__module__ == engine_errors.__name__}
+    assert set(names) == defined
 
 
 def test_errors_are_the_builtins_you_would_catch():
