@@ -32,6 +32,8 @@ class VerifyReport:
     n_chunks: int = 0
     problems: list[str] = dataclasses.field(default_factory=list)  # "acts/target chunk (3, 0, 0): missing"
     unchecked: list[str] = dataclasses.field(default_factory=list)  # arrays written before checksums existed
+    incomplete: bool = False  # an interrupted run: chunks of units not done yet are not damage
+    unwritten: int = 0  # chunks not written yet (incomplete runs only)
 
     @property
     def ok(self) -> bool:
@@ -39,10 +41,13 @@ class VerifyReport:
 
     def summary(self) -> str:
         head = f"{self.url}: {self.n_chunks} chunks in {self.n_arrays} arrays"
+        if self.incomplete:
+            head += (f" (an interrupted run: {self.unwritten} chunks not written yet; the same command resumes "
+                     "it)")
         if self.ok:
             extra = f" ({len(self.unchecked)} arrays without checksums: {', '.join(self.unchecked[:3])})" \
                 if self.unchecked else ""
-            return f"{head}: all present and intact{extra}"
+            return f"{head}: all {'written chunks ' if self.incomplete else ''}present and intact{extra}"
         shown = self.problems[:20] + ([f"... {len(self.problems) - 20} more"] if len(self.problems) > 20 else [])
         return f"{head}: {len(self.problems)} bad\n  " + "\n  ".join(shown)
 
@@ -63,16 +68,22 @@ def verify(run: Run | str, *, arrays: list[str] | None = None) -> VerifyReport:
     (False, ['acts/target chunk (3, 0, 0): checksum mismatch'])
     """
     run = run if isinstance(run, Run) else open_run(run)
-    report = VerifyReport(run.url)
+    report = VerifyReport(run.url, incomplete=not run.complete)
     for name in arrays if arrays is not None else run.arrays(hidden=True):
         arr = run.group[name]
         report.n_arrays += 1
         report.n_chunks += arr.nchunks
         if not any(type(c).__name__ == "Crc32cCodec" for c in arr.metadata.codecs):
             report.unchecked.append(name)
+        own = _own_metadata_problem(arr)
+        if own:
+            report.problems.append(f"{name}: {own}")
+            continue
         missing = _missing_chunks(arr)
-        for coords in missing:
-            report.problems.append(f"{name} chunk {coords}: missing")
+        if report.incomplete:  # not written yet, or lost: resuming rewrites every chunk of a unit not done
+            report.unwritten += len(missing)
+        else:
+            report.problems += [f"{name} chunk {coords}: missing" for coords in sorted(missing)]
         for coords in itertools.product(*(range(n) for n in arr.cdata_shape)):
             if coords in missing:
                 continue
@@ -85,6 +96,21 @@ def verify(run: Run | str, *, arrays: list[str] | None = None) -> VerifyReport:
                 reason = "checksum mismatch" if "checksum" in str(e).lower() else f"unreadable ({type(e).__name__})"
                 report.problems.append(f"{name} chunk {coords}: {reason}")
     return report
+
+
+def _own_metadata_problem(arr: zarr.Array) -> str | None:
+    """The array's own zarr.json against the consolidated copy a run is read through (plain zarr readers
+    that do not consolidate read the former)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            own = zarr.open_array(store=arr.store_path.store, path=arr.store_path.path, mode="r",
+                                  zarr_format=3)
+    except Exception as e:  # noqa: BLE001 - any failure to read it is damage
+        return f"its zarr.json is unreadable ({type(e).__name__})"
+    if own.metadata.to_dict() != arr.metadata.to_dict():
+        return "its zarr.json disagrees with the run's consolidated metadata"
+    return None
 
 
 def _missing_chunks(arr: zarr.Array) -> set[tuple[int, ...]]:

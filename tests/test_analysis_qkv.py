@@ -14,6 +14,8 @@ with no such value the counts must be equal.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -175,7 +177,9 @@ def test_qkv_default_sentences_match_numpy_reference(gpt2_dir, tmp_path):
     figs = sorted(p.name for p in (tmp_path / "run" / "figures").iterdir())
     stems = ["qkv_block2_cosine", "qkv_block2_correlation", "qkv_layers_cosine", "qkv_layers_correlation",
              "qkv_heatmap_QQ_cosine", "qkv_heatmap_QQ_correlation", "qkv_mean_variance"]
-    assert figs == sorted(f"{s}.{ext}" for s in stems for ext in ("png", "pdf"))
+    drawn = sorted(f"{s}.{ext}" for s in stems for ext in ("png", "pdf"))
+    assert figs == sorted([*drawn, ".lamina-figures.json"])  # the figures, and the list of what lamina drew
+    assert sorted(json.loads((tmp_path / "run" / "figures" / ".lamina-figures.json").read_text())["files"]) == drawn
     # the baseline is a seeded permutation: same seed -> same counts, other seed -> other counts
     x = torch.from_numpy(run.numpy("acts/target"))
     a = qkv.histograms(x, x, generator=torch.Generator().manual_seed(3))

@@ -71,3 +71,47 @@ def test_damage_is_found_and_named(runs, name, group, how, tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"{array} chunk {coords}: {want}" in err and "Traceback" not in err
     assert not (copy / "figures").exists()
+
+
+@pytest.mark.parametrize("how", ["garbage", "shape"])
+def test_damaged_array_metadata_is_found(runs, how, tmp_path):
+    """An array's own zarr.json (what plain zarr reads without consolidation) garbled or disagreeing with
+    the run's consolidated metadata is damage."""
+    import json
+
+    copy = tmp_path / f"damaged-meta-{how}"
+    shutil.copytree(runs["rsa"].url, copy)
+    meta = copy / "results" / "rsa" / "zarr.json"
+    if how == "garbage":
+        meta.write_text("{garbage")
+    else:
+        doc = json.loads(meta.read_text())
+        doc["shape"][-1] += 2
+        meta.write_text(json.dumps(doc))
+    report = verify(str(copy))
+    assert [p.split(":")[0] for p in report.problems] == ["results/rsa"], report.summary()
+    assert ("unreadable" if how == "garbage" else "disagrees") in report.problems[0]
+
+
+def test_an_interrupted_run_is_incomplete_not_damaged(runs, tmp_path, capsys):
+    """Chunks not written yet in a run that is not complete are not damage (the same command resumes it);
+    a bad chunk that IS written still is."""
+    import zarr
+
+    copy = tmp_path / "damaged-interrupted"
+    shutil.copytree(runs["qkv"].url, copy)
+    shutil.rmtree(copy / "figures", ignore_errors=True)
+    zarr.open_group(str(copy), mode="r+").attrs["status"] = "running"
+    from lamina.engine.store import consolidate
+
+    consolidate(str(copy))
+    array, chunk, coords = _chunk_file(open_run(copy), "acts")
+    chunk.unlink()
+    report = verify(str(copy))
+    assert report.ok and report.incomplete and report.unwritten == 1, report.summary()
+    assert "the same command resumes it" in report.summary()
+    cli_main(["verify", str(copy)])  # exit 0: nothing damaged
+    assert "1 chunks not written yet" in capsys.readouterr().out
+    array, chunk, coords = _chunk_file(open_run(copy), "results")
+    _damage(chunk, "flipped")
+    assert verify(str(copy)).problems == [f"{array} chunk {coords}: checksum mismatch"]
