@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 
 from . import destination as dst
-from .errors import RunNotFoundError
+from .errors import InputError, RunNotFoundError
 
 
 class Run:
@@ -101,6 +101,9 @@ class Run:
     def dataset(self, group: str = "results"):
         """The arrays of one subgroup as a lazy, dask-backed ``xarray.Dataset`` with coordinates."""
         xr = _xarray()
+        groups = sorted(n for n, node in self.group.groups() if not n.startswith("_"))
+        if group not in groups:
+            raise InputError(f"run {self.url!r} has no group {group!r}; its groups: {', '.join(groups)}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return xr.open_zarr(self.url, group=group, consolidated=None, zarr_format=3)

@@ -78,6 +78,8 @@ def test_run_and_read_by_label(gpt2_dir, tmp_path):
     tree = run.datatree()
     si_v = tree["results"].selectivity.sel(component="V").values
     np.testing.assert_array_equal(si_v, run.numpy("results/selectivity")[2])
+    with pytest.raises(lamina.errors.InputError, match="has no group 'nope'; its groups: acts, inputs, results"):
+        run.dataset("nope")
     with pytest.raises(lamina.errors.InputError, match="unknown option"):
         lamina.run("rsa", model=str(gpt2_dir), out=str(tmp_path / "x"), permutation=3)
     with pytest.raises(ValueError):  # every lamina error subclasses the built-in a caller would catch
