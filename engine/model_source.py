@@ -217,6 +217,10 @@ def _random(name: str, revision: str | None, config) -> ResolvedSource:
         arch, family = check_architecture(cfg, name)
         return ResolvedSource(name, "random", cfg, "hub", arch, family, folder=file.parent, revision=file.parent.name,
                               config_path=str(file))
+    why = cache_diagnosis(name, revision)
+    if why is not None:
+        raise ModelNotFoundError(f"model {name!r}{_at(revision)} is in the HuggingFace cache but its config cannot "
+                                 f"be read offline: {why}. Pass config=PATH (--config), or a shipped name")
     raise ModelNotFoundError(
         f"model {name!r} has no config here: it is neither a known name (lamina's shipped configs: "
         f"{', '.join(SHIPPED_CONFIGS)}) nor in the HuggingFace cache ({hub_cache_dir()}){_at(revision)}, and the hub "
@@ -291,7 +295,35 @@ def _at(revision: str | None) -> str:
     return f" at revision {revision!r}" if revision else ""
 
 
+def cache_diagnosis(name: str, revision: str | None = None) -> str | None:
+    """Why a repo that IS in the HuggingFace cache cannot be used at ``revision`` offline; None when the
+    cache holds no folder for it."""
+    repo = hub_cache_dir() / ("models--" + name.replace("/", "--"))
+    if not repo.is_dir():
+        return None
+    rev = revision or "main"
+    refs = {p.name: p.read_text().strip() for p in (repo / "refs").glob("*") if p.is_file()}
+    snaps = sorted(p.name for p in (repo / "snapshots").glob("*") if p.is_dir())
+    commit = refs.get(rev, rev)
+    snap = repo / "snapshots" / commit
+    if not snap.is_dir():
+        if rev in refs:
+            return f"its refs/{rev} points at snapshot {commit}, which is not in {str(repo / 'snapshots')!r}"
+        have = ", ".join([f"refs {sorted(refs)}"] * bool(refs) + [f"snapshots {snaps}"] * bool(snaps)) or "nothing"
+        return f"revision {rev!r} is not cached (the cache holds {have}); pass a cached --revision"
+    if not (snap / "config.json").is_file():
+        return f"the cached snapshot {str(snap)!r} has no config.json"
+    if not weight_files(snap):
+        return f"the cached snapshot {str(snap)!r} has a config.json but no (complete) weights"
+    return None
+
+
 def not_cached_message(name: str, revision: str | None = None) -> str:
+    why = cache_diagnosis(name, revision)
+    if why is not None:
+        return (f"model {name!r}{_at(revision)} is in the HuggingFace cache but cannot be loaded offline: {why}. "
+                f"Download it again when online (`huggingface-cli download {name}`), or use --weights random "
+                "(full-size architecture, random weights, offline)")
     known = shipped_name(name) is not None
     what = f"pretrained weights for {name!r}" if known else f"model {name!r} is neither a known name nor a local " \
         "checkpoint directory, and its pretrained weights"

@@ -299,6 +299,26 @@ def test_hub_id_not_cached_offline(hf_home):
         load_model("someorg/absent", weights="random")
 
 
+def test_cache_problems_are_named(hf_home):
+    """A repo that is in the cache but unusable offline says what is wrong with it, not 'not cached'."""
+    hub = hf_home["hub"]
+    files = _checkpoint_files(hf_home["new"])
+    _put_snapshot(hub, "someorg/noweights", "e" * 40, {"config.json": files["config.json"]}, main=True)
+    _put_snapshot(hub, "someorg/noconfig", "f" * 40, {k: v for k, v in files.items() if k != "config.json"}, main=True)
+    dangling = hub / "models--someorg--dangling" / "refs"
+    dangling.mkdir(parents=True)
+    (dangling / "main").write_text("9" * 40)
+    cases = [("someorg/noweights", None, "has a config.json but no \\(complete\\) weights"),
+             ("someorg/noconfig", None, "has no config.json"),
+             ("someorg/dangling", None, "refs/main points at snapshot 9999"),
+             ("someorg/tiny-llama", "d" * 40, "revision 'dddd.*is not cached.*refs \\['main'\\].*snapshots")]
+    for name, rev, why in cases:
+        with pytest.raises(ModelNotFoundError, match=f"{name}'.*is in the HuggingFace cache but.*{why}"):
+            load_model(name, revision=rev)
+    with pytest.raises(ModelNotFoundError, match="its config cannot be read offline: .*has no config.json"):
+        load_model("someorg/noconfig", weights="random")
+
+
 # --- errors ---------------------------------------------------------------------------------------
 
 
