@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import os
-
 import dataclasses
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +21,7 @@ from lamina.engine.models import LoadedModel
 from lamina.engine.reader import Run
 
 from . import registry
+from .cli_config import check_values
 from .options import RunOptions
 
 
@@ -44,7 +43,8 @@ def run(analysis: str, *, model: str | LoadedModel | None = None, out: str | Non
 
     def pick(cls):
         chosen = {k: v for k, v in config.items() if cls is not None and k in fields[cls]}
-        _check_types(cls, chosen, f"lamina.run({analysis!r})")
+        if cls is not None:
+            check_values(cls, chosen, f"lamina.run({analysis!r})")
         return chosen
 
     loaded = model if isinstance(model, LoadedModel) else None
@@ -53,49 +53,6 @@ def run(analysis: str, *, model: str | LoadedModel | None = None, out: str | Non
 
     return execute(a, a.Config(**pick(a.Config)), opts, figure_options=pick(a.PlotOptions), model=loaded,
                    echo=lambda s: None)
-
-
-def _check_types(cls, values: dict, where: str) -> None:
-    """Each value of the type its field declares (the command line converts; Python callers may not)."""
-    if cls is None:
-        return
-    import numbers
-    import typing
-
-    hints = typing.get_type_hints(cls)
-
-    def ok(v, t) -> bool:
-        origin, args = typing.get_origin(t), typing.get_args(t)
-        if origin is typing.Union:
-            return any(ok(v, a) for a in args)
-        if origin is typing.Literal:
-            return v in args
-        if t is type(None):
-            return v is None
-        if t is bool:
-            return isinstance(v, bool)
-        if t is int:
-            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-        if t is float:
-            return isinstance(v, numbers.Real) and not isinstance(v, bool)
-        if t is str:
-            return isinstance(v, (str, os.PathLike))
-        if origin in (tuple, list) or t in (tuple, list):
-            return isinstance(v, (tuple, list))
-        return True  # anything else: the Config's own checks
-
-    def describe(t) -> str:
-        origin, args = typing.get_origin(t), typing.get_args(t)
-        if origin is typing.Union:
-            return " or ".join(describe(a) for a in args)
-        if origin is typing.Literal:
-            return "one of " + ", ".join(map(repr, args))
-        return "None" if t is type(None) else getattr(t, "__name__", str(t))
-
-    for name, value in values.items():
-        t = hints.get(name)
-        if t is not None and not ok(value, t):
-            raise InputError(f"{where}: {name}={value!r} must be {describe(t)}")
 
 
 def capture(

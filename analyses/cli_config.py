@@ -19,12 +19,16 @@ C(n=3, full=True)
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import os
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, Union
 
 import click
+
+from lamina.engine.errors import InputError
 
 
 def _unwrap(tp) -> tuple[Any, bool]:
@@ -66,6 +70,39 @@ def click_options(cls) -> list[click.Option]:
             kw["type"] = str
         out.append(click.Option([*flags, f.name], **kw))
     return out
+
+
+def check_values(cls, values: Mapping[str, Any], where: str) -> None:
+    """Each value of the type its field declares, as the command line would parse it (Python callers pass
+    values unparsed); InputError naming the field otherwise."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        tp, optional = _unwrap(hints[name])
+        if (value is None and optional) or _fits(value, tp):
+            continue
+        raise InputError(f"{where}: {name}={value!r} must be {_describe(tp)}{' or None' if optional else ''}")
+
+
+def _fits(value, tp) -> bool:
+    if typing.get_origin(tp) is Literal:
+        return value in typing.get_args(tp)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, (str, os.PathLike))
+    if typing.get_origin(tp) is tuple:
+        return isinstance(value, (tuple, list))
+    return True  # anything else: the dataclass' own checks
+
+
+def _describe(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(tp)))
+    return getattr(tp, "__name__", str(tp))
 
 
 def build(cls, values: Mapping[str, Any]):

@@ -223,12 +223,4 @@ def _foreign_in_comparison(folder: Path) -> list[str]:
         ours = False
     if not ours:
         return sorted(p.name for p in folder.iterdir())
-    out = []
-    for child in folder.iterdir():
-        if child.name in (DATA, TABLE, dst.REPORT) and child.is_file():
-            continue
-        if child.name == dst.FIGURES and child.is_dir():
-            out += [f"{dst.FIGURES}/{n}" for n in dst.foreign_figures(child)]
-        else:
-            out.append(child.name)
-    return sorted(out)
+    return dst.foreign_entries(folder, own=(DATA, TABLE, dst.REPORT), nodes=False)

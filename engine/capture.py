@@ -92,19 +92,16 @@ def plan(model: LoadedModel, captures: Sequence[Capture]) -> list[CaptureLayout]
     return out
 
 
-def per_position(t: torch.Tensor, b: int, width: int) -> torch.Tensor | None:
-    """``t`` as [b, width, features]: a hook value [b, width, ...] or flattened [(b width), ...] (OPT's MLP);
-    None when it is not one value per token position (attention patterns, head-major [b, head, pos, d])."""
+def _rows(t: torch.Tensor, b: int, width: int, name: str) -> torch.Tensor:
+    """Hook ``name``'s value ``t`` as [b, width, features]: [b, width, ...], or flattened [(b width), ...]
+    (OPT's MLP); InputError when it is not one value per token position (attention patterns and scores,
+    head-major [b, head, pos, d])."""
     if t.ndim >= 2 and t.shape[0] == b and t.shape[1] == width:
         return t.reshape(b, width, -1)
     if t.ndim >= 1 and t.shape[0] == b * width and (b > 1 or t.ndim >= 2):
         return t.reshape(b, width, -1)
-    return None
-
-
-def _not_per_position(name: str, shape) -> InputError:
-    return InputError(
-        f"hook {name!r} gives a tensor of shape {list(shape)}, not one value per token position "
+    raise InputError(
+        f"hook {name!r} gives a tensor of shape {list(t.shape)}, not one value per token position "
         "([batch, position, ...]); lamina captures per-position hooks (e.g. attn.hook_q, hook_resid_post, "
         "mlp.hook_pre, hook_z). Attention patterns and scores, and head-major tensors, cannot be captured: "
         "capture hook_q and hook_k instead")
@@ -129,31 +126,22 @@ def _probe_widths(model: LoadedModel, hooks: list[str]) -> dict[str, int]:
     with torch.inference_mode():
         try:
             if route is not None:
-                by_module: dict = {}  # (twin module, "in" | "out") -> hook names
-                for h in hooks:
-                    by_module.setdefault((route.taps[h].module, route.taps[h].kind), []).append(h)
-
                 def probe_module(names):
                     def fn(t: torch.Tensor):
-                        rows = per_position(t, 1, n)  # (OPT's MLP runs on [batch * pos, feature])
-                        if rows is None:
-                            raise _not_per_position(names[0], t.shape)
-                        flat = rows[0, 0]
+                        flat = _rows(t, 1, n, names[0])[0, 0]  # (OPT's MLP runs on [batch * pos, feature])
                         for h in names:
                             widths[h] = int(split_part(flat, route.taps[h].part)[0].numel())
                         if len(widths) == len(hooks):
                             raise _StopForward
                     return fn
 
-                hooks_ = [(m, kind, _module_hook(kind, probe_module(names))) for (m, kind), names in by_module.items()]
+                hooks_ = [(m, kind, _module_hook(kind, probe_module(names)))
+                          for (m, kind), names in _by_module(route, hooks).items()]
                 route.run(tokens, torch.ones_like(tokens), hooks_)
             else:
                 def probe(name):
                     def fn(t, hook):
-                        rows = per_position(t, 1, n)
-                        if rows is None:
-                            raise _not_per_position(name, t.shape)
-                        widths[name] = int(rows[0, 0].numel())
+                        widths[name] = int(_rows(t, 1, n, name)[0, 0].numel())
                         if len(widths) == len(hooks):
                             raise _StopForward
                         return t
@@ -340,18 +328,16 @@ def _module_hook(kind: str, fn):
     return post
 
 
-def _rows(t: torch.Tensor, b: int, width: int, name: str) -> torch.Tensor:
-    rows = per_position(t, b, width)
-    if rows is None:
-        raise _not_per_position(name, t.shape)
-    return rows
+def _by_module(route, hook_names) -> dict[tuple, list[str]]:
+    """(twin module, "in" | "out") -> the hook names read there (one torch hook per module serves them)."""
+    out: dict[tuple, list[str]] = {}
+    for h in hook_names:
+        out.setdefault((route.taps[h].module, route.taps[h].kind), []).append(h)
+    return out
 
 
 def _run_fast(route, copies, b, width, filled, tokens, mask) -> None:
-    by_module: dict = {}  # (twin module, "in" | "out") -> hook names
-    for hook_name in copies:
-        tap = route.taps[hook_name]
-        by_module.setdefault((tap.module, tap.kind), []).append(hook_name)
+    by_module = _by_module(route, copies)
 
     def make(names: list[str]):
         ops = _merge([dataclasses.replace(op, part=route.taps[h].part) for h in names for op in copies[h]])

@@ -131,15 +131,19 @@ def record_figures(folder: Path, names) -> None:
     (folder / FIGURES_MANIFEST).write_text(json.dumps({"files": sorted(known | set(names))}), encoding="utf-8")
 
 
-def foreign_entries(folder: Path) -> list[str]:
-    """Paths (relative, sorted) inside a run folder that lamina did not write: anything but the root
-    zarr.json, the lock, the report, Zarr nodes holding only zarr.json, chunk files and nodes, and the
-    figures in the figures folder's manifest. Checked at every depth."""
+RUN_FILES = ("zarr.json", LOCK_NAME, REPORT)  # the files lamina writes at the top of a run
+
+
+def foreign_entries(folder: Path, own: tuple[str, ...] = RUN_FILES, nodes: bool = True) -> list[str]:
+    """Paths (relative, sorted) inside a folder lamina writes that lamina did not write: anything but the
+    files ``own`` at its top, Zarr nodes holding only zarr.json, chunk files and nodes (``nodes``), and the
+    figures in the figures folder's manifest. Checked at every depth. For a run by default; ``lamina
+    compare`` passes its own files and no nodes."""
     out = []
     for child in Path(folder).iterdir():
-        if child.name in ("zarr.json", LOCK_NAME, REPORT) and child.is_file():
+        if child.name in own and child.is_file():
             continue
-        if child.is_dir() and (child / "zarr.json").is_file():
+        if nodes and child.is_dir() and (child / "zarr.json").is_file():
             out += [f"{child.name}/{p}" for p in _foreign_in_node(child)]
         elif child.name == FIGURES and child.is_dir():
             out += [f"{child.name}/{p}" for p in foreign_figures(child)]

@@ -298,7 +298,9 @@ def _at(revision: str | None) -> str:
 def cache_diagnosis(name: str, revision: str | None = None) -> str | None:
     """Why a repo that IS in the HuggingFace cache cannot be used at ``revision`` offline; None when the
     cache holds no folder for it."""
-    repo = hub_cache_dir() / ("models--" + name.replace("/", "--"))
+    from huggingface_hub.file_download import repo_folder_name
+
+    repo = hub_cache_dir() / repo_folder_name(repo_id=name, repo_type="model")
     if not repo.is_dir():
         return None
     rev = revision or "main"
