@@ -113,8 +113,8 @@ def _lines(runs: Sequence[Labelled | None], labels: Sequence[str], figdir: Path,
             ax.set_yscale("log")
         else:
             ax.ticklabel_format(axis="y", useOffset=False)  # an offset text would sit on the panel's title
-        if names:
-            ax.set_title(" · ".join(names), fontsize=10)
+        if names:  # "role = target · block = QQ": a bare label ("0", "1-3") does not say what it labels
+            ax.set_title(" · ".join(f"{d} = {n}" for d, n in zip(extra, names)), fontsize=10)
         ax.set_xlim(-0.03, 1.03)
         ax.set_xticks([0, 0.25, 0.5, 0.75, 1])
         ax.grid(alpha=0.3)
@@ -122,7 +122,7 @@ def _lines(runs: Sequence[Labelled | None], labels: Sequence[str], figdir: Path,
             ax.set_xlabel(DEPTH_LABEL[depth_dim(first)] if n_cols == 1 else "relative depth", fontsize=9)
         if col == 0:
             ax.set_ylabel(str(first.attrs.get("long_name", "")) if n_rows == 1 else
-                          f"{names[0]}", fontsize=9)
+                          f"{extra[0]} = {names[0]}", fontsize=9)
     handles, names = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=_legend_columns(fig, names), fontsize=9)
     what = f"x = {DEPTH_LABEL[depth_dim(first)]}" if n_cols > 1 else ""

@@ -179,6 +179,7 @@ def _scatter(data, state: int, n: int, suffix: str, figdir: Path) -> list[Path]:
 
 def _scatter_grid(data, r: np.ndarray, suffix: str, figdir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     states = list(range(min(MAX_GRID_STATES, data["mi"].shape[1])))
     side = math.ceil(math.sqrt(len(states)))
@@ -191,6 +192,8 @@ def _scatter_grid(data, r: np.ndarray, suffix: str, figdir: Path) -> list[Path]:
         _scatter_panel(ax, data, s, ms=1)
         ax.set_title(f"state {s}: r = {_fmt_r(r[0, s])} / {_fmt_r(r[1, s])}", fontsize=8)
         ax.tick_params(labelsize=6)
+        ax.xaxis.set_major_locator(MaxNLocator(4))  # long labels (state 0: 0.000796 ...) must not overlap
+        ax.yaxis.set_major_locator(MaxNLocator(5))
         ax.xaxis.get_offset_text().set_fontsize(6)
         if s // side == rows - 1 or s + side >= len(states):
             ax.set_xlabel("covariance", fontsize=7)
@@ -218,20 +221,32 @@ def _per_state_histograms(data, suffix: str, figdir: Path) -> list[Path]:
         # every state keeps its shape (density per decade, log x axis)
         log = stat == "cov" and _finite(data[stat]).size > 0 and bool((_finite(data[stat]) > 0).all())
         tf = np.log10 if log else (lambda v: v)
-        edges = np.linspace(*_range(tf(_finite(data[stat]))), 61)
+        # the axis spans the states whose pairs differ: a state where every pair has one value (state 0)
+        # must not stretch it (MI 3.3 bits there against ~0.5 elsewhere)
+        spread = [_finite(data[stat][c, s]) for c in range(len(data.classes)) for s in range(n_states)]
+        spread = [v for v in spread if v.size and not _is_constant(v)]
+        lo, hi = _range(tf(np.concatenate(spread)) if spread else tf(_finite(data[stat])))
+        edges = np.linspace(lo, hi, 61)
         centres = 0.5 * (edges[:-1] + edges[1:])
         x = 10.0**centres if log else centres
         for c, name in enumerate(data.classes):
             ax = axes[c, k]
+            off_scale = []
             for s in range(n_states):
                 v = _finite(data[stat][c, s])
                 if v.size == 0:
                     continue
                 if _is_constant(v):  # every pair the same value (state 0): a line, not a spike
-                    ax.axvline(float(v[0]), color=cmap(norm(s)), ls="--", lw=1.2)
+                    if lo <= float(tf(v[:1])[0]) <= hi:
+                        ax.axvline(float(v[0]), color=cmap(norm(s)), ls="--", lw=1.2)
+                    else:
+                        off_scale.append(f"state {s}: every pair = {float(v[0]):.3g} (off scale)")
                     continue
                 dens, _ = np.histogram(tf(v), bins=edges, density=True)
                 ax.plot(x, dens, color=cmap(norm(s)), lw=1)
+            if off_scale:
+                ax.text(0.98, 0.97, "\n".join(off_scale), transform=ax.transAxes, ha="right", va="top", fontsize=8,
+                        color="0.25", bbox={"boxstyle": "round", "fc": "white", "ec": "0.8"})
             if log:
                 ax.set_xscale("log")
             ax.set_xlabel(LABELS[stat] + (" (log scale)" if log else ""))
@@ -249,8 +264,8 @@ def _per_state_means(data, mean: np.ndarray, r: np.ndarray, n: int, suffix: str,
     states = np.arange(mean.shape[1])
     panels = [("cov", "mean covariance"), ("mi", "mean MI (bits)"), ("corr", "mean correlation"),
               ("r", "corrcoef(cov, MI) over pairs")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(17, 4.2), squeeze=False, layout="constrained")
-    for ax, (key, label) in zip(axes[0], panels):
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.6), squeeze=False, layout="constrained")  # readable at page width
+    for ax, (key, label) in zip(axes.flat, panels):
         for c, name in enumerate(data.classes):
             y = r[c] if key == "r" else mean[c, :, data.stats.index(key)]
             ax.plot(states, y, marker="o", ms=3, color=COLORS[name], label=name)

@@ -95,7 +95,8 @@ def _single_block(hist, base, edges, layer, roles, blocks, stat, what, suffix, f
 
 
 def _layer_lines(hist, edges, roles, blocks, stat, what, suffix, figdir) -> list[Path]:
-    """Rows = role, columns = Q/K/V block; one count histogram per block (layer) coloured by depth."""
+    """Per role, the Q/K/V blocks in rows of 3 (within QQ KK VV, then across QK QV KV): one count histogram
+    per block (layer) coloured by depth. Three columns keep the panels readable at page width."""
     import matplotlib.pyplot as plt
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -104,12 +105,16 @@ def _layer_lines(hist, edges, roles, blocks, stat, what, suffix, figdir) -> list
     x = bin_centres(edges)
     n_roles, n_layers, n_blocks = hist.shape[:3]
     cmap, colors = depth_colours(n_layers)
-    fig, axes = plt.subplots(n_roles, n_blocks, figsize=(3.2 * n_blocks + 1.2, 3.0 * n_roles + 0.8),
+    n_cols = min(3, n_blocks)
+    per_role = -(-n_blocks // n_cols)
+    n_rows = n_roles * per_role
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols + 1.0, 2.6 * n_rows + 0.9),
                              sharex=True, squeeze=False)  # constrained layout doubles the drawing time here
-    fig.subplots_adjust(left=0.05, right=0.95, bottom=0.1, top=0.86, wspace=0.3, hspace=0.25)
+    fig.subplots_adjust(left=0.08, right=0.9, bottom=0.06, top=1 - 1.15 / (2.6 * n_rows + 0.9), wspace=0.3,
+                        hspace=0.35)
     for r, role in enumerate(roles):
         for b, name in enumerate(blocks):
-            ax = axes[r, b]
+            ax = axes[r * per_role + b // n_cols, b % n_cols]
             for l in range(n_layers):
                 ax.plot(x, hist[r, l, b], color=colors[l], lw=0.9)
             ax.set_title(f"{ROLE_NAMES.get(role, role)} {name}", fontsize=10)
@@ -117,14 +122,16 @@ def _layer_lines(hist, edges, roles, blocks, stat, what, suffix, figdir) -> list
             ax.set_xticks(np.linspace(edges[0], edges[-1], 5))
             ax.yaxis.set_major_formatter(EngFormatter(sep=""))  # 10k, 2.5M: no offset text over the title
             ax.grid(alpha=0.3)
-            if r == n_roles - 1:
-                ax.set_xlabel(STAT_LABEL[stat])
-            if b == 0:
+            if b % n_cols == 0:
                 ax.set_ylabel("count")
+        for b in range(n_blocks, per_role * n_cols):
+            axes[r * per_role + b // n_cols, b % n_cols].set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel(STAT_LABEL[stat])
     sm = ScalarMappable(norm=Normalize(0, max(n_layers - 1, 1)), cmap=cmap)
-    cbar = fig.colorbar(sm, ax=axes, fraction=0.02, pad=0.01, label="block (layer)")
+    cbar = fig.colorbar(sm, ax=axes, fraction=0.03, pad=0.02, label="block (layer)")
     _integer_ticks(cbar.ax.yaxis)
-    fig.suptitle(f"Feature {stat} histograms per block, coloured by depth, {what} - {suffix}")
+    fig.suptitle(f"Feature {stat} histograms per block, coloured by depth\n{what} - {suffix}")
     return save_figure(fig, figdir, f"qkv_layers_{stat}")
 
 

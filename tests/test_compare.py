@@ -57,7 +57,10 @@ def _read_figure(fig) -> dict:
         for line in ax.get_lines():
             label = line.get_label()
             if not label.startswith("_") and "(" in label:  # a run's line ("LABEL (n blocks)"), not a reference
-                lines[ax.get_title(), label] = (np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float))
+                title = ax.get_title()  # "role = target · block = QQ": every panel names what its labels label
+                assert all(" = " in part for part in title.split(" · ") if title), title
+                title = " · ".join(part.split(" = ", 1)[-1] for part in title.split(" · "))
+                lines[title, label] = (np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float))
         for coll in ax.collections:
             if hasattr(coll, "get_array") and coll.get_array() is not None and ax.get_title():
                 meshes[ax.get_title()] = np.asarray(coll.get_array(), dtype=float)
