@@ -109,8 +109,9 @@ def resample_indices(n: int, resamples: int = DEFAULT_RESAMPLES, *, generator: t
 
     Row b lists the units of resample b: position i holds a unit drawn uniformly with
     replacement from the units of i's stratum (all units without ``strata``), so every stratum
-    keeps its size (the stratified bootstrap: rsa's words within their categories). One
-    ``torch.rand(B, n, dtype=float64)`` from ``generator`` decides everything.
+    keeps its size (the stratified bootstrap: rsa's words within their categories). One call
+    to ``generator`` decides everything (``torch.randint``; with strata ``torch.rand(B, n,
+    dtype=float64)``, position i taking member ``floor(u·size)`` of its stratum).
 
     Args:
         n: units.
@@ -121,9 +122,9 @@ def resample_indices(n: int, resamples: int = DEFAULT_RESAMPLES, *, generator: t
     _positive_int(n, "n")
     _positive_int(resamples, "resamples")
     dev = _check_generator(generator)
-    u = torch.rand(resamples, n, generator=generator, dtype=torch.float64, device=dev)
     if strata is None:
-        return (u * n).long().clamp_(max=n - 1)
+        return torch.randint(0, n, (resamples, n), generator=generator, device=dev)
+    u = torch.rand(resamples, n, generator=generator, dtype=torch.float64, device=dev)
     code, grouped, start = _strata_codes(strata, n, dev)
     size = torch.bincount(code)[code]  # [n] size of each position's stratum
     pick = (u * size).long().minimum(size - 1)
@@ -294,9 +295,18 @@ def _weights(weights: Tensor, units: int, device: torch.device) -> Tensor:
     if not isinstance(weights, Tensor) or weights.ndim != 2 or weights.shape[1] != units:
         raise InputError(f"weights must be a tensor [resample, {units} units], got {getattr(weights, 'shape', weights)!r}")
     w = weights.to(device=device, dtype=torch.float64)
-    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+    if not (bool((w >= 0).all()) and bool(torch.isfinite(w.sum()))):  # NaN fails >= 0; then inf shows in the sum
         raise InputError("weights must be finite and non-negative")
     return w
+
+
+def _fold(states: Tensor, w: Tensor) -> Tensor:
+    """:func:`unit_sums` on checked float64 weights [B, U]."""
+    s = states.to(torch.float64).reshape(states.shape[0], 1, -1)  # [U, 1, K]
+    out = torch.zeros(w.shape[0], s.shape[2], dtype=torch.float64, device=states.device)
+    for u in range(states.shape[0]):
+        out += w[:, u, None] * s[u]
+    return out.reshape(w.shape[0], *states.shape[1:])
 
 
 def unit_sums(states: Tensor, weights: Tensor) -> Tensor:
@@ -316,12 +326,7 @@ def unit_sums(states: Tensor, weights: Tensor) -> Tensor:
     """
     if not isinstance(states, Tensor) or states.ndim < 1:
         raise InputError(f"states must be a tensor [unit, ...], got {getattr(states, 'shape', states)!r}")
-    w = _weights(weights, states.shape[0], states.device)
-    s = states.to(torch.float64).reshape(states.shape[0], 1, -1)  # [U, 1, K]
-    out = torch.zeros(w.shape[0], s.shape[2], dtype=torch.float64, device=states.device)
-    for u in range(states.shape[0]):
-        out += w[:, u, None] * s[u]
-    return out.reshape(w.shape[0], *states.shape[1:])
+    return _fold(states, _weights(weights, states.shape[0], states.device))
 
 
 def weighted_mean(count: Tensor, total: Tensor, weights: Tensor) -> Tensor:
@@ -334,8 +339,8 @@ def weighted_mean(count: Tensor, total: Tensor, weights: Tensor) -> Tensor:
     Args:
         count: Tensor[U] samples per unit; total: Tensor[U, ...] their sums; weights: Tensor[B, U].
     """
-    n = unit_sums(count, weights)  # [B]
-    return unit_sums(total, weights) / n.reshape(-1, *([1] * (total.ndim - 1)))
+    w = _weights(weights, total.shape[0], total.device)
+    return _fold(total, w) / _fold(count, w).reshape(-1, *([1] * (total.ndim - 1)))
 
 
 def _centred_parts(count: Tensor, mean: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -366,11 +371,12 @@ def weighted_moments(count: Tensor, mean: Tensor, m2: Tensor, weights: Tensor) -
     Returns:
         (count Tensor[B], mean Tensor[B, ...], m2 Tensor[B, ...]), float64.
     """
+    w = _weights(weights, mean.shape[0], mean.device)
     c, g, d = _centred_parts(count, mean)
-    n = unit_sums(count, weights)
+    n = _fold(count, w)
     shape = (-1, *([1] * (mean.ndim - 1)))
-    dn = unit_sums(c * d, weights)
-    m2_b = unit_sums(m2.to(torch.float64) + c * d * d, weights) - dn * dn / n.reshape(shape)
+    dn = _fold(c * d, w)
+    m2_b = _fold(m2.to(torch.float64) + c * d * d, w) - dn * dn / n.reshape(shape)
     return n, g + dn / n.reshape(shape), m2_b
 
 
@@ -384,13 +390,14 @@ def weighted_pearson(count: Tensor, mean_x: Tensor, mean_y: Tensor, m2_x: Tensor
     Args:
         count: Tensor[U]; the rest Tensor[U, ...]; weights: Tensor[B, U].
     """
+    w = _weights(weights, mean_x.shape[0], mean_x.device)
     c, _, dx = _centred_parts(count, mean_x)
     _, _, dy = _centred_parts(count, mean_y)
-    n = unit_sums(count, weights).reshape(-1, *([1] * (mean_x.ndim - 1)))
-    sx, sy = unit_sums(c * dx, weights), unit_sums(c * dy, weights)
-    vx = unit_sums(m2_x.to(torch.float64) + c * dx * dx, weights) - sx * sx / n
-    vy = unit_sums(m2_y.to(torch.float64) + c * dy * dy, weights) - sy * sy / n
-    cxy = unit_sums(c_xy.to(torch.float64) + c * dx * dy, weights) - sx * sy / n
+    n = _fold(count, w).reshape(-1, *([1] * (mean_x.ndim - 1)))
+    sx, sy = _fold(c * dx, w), _fold(c * dy, w)
+    vx = _fold(m2_x.to(torch.float64) + c * dx * dx, w) - sx * sx / n
+    vy = _fold(m2_y.to(torch.float64) + c * dy * dy, w) - sy * sy / n
+    cxy = _fold(c_xy.to(torch.float64) + c * dx * dy, w) - sx * sy / n
     den = vx * vy
     ok = den > 0
     return torch.where(ok, cxy / torch.sqrt(torch.where(ok, den, torch.ones_like(den))), torch.nan)
