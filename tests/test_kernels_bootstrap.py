@@ -343,3 +343,23 @@ def test_benjamini_hochberg_vs_scipy():
     assert np.isnan(got[~keep]).all()
     with pytest.raises(InputError, match=r"\[0, 1\]"):
         benjamini_hochberg(torch.tensor([0.5, 1.5]))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cuda_unit_sums_bitwise_and_generators():
+    rng = np.random.default_rng(18)
+    states = torch.from_numpy(rng.normal(size=(50, 7)) * 1e3)
+    w = poisson_weights(5, range(50), 1000)
+    assert torch.equal(unit_sums(states.cuda(), w.cuda()).cpu(), unit_sums(states, w))
+    count = torch.randint(1, 5, (50,))
+    cpu = weighted_moments(count, states, states.abs(), w)
+    gpu = weighted_moments(count.cuda(), states.cuda(), states.abs().cuda(), w.cuda())
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    idx = resample_indices(30, 100, generator=g, strata=torch.arange(30, device="cuda") % 3)
+    assert idx.is_cuda and torch.equal((idx % 3).cpu(), (torch.arange(30) % 3).expand(100, 30))
+    p = permutations(30, 10, generator=g)
+    assert torch.equal(p.sort(1).values.cpu(), torch.arange(30).expand(10, 30))
+    q = benjamini_hochberg(torch.rand(4, 9, device="cuda"))
+    assert q.is_cuda

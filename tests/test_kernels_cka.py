@@ -359,3 +359,48 @@ def test_bootstrap_bad_inputs():
         cka_bootstrap_terms(x, weights=torch.ones(3), unit_sizes=[5, 5])
     with pytest.raises(InputError, match="non-negative integers"):
         cka_bootstrap_terms(x, weights=torch.tensor([[0.5, 1.0]]), unit_sizes=[5, 5])
+
+
+# --------------------------------------------------------------------------- device
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cuda_equals_cpu():
+    xa, xb = pair(20, la=3, lb=2, n=120)
+    ta, tb = torch.from_numpy(xa), torch.from_numpy(xb)
+    ga, gb = ta.cuda(), tb.cuda()
+    for form in ("gram", "feature"):
+        for debiased in (False, True):
+            np.testing.assert_allclose(cka_matrix(ga, gb, debiased=debiased, form=form).cpu().numpy(),
+                                       cka_matrix(ta, tb, debiased=debiased, form=form).numpy(), rtol=1e-10)
+    w = resample_counts(12, 50, generator=torch.Generator().manual_seed(0))
+    cpu = cka_bootstrap_terms(ta, tb, weights=w, unit_sizes=[10] * 12)
+    gpu = cka_bootstrap_terms(ga, gb, weights=w.cuda(), unit_sizes=[10] * 12)
+    np.testing.assert_allclose(gpu.cka_debiased().cpu().numpy(), cpu.cka_debiased().numpy(), rtol=1e-9)
+    perms = permutations(120, 20, generator=torch.Generator().manual_seed(1))
+    np.testing.assert_allclose(cka_permutation_terms(ga, gb, permutations=perms.cuda()).cka().cpu().numpy(),
+                               cka_permutation_terms(ta, tb, permutations=perms).cka().numpy(), rtol=1e-10)
+    state = {k: v.cpu() for k, v in minibatch_state(ga, gb, batch_size=32).items()}
+    np.testing.assert_allclose(minibatch_cka(state).numpy(), minibatch_cka(minibatch_state(ta, tb, batch_size=32)).numpy(),
+                               rtol=1e-10)
+    merged = merge_moment_states(moment_state(ga[:, :50], gb[:, :50]), moment_state(ga[:, 50:], gb[:, 50:]))
+    np.testing.assert_allclose(moment_terms(merged).cka().cpu().numpy(), ref_matrix(xa, xb, centre=True), rtol=1e-9)
+    # float32 on the GPU (TF32 off by default for matmuls in torch)
+    np.testing.assert_allclose(cka_matrix(ga.float(), gb.float()).cpu().numpy(), ref_matrix(xa, xb), atol=2e-4)
+
+
+def test_cka_bench_tiny_runs_and_reports(tmp_path, capsys):
+    """The benchmark's smoke run (no speed asserted): every variant timed, ratios and agreement reported."""
+    import json
+
+    from lamina.benchmarks.cka_bench import main
+
+    out = tmp_path / "cka.json"
+    main(["--tiny", "--device", "cpu", "--repeats", "1", "--max-repeats", "1", "--warmup", "0", "--out", str(out)])
+    assert "per-pair feature loop / lamina" in capsys.readouterr().out
+    case = json.loads(out.read_text())["cka"]
+    assert set(case["variants"]) == {"lamina", "floor", "per_pair_feature", "per_pair_gram", "bootstrap", "minibatch"}
+    assert all(v["seconds"] > 0 for v in case["variants"].values())
+    assert case["checks"]["max_abs_diff_vs_per_pair_feature"] < 1e-4
+    assert case["checks"]["max_abs_diff_vs_per_pair_gram"] < 1e-4

@@ -72,3 +72,11 @@ def test_mutual_knn_bad_inputs():
         mutual_knn(torch.full((1, 10, 3), float("nan")))
     with pytest.raises(InputError, match=r"\[layer, sample, feature\]"):
         knn_indices(torch.randn(10, 3), 2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cuda_equals_cpu_with_ties():
+    x = torch.from_numpy(data(4, 3, 80, 9))
+    assert torch.equal(knn_indices(x.cuda(), 7).cpu(), knn_indices(x, 7))
+    assert torch.equal(mutual_knn(x.cuda(), k=7).cpu(), mutual_knn(x, k=7))

@@ -121,15 +121,15 @@ def _work_dtype(x: Tensor) -> torch.dtype:
 
 def _centre(x: Tensor) -> Tensor:
     """Tensor[..., sample, feature] -> a new tensor, work dtype, every feature's mean removed."""
-    x = x.to(_work_dtype(x), copy=True)
-    return x.sub_(x.mean(dim=-2, keepdim=True))
+    work = _work_dtype(x)
+    return torch.sub(x, x.mean(dim=-2, keepdim=True, dtype=work)).to(work)
 
 
 def _centre_sample_major(x: Tensor) -> Tensor:
     """Tensor[L, n, p] -> a new contiguous Tensor[n, L, p], work dtype, centred over the samples."""
-    z = torch.empty(x.shape[1], x.shape[0], x.shape[2], dtype=_work_dtype(x), device=x.device)
-    z.copy_(x.transpose(0, 1))
-    return z.sub_(z.mean(dim=0, keepdim=True))
+    work = _work_dtype(x)
+    z = torch.empty(x.shape[1], x.shape[0], x.shape[2], dtype=work, device=x.device)
+    return torch.sub(x.transpose(0, 1), x.mean(dim=1, dtype=work)[None], out=z)
 
 
 # --------------------------------------------------------------------------- the terms
@@ -230,19 +230,23 @@ def _block_size(n: int, rows: int) -> int:
     return max(1, min(n, math.isqrt(max(1, _BUDGET // max(rows, 1)))))
 
 
-def _gram_block(x: Tensor, r0: int, r1: int, t0: int, t1: int) -> Tensor:
+def _gram_block(x: Tensor, r0: int, r1: int, t0: int, t1: int, diag: Tensor | None = None) -> Tensor:
     """Tensor[..., layer, r1-r0, t1-t0]: the Gram block of samples r0:r1 against t0:t1, with its
-    diagonal zeroed when the two ranges are the same."""
+    diagonal zeroed when the two ranges are the same (and first copied to ``diag[..., r0:r1]``)."""
     k = x[..., r0:r1, :] @ x[..., t0:t1, :].mT
     if r0 == t0:
-        k.diagonal(dim1=-2, dim2=-1).zero_()
+        d = k.diagonal(dim1=-2, dim2=-1)
+        if diag is not None:
+            diag[..., r0:r1] = d
+        d.zero_()
     return k
 
 
-def _gram_sums(xa: Tensor, xb: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+def _gram_sums(xa: Tensor, xb: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``Σ_{i≠j} K_ij L_ij`` for every layer pair [*, La, Lb] and for every layer with itself
     ([*, La], [*, Lb]), from Gram blocks of the upper block triangle (each off-diagonal block
-    counted twice: the Grams are symmetric).
+    counted twice: the Grams are symmetric); and the Grams' diagonals ``a_i = ‖x̃_i‖²``
+    ([*, La, n], [*, Lb, n], float64).
 
     Args:
         xa: Tensor[*, La, n, p] centred; xb: Tensor[*, Lb, n, q] centred, or None (B is A).
@@ -255,22 +259,24 @@ def _gram_sums(xa: Tensor, xb: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     off = torch.zeros(*lead, la, lb, **f64)
     off_a = torch.zeros(*lead, la, **f64)
     off_b = torch.zeros(*lead, lb, **f64)
+    a = torch.empty(*lead, la, n, **f64)
+    b = a if xb is None else torch.empty(*lead, lb, n, **f64)
     for r0 in range(0, n, s):
         r1 = min(r0 + s, n)
         for t0 in range(r0, n, s):
             t1 = min(t0 + s, n)
             w = 1.0 if t0 == r0 else 2.0
-            fa = _gram_block(xa, r0, r1, t0, t1).flatten(-2)  # [*, La, block·block]
+            fa = _gram_block(xa, r0, r1, t0, t1, a).flatten(-2)  # [*, La, block·block]
             if xb is None:
                 off += w * (fa @ fa.mT).double()
                 continue
-            fb = _gram_block(xb, r0, r1, t0, t1).flatten(-2)
+            fb = _gram_block(xb, r0, r1, t0, t1, b).flatten(-2)
             off += w * (fa @ fb.mT).double()
-            off_a += w * fa.square().sum(-1).double()
-            off_b += w * fb.square().sum(-1).double()
+            off_a += w * torch.linalg.vector_norm(fa, dim=-1).double().square()
+            off_b += w * torch.linalg.vector_norm(fb, dim=-1).double().square()
     if xb is None:
         off_a = off_b = off.diagonal(dim1=-2, dim2=-1).clone()
-    return off, off_a, off_b
+    return off, off_a, off_b, a, b
 
 
 def _feature_sums(za: Tensor, zb: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -355,9 +361,7 @@ def cka_terms(xa: Tensor, xb: Tensor | None = None, *, form: Form = "auto") -> H
     if form == "gram":
         ca = _centre(xa)
         cb = None if xb is None else _centre(xb)
-        off, off_a, off_b = _gram_sums(ca, cb)
-        a = ca.square().sum(-1).double()  # [La, n]
-        b = a if cb is None else cb.square().sum(-1).double()
+        off, off_a, off_b, a, b = _gram_sums(ca, cb)  # a: [La, n]
         diag = a @ b.mT
         return _centred_terms(n, (), off, diag, off_a, a.square().sum(-1), a.sum(-1),
                               off_b, b.square().sum(-1), b.sum(-1))
@@ -649,9 +653,7 @@ def minibatch_state(xa: Tensor, xb: Tensor | None = None, *, batch_size: int) ->
         b1 = min(b0 + per, k)
         ca = batched(xa, b0, b1)
         cb = None if xb is None else batched(xb, b0, b1)
-        off, off_a, off_b = _gram_sums(ca, cb)
-        a = ca.square().sum(-1).double()  # [k, La, m]
-        b = a if cb is None else cb.square().sum(-1).double()
+        off, off_a, off_b, a, b = _gram_sums(ca, cb)  # a: [k, La, m]
         terms = _centred_terms(batch_size, (b1 - b0,), off, a @ b.mT, off_a, a.square().sum(-1), a.sum(-1),
                                off_b, b.square().sum(-1), b.sum(-1))
         ab, aa, bb = terms.hsic(debiased=True)
@@ -715,10 +717,10 @@ def cka_permutation_terms(xa: Tensor, xb: Tensor | None = None, *, permutations:
     ca = _centre(xa)
     cb = ca if xb is None else _centre(xb)
     lb = cb.shape[0]
-    ka = _gram_block(ca, 0, n, 0, n)  # [La, n, n], diagonal zeroed
-    kb = ka if xb is None else _gram_block(cb, 0, n, 0, n)
-    a = ca.square().sum(-1).double()
-    b = a if xb is None else cb.square().sum(-1).double()
+    a = torch.empty(la, n, dtype=torch.float64, device=xa.device)
+    ka = _gram_block(ca, 0, n, 0, n, a)  # [La, n, n], diagonal zeroed (kept in a)
+    b = a if xb is None else torch.empty(lb, n, dtype=torch.float64, device=xa.device)
+    kb = ka if xb is None else _gram_block(cb, 0, n, 0, n, b)
     fa = ka.flatten(1)
     total = perms.shape[0]
     off = torch.empty(total, la, lb, dtype=torch.float64, device=xa.device)
@@ -788,10 +790,32 @@ def _unit_layout(unit_sizes: Sequence[int] | Tensor, n: int, device: torch.devic
 
 
 def _padded(x: Tensor, pos: Tensor, units: int, s: int) -> Tensor:
-    """Tensor[L, n, p] -> Tensor[L, units, s, p]: each unit's samples first, zeros after."""
+    """Tensor[L, n, p] -> Tensor[L, units, s, p]: each unit's samples first, zeros after (a view
+    when every unit has s samples)."""
+    if units * s == x.shape[1]:
+        return x.view(x.shape[0], units, s, x.shape[2])
     out = x.new_zeros(x.shape[0], units * s, x.shape[2])
     out[:, pos] = x
     return out.view(x.shape[0], units, s, x.shape[2])
+
+
+def _sq_norm(x: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(x, dim=-1).square()
+
+
+def _unit_dots(p: Tensor, sums: Tensor) -> Tensor:
+    """``R[v, l, i] = x_li · S_lv`` (sample i against unit v's feature sum): Tensor[U, L·U·s] float64.
+    p: Tensor[L, U, s, d]; sums: Tensor[L, U, d]."""
+    r = p.flatten(1, 2) @ sums.mT  # [L, U·s, U]
+    return r.permute(2, 0, 1).reshape(sums.shape[1], -1).double()
+
+
+def _row_vectors(r: Tensor, wc: Tensor, diag: Tensor, root: Tensor) -> tuple[Tensor, Tensor]:
+    """(√w·Kw, √w·(Kw - a)), each Tensor[c, L, U·s], for a chunk of resamples wc [c, U]:
+    ``(Kw)_i = Σ_v w_v R[v, :, i]``; diag: Tensor[L, U·s] the Gram diagonal; root: √w per sample."""
+    kw = (wc @ r).view(wc.shape[0], diag.shape[0], diag.shape[1])
+    ks = kw * root
+    return ks, kw.sub_(diag).mul_(root)
 
 
 def _row_grams(p: Tensor, u: int) -> Tensor:
@@ -852,7 +876,8 @@ def cka_bootstrap_terms(xa: Tensor, xb: Tensor | None = None, *, weights: Tensor
     pa = _padded(_centre(xa), pos, units, s)  # [La, U, s, p]
     pb = pa if xb is None else _padded(_centre(xb), pos, units, s)
     lb = pb.shape[0]
-    a, b = pa.square().sum(-1).double(), pb.square().sum(-1).double()  # [L, U, s]
+    a = _sq_norm(pa).double()  # [La, U, s]
+    b = a if xb is None else _sq_norm(pb).double()
     size_t = torch.tensor(sizes, dtype=torch.float64, device=dev)
     n_star = w @ size_t  # [B]
     w2 = w * w
@@ -876,8 +901,8 @@ def cka_bootstrap_terms(xa: Tensor, xb: Tensor | None = None, *, weights: Tensor
         coef[:, 1:] *= 2.0
         off += coef @ (ga @ gb.mT).double().flatten(1)
         if xb is not None:
-            off_a += coef @ ga.square().sum(-1).double()
-            off_b += coef @ gb.square().sum(-1).double()
+            off_a += coef @ _sq_norm(ga).double()
+            off_b += coef @ _sq_norm(gb).double()
     off = off.view(nb, la, lb) + ((w2 - w) @ d_ab.flatten(1)).view(nb, la, lb)
     if xb is None:
         off_a = off.diagonal(dim1=-2, dim2=-1).clone()
@@ -887,29 +912,32 @@ def cka_bootstrap_terms(xa: Tensor, xb: Tensor | None = None, *, weights: Tensor
     if xb is None:
         off_b = off_a
 
-    # row terms: (Kw)_i = Σ_v w_v x_i·S_v, by chunks of resamples
-    ra = (pa.flatten(1, 2) @ sa.mT).double()  # [La, U·s, U]
-    rb = ra if xb is None else (pb.flatten(1, 2) @ sb.mT).double()
+    # row terms: (Kw)_i = Σ_v w_v x_i·S_v, by chunks of resamples; with √w folded into both
+    # sides, row = (√w·Kw)(√w·Lw)ᵀ and row_off likewise: two batched products
+    ra = _unit_dots(pa, sa)  # [U, La·U·s]
+    rb = ra if xb is None else _unit_dots(pb, sb)
     af, bf = a.flatten(1), b.flatten(1)  # [L, U·s]
     unit_of = torch.arange(units, device=dev).repeat_interleave(s)
-    row = torch.empty(nb, la, lb, dtype=torch.float64, device=dev)
-    row_off = torch.empty_like(row)
-    row_a, row_off_a = torch.empty(nb, la, dtype=torch.float64, device=dev), torch.empty(nb, la, dtype=torch.float64,
-                                                                                        device=dev)
-    row_b, row_off_b = torch.empty(nb, lb, dtype=torch.float64, device=dev), torch.empty(nb, lb, dtype=torch.float64,
-                                                                                        device=dev)
-    step = max(1, _BUDGET // ((la + lb) * units * s))
+    f64 = dict(dtype=torch.float64, device=dev)
+    row, row_off = torch.empty(nb, la, lb, **f64), torch.empty(nb, la, lb, **f64)
+    row_a, row_off_a = torch.empty(nb, la, **f64), torch.empty(nb, la, **f64)
+    row_b, row_off_b = torch.empty(nb, lb, **f64), torch.empty(nb, lb, **f64)
+    step = max(1, _BUDGET // (2 * (la + (0 if xb is None else lb)) * units * s))
     for c0 in range(0, nb, step):
         wc = w[c0:c0 + step]  # [c, U]
-        wt = wc[:, unit_of]  # [c, U·s]
-        kw = (ra @ wc.mT).permute(2, 0, 1)  # [c, La, U·s]
-        lw = kw if xb is None else (rb @ wc.mT).permute(2, 0, 1)
-        ko, lo = kw - af, lw - bf
         sl = slice(c0, c0 + wc.shape[0])
-        row[sl] = (kw * wt[:, None]) @ lw.mT
-        row_off[sl] = (ko * wt[:, None]) @ lo.mT
-        row_a[sl], row_off_a[sl] = (kw.square() * wt[:, None]).sum(-1), (ko.square() * wt[:, None]).sum(-1)
-        row_b[sl], row_off_b[sl] = (lw.square() * wt[:, None]).sum(-1), (lo.square() * wt[:, None]).sum(-1)
+        root = wc.sqrt()[:, unit_of][:, None, :]  # [c, 1, U·s]
+        ks, ko = _row_vectors(ra, wc, af, root)  # [c, La, U·s]
+        if xb is None:
+            row[sl], row_off[sl] = ks @ ks.mT, ko @ ko.mT
+            row_a[sl], row_off_a[sl] = row[sl].diagonal(dim1=-2, dim2=-1), row_off[sl].diagonal(dim1=-2, dim2=-1)
+            continue
+        ls, lo = _row_vectors(rb, wc, bf, root)
+        row[sl], row_off[sl] = ks @ ls.mT, ko @ lo.mT
+        row_a[sl], row_off_a[sl] = _sq_norm(ks), _sq_norm(ko)
+        row_b[sl], row_off_b[sl] = _sq_norm(ls), _sq_norm(lo)
+    if xb is None:
+        row_b, row_off_b = row_a, row_off_a
 
     diag = (w @ d_ab.flatten(1)).view(nb, la, lb)
     return HSICTerms(n_star, Cross(off, diag, row, row_off),

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from lamina.engine.errors import InputError
+from lamina.engine.kernels.cka import _check_acts, _check_pair
 
 __all__ = ["knn_indices", "mutual_knn"]
 
@@ -30,12 +31,7 @@ __all__ = ["knn_indices", "mutual_knn"]
 _BUDGET = 1 << 24
 
 
-def _check(x: Tensor, name: str) -> None:
-    if not isinstance(x, Tensor) or x.ndim != 3 or 0 in x.shape:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise InputError(f"{name} must be a non-empty tensor [layer, sample, feature], got {shape}")
-    if not x.is_floating_point():
-        raise InputError(f"{name} must be a real floating tensor, got dtype {x.dtype}")
+def _check_finite(x: Tensor, name: str) -> None:
     if not bool(torch.isfinite(x).all()):
         raise InputError(f"{name} holds NaN or infinite values: neighbours are undefined")
 
@@ -78,7 +74,8 @@ def knn_indices(x: Tensor, k: int) -> Tensor:
         x: Tensor[L, n, d].
         k: 1 <= k < n.
     """
-    _check(x, "x")
+    _check_acts(x, "x")
+    _check_finite(x, "x")
     layers, n, _ = x.shape
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n:
         raise InputError(f"k must be an int with 1 <= k < {n} (the number of other samples), got {k!r}")
@@ -109,12 +106,7 @@ def mutual_knn(xa: Tensor, xb: Tensor | None = None, *, k: int = 10) -> Tensor:
         xa: Tensor[La, n, p]; xb: Tensor[Lb, n, q] on the same samples, or None.
         k: neighbours (10, as Huh et al.).
     """
-    _check(xa, "xa")
-    if xb is not None:
-        _check(xb, "xb")
-        if xb.shape[1] != xa.shape[1]:
-            raise InputError(f"xa and xb must hold the same samples: xa has {xa.shape[1]} "
-                             f"(shape {tuple(xa.shape)}), xb has {xb.shape[1]} (shape {tuple(xb.shape)})")
+    _check_pair(xa, xb, 2)
     la, n, _ = xa.shape
     ia = knn_indices(xa, k)
     ib = ia if xb is None else knn_indices(xb, k)
