@@ -404,3 +404,11 @@ def test_cka_bench_tiny_runs_and_reports(tmp_path, capsys):
     assert all(v["seconds"] > 0 for v in case["variants"].values())
     assert case["checks"]["max_abs_diff_vs_per_pair_feature"] < 1e-4
     assert case["checks"]["max_abs_diff_vs_per_pair_gram"] < 1e-4
+
+
+def test_too_few_samples_in_a_resample_give_nan():
+    x = torch.randn(2, 12, 3, dtype=torch.float64)
+    w = torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0]])  # 3, 0 and 6 samples
+    t = cka_bootstrap_terms(x, weights=w, unit_sizes=[3] * 4)
+    assert torch.isnan(t.cka_debiased()[:2]).all() and torch.isnan(t.cka()[1]).all()
+    assert torch.isfinite(t.cka()[0]).all() and torch.isfinite(t.cka_debiased()[2]).all()
