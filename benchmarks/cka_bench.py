@@ -20,9 +20,9 @@ not depend on values) and the CKA of every layer with every layer (48 x 48 = 230
 * ``per_pair_gram``: the loop of Kornblith et al.'s reference code (and torch_cka-style
   libraries), per pair: ``K = XXᵀ``, ``L = YYᵀ``, both centred (``HKH``), then
   ``⟨K, L⟩ / (‖K‖ ‖L‖)``;
-* ``bootstrap``: :func:`~lamina.engine.kernels.cka.cka_bootstrap_terms` with B = 1000 multinomial
+* ``bootstrap``: :func:`~lamina.engine.kernels.cka_inference.cka_bootstrap_terms` with B = 1000 multinomial
   resamples of units of 64 tokens, both matrices for every resample;
-* ``minibatch``: :func:`~lamina.engine.kernels.cka.minibatch_state` over the same tokens (the
+* ``minibatch``: :func:`~lamina.engine.kernels.cka_streaming.minibatch_state` over the same tokens (the
   streamed debiased form, minibatches of 256).
 
 The two per-pair loops are timed on ``sample_pairs`` pairs and scaled to all L x L pairs
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,9 @@ import torch
 
 from lamina.engine.kernels import cka as cka_mod
 from lamina.engine.kernels.bootstrap import resample_counts
-from lamina.engine.kernels.cka import cka_bootstrap_terms, cka_terms, minibatch_state
+from lamina.engine.kernels.cka import cka_terms
+from lamina.engine.kernels.cka_inference import cka_bootstrap_terms
+from lamina.engine.kernels.cka_streaming import minibatch_state
 
 from .report import CaseResult
 from .timing import Timing, machine_info, measure_many

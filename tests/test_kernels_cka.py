@@ -1,5 +1,6 @@
-"""Linear CKA, biased and debiased: full batch, streamed (exact moments and minibatches), permutation
-null and unit bootstrap (docs/analyses.md, "Similarity and inference (kernels)").
+"""Linear CKA, biased and debiased: full batch (cka), streamed (cka_streaming: exact moments and
+minibatches), permutation null and unit bootstrap (cka_inference); docs/analyses.md, "Similarity and
+inference (kernels)".
 
 References are plain NumPy written from the papers' formulas on UNcentred Gram matrices (Kornblith
 et al. 2019: ``tr(KHLH)``; Song et al. 2012: the unbiased HSIC with zeroed diagonals), one layer pair
@@ -15,14 +16,9 @@ import torch
 import lamina.engine.kernels.cka as cka_mod
 from lamina.engine.errors import InputError
 from lamina.engine.kernels.bootstrap import permutations, resample_counts
-from lamina.engine.kernels.cka import (
-    best_match,
-    cka_bootstrap_terms,
-    cka_matrix,
-    cka_permutation_terms,
-    cka_permutation_test,
-    cka_terms,
-    linear_cka,
+from lamina.engine.kernels.cka import best_match, cka_matrix, cka_terms, linear_cka
+from lamina.engine.kernels.cka_inference import cka_bootstrap_terms, cka_permutation_terms, cka_permutation_test
+from lamina.engine.kernels.cka_streaming import (
     merge_minibatch_states,
     merge_moment_states,
     minibatch_cka,
