@@ -128,7 +128,7 @@ def _build(path: Path, sha: str, out: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers import __version__ as transformers_version
 
-    from .model_source import quiet
+    from .chatter import quiet
     from .model_support import architecture_candidates, check_architecture
 
     t0 = time.perf_counter()

@@ -25,13 +25,13 @@ loaded.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 from pathlib import Path
 
 from .errors import InputError, ModelNotFoundError
+from .chatter import quiet  # noqa: F401  (re-exported: engine modules silence loading with it)
 from .gguf import dequantised_folder, is_gguf_name
 from .model_configs import SHIPPED_CONFIGS, shipped_name
 from .model_support import check_architecture
@@ -372,27 +372,3 @@ def not_cached_message(name: str, revision: str | None = None) -> str:
         "(HF_HUB_OFFLINE). Use --weights random (full-size architecture, random weights, offline) or --model PATH "
         "to a local checkpoint directory."
     )
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence transformers', huggingface_hub's and TransformerLens' chatter (progress bars, notices)."""
-    import logging
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    tl_logger = logging.getLogger("transformer_lens")
-    old = tl_logger.level
-    tl_logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
-        hf_logging.enable_progress_bar()
-        tl_logger.setLevel(old)
