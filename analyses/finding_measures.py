@@ -110,7 +110,7 @@ def qkv_claims(get: Get) -> list[Claim]:
     far = share_far(cos[0, :, qq])  # [layer]
     ends = end_peak_ratio(cos[0, :, qq])  # [layer]
     sd = hist_sd(cos[0, :, qq])
-    early = float(ends[1:first.stop].mean())  # block 0 left out: one vector, nothing in the centre
+    early = float(ends[1:max(first.stop, 2)].mean())  # block 0 left out: one vector, nothing in the centre
     late = float(far[last].mean())
     c_sd, b_sd = hist_sd(cor[0, :, qq]), hist_sd(base)
     ratio = float(c_sd[last].mean() / b_sd[last].mean())
@@ -121,7 +121,7 @@ def qkv_claims(get: Get) -> list[Claim]:
               "averaged over blocks 1 to the end of the first third; holds when > 2 (mass piled at both ends). "
               "Block 0 is left out: the target is the same token in every sentence, one Q vector, so every |c| is 1 "
               f"(its share with |c| > {FAR} is shown).",
-              f"end/centre ratio {early:.2f} (blocks 1-{first.stop - 1}); share |c| > {FAR}: block 0 {far[0]:.3f}, first third "
+              f"end/centre ratio {early:.2f} (blocks 1-{max(first.stop, 2) - 1}); share |c| > {FAR}: block 0 {far[0]:.3f}, first third "
               f"{far[first].mean():.3f}", bool(early > 2)),
         Claim("They flatten towards 0 in deep blocks.",
               f"QQ target cosine in the last third: share with |c| > {FAR} (holds when < 0.1) and sd against the first "
