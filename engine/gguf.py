@@ -133,23 +133,25 @@ def _build(path: Path, sha: str, out: Path) -> None:
 
     t0 = time.perf_counter()
     folder, filename = str(path.parent), path.name
-    try:
-        with quiet():
-            config = AutoConfig.from_pretrained(folder, gguf_file=filename)
-    except (ValueError, OSError, KeyError) as e:
-        raise InputError(f"GGUF file {str(path)!r} cannot be read by transformers ({_first_line(e)}); lamina reads "
-                         "the GGUF architectures transformers can dequantise (llama, mistral, qwen2, gpt2, phi3, "
-                         "...)") from None
-    cfg = config.to_dict()
-    cfg.pop("quantization_config", None)
-    cfg["architectures"] = (architecture_candidates(cfg) or [None])[:1] if not cfg.get("architectures") else \
-        cfg["architectures"]
-    check_architecture(cfg, str(path))  # before any tensor is dequantised
-    quant = _quantisation_types(path)
-    sys.stderr.write(f"lamina: dequantising {filename} once into {out.parent} (sha256 {sha[:12]}...)\n")
-    with quiet(), _no_progress_bar():
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    with _one_reader() as readers:
+        try:
+            with quiet():
+                config = AutoConfig.from_pretrained(folder, gguf_file=filename)
+        except (ValueError, OSError, KeyError) as e:
+            raise InputError(f"GGUF file {str(path)!r} cannot be read by transformers ({_first_line(e)}); lamina "
+                             "reads the GGUF architectures transformers can dequantise (llama, mistral, qwen2, gpt2, "
+                             "phi3, ...)") from None
+        cfg = config.to_dict()
+        cfg.pop("quantization_config", None)
+        if not cfg.get("architectures"):
+            cfg["architectures"] = architecture_candidates(cfg)[:1]
+        check_architecture(cfg, str(path))  # before any tensor is dequantised
+        quant = dict(Counter(t.tensor_type.name for t in readers[str(path)].tensors).most_common())
+        sys.stderr.write(f"lamina: dequantising {filename} once into {out.parent} (sha256 {sha[:12]}...)\n")
+        with quiet(), _no_progress_bar():
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, config=config,
+                                                         dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
     model.hf_quantizer = None  # the weights are plain float32 now; save them as such
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -180,11 +182,43 @@ def _no_progress_bar():
         reader.tqdm = old
 
 
-def _quantisation_types(path: Path) -> dict[str, int]:
-    """{GGML tensor type: number of tensors}, e.g. {'Q4_1': 210, 'F32': 61, 'Q8_0': 1}."""
-    from gguf import GGUFReader
+@contextlib.contextmanager
+def _one_reader():
+    """Parse the file once. transformers reads it anew for the config, the tensors and the tokenizer (each
+    ``GGUFReader`` parse and field conversion costs seconds on a 2-core CPU), and rebuilds gguf's tensor-name
+    table for every module (about 400 times). While a build runs: one shared memory-mapped reader per path,
+    the metadata-only ``load_gguf_checkpoint`` remembered (each caller gets its own copy), and the name tables
+    cached. Yields {path: reader}; the reader's quantisation types go into provenance."""
+    import copy
+    import functools
 
-    return dict(Counter(t.tensor_type.name for t in GGUFReader(str(path)).tensors).most_common())
+    import gguf as gguf_lib
+    import transformers.modeling_gguf_pytorch_utils as hf_gguf
+
+    made: dict[str, object] = {}
+    metadata: dict[str, dict] = {}
+    reader_cls, name_map, load = gguf_lib.GGUFReader, gguf_lib.get_tensor_name_map, hf_gguf.load_gguf_checkpoint
+
+    def shared(path, *args, **kwargs):
+        key = str(path)
+        if key not in made:
+            made[key] = reader_cls(path, *args, **kwargs)
+        return made[key]
+
+    def remembered(path, return_tensors=False, **kwargs):
+        if return_tensors or kwargs.get("model_to_load") is not None:
+            return load(path, return_tensors=return_tensors, **kwargs)
+        key = str(path)
+        if key not in metadata:
+            metadata[key] = load(path, return_tensors=False, **kwargs)
+        return copy.deepcopy(metadata[key])
+
+    gguf_lib.GGUFReader, hf_gguf.load_gguf_checkpoint = shared, remembered
+    gguf_lib.get_tensor_name_map = functools.lru_cache(maxsize=None)(name_map)
+    try:
+        yield made
+    finally:
+        gguf_lib.GGUFReader, gguf_lib.get_tensor_name_map, hf_gguf.load_gguf_checkpoint = reader_cls, name_map, load
 
 
 def _first_line(e: BaseException) -> str:
