@@ -16,6 +16,7 @@ leave, half a folder (docs/models.md, "GGUF files").
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -96,11 +97,23 @@ def dequantised_folder(name: str) -> tuple[Path, dict]:
     path = gguf_path(name)
     sha = file_sha256(path)
     folder = cache_root() / sha
-    if not (folder / PROVENANCE).is_file():
+    if not _complete(folder):
         require_gguf_library()
-        _build_locked(path, sha, folder)
+        try:
+            _build_locked(path, sha, folder)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                               errno.EEXIST):
+                raise
+            raise InputError(f"cannot write the dequantised {path.name} into {str(cache_root())!r}: "
+                             f"{os.strerror(e.errno)}; set LAMINA_CACHE to a writable folder with ~1 GB free") from None
     prov = json.loads((folder / PROVENANCE).read_text(encoding="utf-8"))
     return folder, {**prov, "file": str(path)}
+
+
+def _complete(folder: Path) -> bool:
+    """A finished build: its provenance (written last), config and weights are there."""
+    return all((folder / f).is_file() for f in (PROVENANCE, "config.json", "model.safetensors"))
 
 
 def _build_locked(path: Path, sha: str, folder: Path) -> None:
@@ -109,13 +122,13 @@ def _build_locked(path: Path, sha: str, folder: Path) -> None:
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder.parent / f"{sha}.lock")):
-        if (folder / PROVENANCE).is_file():  # another process built it while this one waited
+        if _complete(folder):  # another process built it while this one waited
             return
         tmp = folder.parent / f".{sha}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             _build(path, sha, tmp)
-            if folder.exists():  # an incomplete folder (no gguf.json) from an older lamina: not a complete one
+            if folder.exists():  # lamina's own cache entry, incomplete (a file of it deleted): replaced
                 shutil.rmtree(folder)
             os.replace(tmp, folder)
         finally:

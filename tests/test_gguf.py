@@ -33,6 +33,7 @@ def _fake_build(path, sha, out):
     out.mkdir(parents=True)
     time.sleep(0.5)
     (out / "config.json").write_text("{}")
+    (out / "model.safetensors").write_bytes(b"weights")
     with open(out.parent / "builds.log", "a") as fh:
         fh.write(f"{os.getpid()}\n")
     (out / gguf.PROVENANCE).write_text(json.dumps({"sha256": sha, "quantisation": {"F32": 1}}))
@@ -83,6 +84,26 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(gguf, "_build", _fake_build)
     folder, _ = gguf.dequantised_folder(str(path))
     assert (folder / gguf.PROVENANCE).is_file()
+    (folder / "model.safetensors").unlink()  # a damaged cache entry is rebuilt, not read
+    again, _ = gguf.dequantised_folder(str(path))
+    assert again == folder and (folder / "model.safetensors").read_bytes() == b"weights"
+
+
+def test_a_cache_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    if os.geteuid() == 0:
+        ro = tmp_path / "file-not-folder"
+        ro.write_text("x")  # root ignores permissions: a cache path under a file cannot be made either
+        monkeypatch.setenv("LAMINA_CACHE", str(ro / "cache"))
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        monkeypatch.setenv("LAMINA_CACHE", str(ro))
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"x" * 100)
+    monkeypatch.setattr(gguf, "_build", _fake_build)
+    with pytest.raises(InputError, match=r"cannot write the dequantised model.gguf .*set LAMINA_CACHE to a writable"):
+        gguf.dequantised_folder(str(path))
 
 
 def test_a_file_transformers_cannot_read_is_one_line(tmp_path, monkeypatch, capsys):

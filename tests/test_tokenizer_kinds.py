@@ -16,8 +16,8 @@ from lamina.engine.tokenizer import gpt2_tokenizer
 from .families import make_family_checkpoint
 from .helpers import run_analysis
 from .test_analysis_qkv import SHORT
-from .test_analysis_rsa import numpy_rsm, numpy_si, read_words
-from .test_families_end_to_end import _lines, opts, plain_hf
+from .test_analysis_rsa import read_words
+from .test_families_end_to_end import _lines, assert_rsa_matches, opts, plain_hf
 from .tokenizers_offline import sentencepiece_tokenizer, smollm2_tokenizer
 
 KINDS = ("smollm2", "sentencepiece")
@@ -106,14 +106,7 @@ def test_rsa_shipped_words(ckpt, tmp_path):
     np.testing.assert_array_equal(run.numpy("inputs/lengths"), [len(r) for r in rows])
     sofa = words.index("sofa")
     assert dict(run["inputs/labels"].attrs)["word_tokens"][sofa] >= 2
-    ref = plain_hf(folder, "llama", rows)
-    g = np.array([list(dict.fromkeys(cats)).index(c) + 1 for c in cats])
-    for c, comp in enumerate("qkv"):
-        acts = np.stack([ref[comp][s][:, -1] for s in range(len(words))], 1)  # [layer, item, d_c]
-        for li in range(acts.shape[0]):
-            rsm = numpy_rsm(acts[li])
-            np.testing.assert_allclose(run.numpy("results/rsm")[li, c], rsm, atol=2e-5)
-            np.testing.assert_allclose(run.numpy("results/selectivity")[c, li], numpy_si(rsm, g), rtol=1e-4)
+    assert_rsa_matches(run, plain_hf(folder, "llama", rows), cats)  # each row's own last position
 
 
 def test_qkv_target(ckpt, tmp_path):
