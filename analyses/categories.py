@@ -5,14 +5,14 @@
 >>> len(s.words), s.categories, tuple(s.batch.tokens.shape)
 (34, ('space', 'interior', 'fruit'), (34, 5))
 
-Each word is put at the end of the template; every prompt must have the same number of
-tokens with the word as its ONE final token. With a tokenizer that starts texts with a
-BOS token, it is prepended to every prompt (the final token stays the word).
+Each word is put at the end of the template and must start on a token boundary; a word may be
+several tokens (lamina's extension, docs/analyses.md "rsa"): the prompt's FINAL token is then the
+word's last token, and prompts may differ in length (right-padded, each read at its own final
+token). With a tokenizer that starts texts with a BOS token, it is prepended to every prompt.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import numpy as np
 from lamina.engine.errors import InputError
 from lamina.engine.inputs import TokenBatch, from_token_ids
 from lamina.engine.provenance import sha256_texts
+from lamina.engine.token_text import token_texts
 
 from .textfiles import read_text_file, stimulus_path
 
@@ -35,8 +36,9 @@ class CategoryPrompts:
     categories: tuple[str, ...]  # [category]
     labels: np.ndarray  # [item] int32, index into ``categories``
     prompts: tuple[str, ...]  # [item]
-    batch: TokenBatch  # tokens [sample=item, pos], every row the same length
+    batch: TokenBatch  # tokens [sample=item, pos], right-padded; lengths [item]
     path: str
+    word_tokens: tuple[int, ...] = ()  # [item] how many tokens each word became (1 = the lecture's case)
 
     @property
     def sha256(self) -> str:
@@ -97,30 +99,50 @@ def _check_categories(entries: list[tuple[int, str, str]], path: Path) -> tuple[
 
 def read_category_prompts(path: str | Path, template: str, tok, *, n_ctx: int,
                           bos_token_id: int | None = None) -> CategoryPrompts:
-    """Words, categories and prompts -> a token batch; every prompt the same length, the word its one final token."""
+    """Words, categories and prompts -> a token batch; each prompt ends with its word, which starts on a token
+    boundary (its last token is the prompt's final token)."""
     path = Path(path).expanduser()
     entries = read_categories(path)
     categories, labels = _check_categories(entries, path)
     prompts = [template.replace("{w}", word) for _, word, _ in entries]
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    ref = collections.Counter(len(r) for r in ids).most_common(1)[0][0]  # the length most prompts have
-    problems = []
+    counts, problems = [], []
     for (n, word, _), prompt, row in zip(entries, prompts, ids):
-        whole = len(row) > 0 and tok.decode(row[-1:]).lstrip() == word
-        if whole and len(row) == ref:
+        k = word_token_count(token_texts(tok, row), word)
+        if k:
+            counts.append(k)
             continue
         pieces = [tok.decode([i]) for i in row]
-        why = "is not one final token" if not whole else f"makes a prompt of {len(row)} tokens"
-        problems.append(f"word {word!r} (line {n}) {why}: {prompt!r} tokenises to {len(row)} tokens {pieces}")
+        problems.append(f"word {word!r} (line {n}) does not start on a token boundary: {prompt!r} tokenises to "
+                        f"{len(row)} tokens {pieces}")
     if problems:
         shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
         raise InputError(
-            "every prompt must have the same number of tokens with the word as its ONE final token "
-            f"(most prompts here have {ref} tokens):\n  " + "\n  ".join(shown) +
-            "\nreplace or drop these words (common words usually stay one token with a leading space)")
+            "every prompt must end with its word as whole tokens (the word's last token is the prompt's final "
+            "token):\n  " + "\n  ".join(shown) +
+            "\nend the --template with a space before '{w}', or replace these words")
     if bos_token_id is not None:
         ids = [[bos_token_id, *row] for row in ids]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     batch = from_token_ids(ids, pad_id=int(pad), n_ctx=n_ctx, what="prompt")
     return CategoryPrompts(tuple(w for _, w, _ in entries), categories, labels, tuple(prompts), batch,
-                           str(path.resolve()))
+                           str(path.resolve()), tuple(counts))
+
+
+def word_token_count(texts: list[str], word: str) -> int:
+    """How many final tokens of a prompt (their texts, engine/token_text.py) make up ``word``; 0 when the word
+    does not start on a token boundary.
+
+    >>> word_token_count(["The", " next", " word", " is", " so", "fa"], "sofa")
+    2
+    >>> word_token_count(["The", " next", " word", " island"], "land")
+    0
+    """
+    tail = ""
+    for k in range(1, len(texts) + 1):
+        tail = texts[-k] + tail
+        if tail.strip() == word:
+            return k
+        if len(tail.strip()) > len(word):
+            return 0
+    return 0

@@ -29,6 +29,7 @@ from lamina.engine.kernels.correlation import StreamingPearson
 from lamina.engine.kernels.histogram import histogram_edges, uniform_histogram
 from lamina.engine.labelled import Labelled, bins_coord, index_coord, labels
 from lamina.engine.reducers import GroupHistogram, TokenPearson
+from lamina.engine.token_text import token_texts
 
 from .corpus import corpus_tokens, cut
 from .protocol import Analysis, Pass, Spec, batch_inputs, option
@@ -96,9 +97,10 @@ class Corpus:
 
 
 def token_lengths(tok, ids: np.ndarray) -> np.ndarray:
-    """Characters of each token decoded ALONE (leading space included), same shape as ``ids``, int32."""
+    """Characters of each token's text (what it adds to running text, leading space included; for byte-level
+    BPE the token decoded alone: docs/analyses.md, "length"), same shape as ``ids``, int32."""
     uniq, inverse = np.unique(ids, return_inverse=True)
-    table = np.array([len(tok.decode([int(t)], clean_up_tokenization_spaces=False)) for t in uniq], dtype=np.int32)
+    table = np.array([len(t) for t in token_texts(tok, uniq.tolist())], dtype=np.int32)
     return table[inverse].reshape(ids.shape)
 
 

@@ -4,11 +4,13 @@
 >>> scan_marks(list(range(7)), pieces.__getitem__, skip=0, before=1, after=1)
 ([1], [3])
 
-A token that decodes (stripped) to ``,`` is an *internal* mark; one that decodes to ``.``
-is a *terminal* mark unless the previous token ends or the next token starts with a digit
-("3.5", "in 1999."). The FIRST ``n`` marks of each class from token ``skip`` on whose window
-``tokens[loc - before : loc + after]`` lies inside the text are kept; the mark sits at index
-``before`` of its window.
+A token whose text (what it adds to the decoded running text, engine/token_text.py) is ``,``
+once whitespace around it is stripped is an *internal* mark - so ``" ,"`` or ``",\n"`` of a
+tokenizer that glues punctuation to spaces or newlines counts; one whose stripped text is ``.``
+is a *terminal* mark unless the previous token's text ends or the next token's text starts with
+a digit ("3.5", "in 1999."). The FIRST ``n`` marks of each class from token ``skip`` on whose
+window ``tokens[loc - before : loc + after]`` lies inside the text are kept; the mark sits at
+index ``before`` of its window.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from lamina.engine.errors import InputError
 from lamina.engine.inputs import TokenBatch, from_token_ids
 from lamina.engine.provenance import sha256_texts
+from lamina.engine.token_text import text_table
 
 from .corpus import read_text, tokenize_document
 
@@ -76,14 +79,7 @@ def read_mark_windows(path: str | Path, tok, *, n: int, skip: int, before: int, 
     path = Path(path).expanduser()
     text = read_text(path)  # missing / unreadable / non-UTF-8 / blank: InputError naming the file
     ids = tokenize_document(tok, text).tolist()  # the whole text as ONE document, no BOS
-    pieces: dict[int, str] = {}
-
-    def decode(i: int) -> str:
-        if i not in pieces:
-            pieces[i] = tok.decode([i])
-        return pieces[i]
-
-    found = scan_marks(ids, decode, skip=skip, before=before, after=after, limit=n)
+    found = scan_marks(ids, text_table(tok, ids).__getitem__, skip=skip, before=before, after=after, limit=n)
     if min(len(f) for f in found) < n:
         counts = ", ".join(f"{len(f)} {c} ({MARKS[c]!r})" for c, f in zip(CLASSES, found))
         raise InputError(

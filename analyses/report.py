@@ -29,6 +29,7 @@ from lamina.engine.reader import Run, open_run
 from . import registry
 from .captions import figure_order, run_caption
 from .protocol import Analysis
+from .summary import gguf_text, tokenizer_text
 
 TEMPLATES = Path(__file__).parent / "templates"
 RANDOM = "RANDOM WEIGHTS: results are scientifically meaningless (architecture and speed only)"
@@ -160,6 +161,10 @@ def provenance_rows(a: Mapping[str, Any]) -> list[tuple[str, str]]:
     sizes = ", ".join(f"{k} {model[k]}" for k in ("n_layers", "d_model", "n_heads", "d_mlp", "n_ctx") if k in model)
     rows = [("model", f"{model.get('model', '?')} ({model.get('architecture', '?')}; {sizes})"),
             ("weights", _weights(a))]
+    if model.get("gguf"):
+        rows.append(("GGUF file", gguf_text(model["gguf"])))
+    if model.get("tokenizer"):
+        rows.append(("tokenizer", tokenizer_text(model)))
     revision = a.get("revision") or model.get("revision")
     if revision:
         rows.append(("revision", str(revision)))
@@ -210,6 +215,8 @@ def _weights(a: Mapping[str, Any]) -> str:
         return f"random (seed {a.get('seed')}) — scientifically meaningless"
     if kind == "checkpoint":
         return "checkpoint (a local folder's weights)"
+    if kind == "gguf":
+        return "gguf (a GGUF file's weights, dequantised to float32)"
     return kind
 
 

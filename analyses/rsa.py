@@ -4,8 +4,8 @@
 >>> run.datatree()["results"].selectivity.sel(component="V")                         # doctest: +SKIP
 
 Definitions (docs/analyses.md, "rsa"): each word of a category list ends a prompt
-(``"The next word is {w}"``) as its ONE final token; that token's Q, K and V are captured
-at every block. Per block and component: RSM = cosine between items (rows to unit L2
+(``"The next word is {w}"``); the prompt's final token - the word's last token, when a
+tokenizer splits the word (lamina's extension) - has its Q, K and V captured at every block. Per block and component: RSM = cosine between items (rows to unit L2
 norm); the selectivity index SI = mean of the per-category within-category means of the
 strict upper triangle / mean of the per-category-pair between means; RSA = Pearson r of
 the strict upper triangles of two RSMs (QK, QV, KV). Beyond the lecture: user word lists
@@ -43,8 +43,8 @@ class Config:
 
     words: Optional[str] = option(None, "File of 'word<TAB>category' lines (>= 2 categories of >= 2 words). "
                                         "Default: the shipped 34 words in 3 categories.")
-    template: str = option(DEFAULT_TEMPLATE, "Prompt ending with the '{w}' placeholder; every word must be its one "
-                                             "final token.")
+    template: str = option(DEFAULT_TEMPLATE, "Prompt ending with the '{w}' placeholder; the word's last token is the "
+                                             "prompt's final token (words of several tokens are fine).")
     permutations: int = option(1000, "Label shuffles of the SI permutation test (seeded by --seed).")
 
     def __post_init__(self):
@@ -68,6 +68,7 @@ def spec(cfg: Config, model) -> Spec:
               "inputs/labels": Labelled(stim.labels, ("item",), {"item": labels(stim.words)},
                                         {"categories": list(stim.categories), "words": list(stim.words),
                                          "prompts": list(stim.prompts), "template": cfg.template,
+                                         "word_tokens": list(stim.word_tokens),
                                          "long_name": "category index of each item"}),
               "inputs/category": Labelled(np.array(stim.categories, dtype=object), ("category",),
                                           attrs={"long_name": "category names"})}
@@ -139,6 +140,9 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
     rsa = results["results/rsa"].numpy()
     out: dict = {"items": len(stim.words),
                  "categories": {c: int((stim.labels == i).sum()) for i, c in enumerate(stim.categories)}}
+    split = [f"{w} ({k})" for w, k in zip(stim.words, stim.word_tokens) if k > 1]
+    if split:  # lamina's extension: read at the word's last token
+        out["words of several tokens (read at their last token)"] = ", ".join(split)
     depths = shown_blocks(si.shape[1])
     for i, c in enumerate(COMPONENTS):
         out[f"SI_{c} at blocks {'/'.join(map(str, depths))}"] = [round(float(si[i, j]), 4) for j in depths]

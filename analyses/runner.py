@@ -83,7 +83,7 @@ def execute(
     t0 = time.perf_counter()
     if model is None:
         model = load_model(opts.model, weights=opts.weights, seed=opts.seed, device=device_for(world, opts.device),
-                           dtype=opts.dtype, revision=opts.revision, config=opts.config)
+                           dtype=opts.dtype, revision=opts.revision, config=opts.config, tokenizer=opts.tokenizer)
     timings["load_s"] = time.perf_counter() - t0
     if model.is_random and world.is_main and opts.progress:
         echo(f"lamina: {RANDOM_WEIGHTS_WARNING}")
@@ -161,7 +161,8 @@ def _n_units(store: RunStore, phase: str) -> int:
 def run_key(analysis: Analysis, cfg, opts: RunOptions, spec: Spec) -> str:
     """What makes two runs "the same command" (resume only continues the same command)."""
     key = {"experiment": analysis.name, "model": opts.model, "revision": opts.revision,
-           "model_config": opts.config, "weights": opts.weights, "seed": opts.seed, "dtype": opts.dtype,
+           "model_config": opts.config, **({"tokenizer": opts.tokenizer} if opts.tokenizer else {}),
+           "weights": opts.weights, "seed": opts.seed, "dtype": opts.dtype,
            "config": _config_dict(cfg), "options": dict(spec.options), "stimuli": spec.stimuli_sha256}
     return json.dumps(key, sort_keys=True, default=str)
 

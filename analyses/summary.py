@@ -10,6 +10,31 @@ import json
 from lamina.engine.reader import open_run
 
 
+def tokenizer_text(model: dict) -> str:
+    """Where a run's tokenizer came from, its kind, vocabulary size and hash (docs/models.md, "Tokenizers").
+
+    >>> tokenizer_text({"tokenizer": "gguf", "tokenizer_kind": "byte-level BPE", "tokenizer_vocab_size": 49152,
+    ...                 "tokenizer_sha256": "65e936ca5a6ad892"})
+    'gguf (byte-level BPE, 49152 tokens, sha256 65e936ca5a6a...)'
+    """
+    where = {"model": "the model's own", "gguf": "the GGUF file's own", "--tokenizer": "named with --tokenizer"}
+    source = str(model.get("tokenizer"))
+    facts = [str(model[k]) for k in ("tokenizer_kind",) if model.get(k)]
+    if model.get("tokenizer_vocab_size"):
+        facts.append(f"{model['tokenizer_vocab_size']} tokens")
+    if model.get("tokenizer_sha256"):
+        facts.append(f"sha256 {str(model['tokenizer_sha256'])[:12]}...")
+    path = f" {model['tokenizer_path']}" if model.get("tokenizer_path") and source != "gguf" else ""
+    shown = source if source in ("gguf",) or source not in where else f"{source}: {where[source]}"
+    return f"{shown}{path}" + (f" ({', '.join(facts)})" if facts else "")
+
+
+def gguf_text(g: dict) -> str:
+    """A GGUF source in one line: file, sha256, quantisation types."""
+    quant = ", ".join(f"{k} x{v}" for k, v in (g.get("quantisation") or {}).items())
+    return f"{g.get('file')} sha256 {g.get('sha256')} ({quant}; dequantised to {g.get('dequantised_to', '?')})"
+
+
 def describe(url: str) -> str:
     run = open_run(url)
     a = run.attrs
@@ -24,6 +49,10 @@ def describe(url: str) -> str:
     lines.append(f"weights   {a.get('weights')}" + (f" seed {a.get('seed')}" if a.get('weights') == 'random' else ""))
     if model.get("warning"):
         lines.append(f"WARNING   {model['warning']}")
+    if model.get("tokenizer"):
+        lines.append(f"tokenizer {tokenizer_text(model)}")
+    if model.get("gguf"):
+        lines.append(f"gguf      {gguf_text(model['gguf'])}")
     lines.append(f"dtype     {a.get('dtype')}   device {a.get('device')}   world size {a.get('world_size', 1)}")
     lines.append(f"stimuli   sha256 {str(a.get('stimuli_sha256'))[:16]}...   created {a.get('created')}")
     if a.get("timings"):

@@ -18,7 +18,7 @@ class ModelInfo:
     """A model's identity and shapes, known before any weights are read."""
 
     name: str
-    source: str  # "pretrained" | "random" | "checkpoint"
+    source: str  # "pretrained" | "random" | "checkpoint" | "gguf"
     architecture: str  # e.g. "GPT2LMHeadModel"
     family: str  # config.json model_type: "gpt2", "llama", "gpt_neox", ...
     n_layers: int
@@ -34,7 +34,9 @@ class ModelInfo:
     bos_token_id: int | None  # the BOS the tokenizer adds by default (tok("a") starts with it), else None
     revision: str | None  # resolved commit hash of the hub snapshot, when known
     config_source: str = ""  # "table" | "hf-cache" | "hub" | "config-file" | "checkpoint"
-    tokenizer_source: str = ""  # "model" (its own) | "gpt2-bpe (bundled)"
+    tokenizer_source: str = ""  # "model" (its own) | "gguf" (the GGUF's own) | "--tokenizer" | "gpt2-bpe (bundled)"
+    tokenizer_path: str | None = None  # the folder the tokenizer was loaded from (None: the bundled GPT-2 BPE)
+    gguf: dict | None = None  # a GGUF source: file, sha256, quantisation types, tokenizer (engine/gguf.py)
     config_path: str | None = None  # the config.json the architecture was read from (absolute), when a file
     config_sha256: str | None = None  # of that file's bytes
 

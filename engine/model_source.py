@@ -3,6 +3,8 @@
 ``resolve(name, weights=, revision=, config=)`` reads configs only - never weights - and
 decides:
 
+- a GGUF file (``*.gguf``, or a packaged name such as ``smollm2-135m``): dequantised once into
+  a checkpoint folder in lamina's cache (engine/gguf.py), then read as one (``source = "gguf"``);
 - a local folder (``name`` exists, starts with ``/ . ~`` or has more than one ``/``):
   its ``config.json``, weights and tokenizer (``source = "checkpoint"``);
 - a hub id (``org/name`` or ``name``), ``weights="pretrained"``: the cached snapshot of
@@ -12,8 +14,10 @@ decides:
   ``HF_HUB_OFFLINE``): ``config.json`` is downloaded first, the architecture checked,
   and only then the weights (``fetch_weights``);
 - ``weights="random"``: the config from ``config=PATH`` (a config.json or a folder with
-  one), else lamina's shipped table (engine/model_configs.py) unless a ``revision`` is
-  pinned, else the cached snapshot's ``config.json``, else the hub's.
+  one), else the GGUF's or the checkpoint folder's own, else lamina's shipped table
+  (engine/model_configs.py) unless a ``revision`` is pinned, else the cached snapshot's
+  ``config.json``, else the hub's - with the tokenizer of that same source (an untrained
+  control tokenises exactly like the trained model).
 
 Every path checks the architecture (engine/model_support.py) before anything else is
 loaded.
@@ -21,13 +25,14 @@ loaded.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 from pathlib import Path
 
 from .errors import InputError, ModelNotFoundError
+from .chatter import quiet  # noqa: F401  (re-exported: engine modules silence loading with it)
+from .gguf import dequantised_folder, is_gguf_name
 from .model_configs import SHIPPED_CONFIGS, shipped_name
 from .model_support import check_architecture
 
@@ -42,21 +47,26 @@ class ResolvedSource:
     """A model's config and where its weights and tokenizer are (no weights read yet)."""
 
     name: str  # as given (the table key for shipped names)
-    kind: str  # "pretrained" | "random" | "checkpoint"
+    kind: str  # "pretrained" | "random" | "checkpoint" | "gguf"
     config: dict  # config.json contents
-    config_source: str  # "table" | "hf-cache" | "hub" | "config-file" | "checkpoint"
+    config_source: str  # "table" | "hf-cache" | "hub" | "config-file" | "checkpoint" | "gguf"
     architecture: str
     family: str
     folder: Path | None = None  # checkpoint folder or hub snapshot folder (config, maybe weights and tokenizer)
     revision: str | None = None  # commit hash of the snapshot
     config_path: str | None = None
+    tokenizer_dir: Path | None = None  # the model's own tokenizer when it is not in ``folder``
+    gguf: dict | None = None  # a GGUF source's provenance (file, sha256, quantisation types, tokenizer)
+    local: bool = False  # a checkpoint folder (or GGUF file) the user named: its tokenizer is never guessed
 
     @property
     def tokenizer_folder(self) -> Path | None:
         """A folder holding the model's own tokenizer files, if one is available offline."""
+        if self.tokenizer_dir is not None:
+            return self.tokenizer_dir
         if self.folder is not None and has_tokenizer(self.folder):
             return self.folder
-        if self.kind != "checkpoint":  # random weights of a hub name: its cached tokenizer, if any
+        if not self.local:  # random weights of a hub name: its cached tokenizer, if any
             snap = cached_snapshot(self.name, self.revision)
             if snap is not None and has_tokenizer(snap):
                 return snap
@@ -155,6 +165,8 @@ def resolve(name: str, *, weights: str = "pretrained", revision: str | None = No
         raise InputError("config= gives the architecture of random weights; use it with --weights random")
     if not isinstance(name, str) or not name.strip():
         raise InputError(f"model name must be a hub id or a folder path, not {name!r}")
+    if is_gguf_name(name):
+        return _gguf(name, weights, revision, config)
     if is_local_path(name) and config is None:
         return _local(name, weights, revision)
     if weights == "random":
@@ -175,18 +187,28 @@ def _local(name: str, weights: str, revision: str | None) -> ResolvedSource:
         raise ModelNotFoundError(
             f"checkpoint directory {str(path)!r} has no config.json; save it with `model.save_pretrained(path)`"
         )
-    if weights == "random":
-        raise InputError(
-            f"--weights random needs a known architecture name (a hub id or one of lamina's shipped configs: "
-            f"{', '.join(SHIPPED_CONFIGS)}); got the folder {name!r}. For its architecture with random weights "
-            f"pass config={name!r} (--config) with a name"
-        )
     if revision is not None:
         raise InputError(f"revision= pins a hub commit, but {name!r} is a local folder; drop the revision")
     cfg = read_config_json(path / "config.json", "config")
     arch, family = check_architecture(cfg, name)
-    return ResolvedSource(name, "checkpoint", cfg, "checkpoint", arch, family, folder=path.resolve(),
-                          config_path=str((path / "config.json").resolve()))
+    kind = "random" if weights == "random" else "checkpoint"  # random: the folder's architecture and tokenizer
+    return ResolvedSource(name, kind, cfg, "checkpoint", arch, family, folder=path.resolve(),
+                          config_path=str((path / "config.json").resolve()), local=True)
+
+
+def _gguf(name: str, weights: str, revision: str | None, config) -> ResolvedSource:
+    """A GGUF file: its dequantised checkpoint folder in lamina's cache (built on first use)."""
+    if revision is not None:
+        raise InputError(f"revision= pins a hub commit, but {name!r} is a GGUF file; drop the revision")
+    if config is not None:
+        raise InputError(f"config= gives the architecture of random weights, but the GGUF file {name!r} holds its own "
+                         f"config; use --model {name} --weights random without --config")
+    folder, prov = dequantised_folder(name)
+    cfg = read_config_json(folder / "config.json", "dequantised config")
+    arch, family = check_architecture(cfg, name)
+    kind = "random" if weights == "random" else "gguf"
+    return ResolvedSource(name.strip(), kind, cfg, "gguf", arch, family, folder=folder,
+                          config_path=str(folder / "config.json"), gguf=prov, local=True)
 
 
 def _random(name: str, revision: str | None, config) -> ResolvedSource:
@@ -199,7 +221,9 @@ def _random(name: str, revision: str | None, config) -> ResolvedSource:
             )
         cfg = read_config_json(file, "config")
         arch, family = check_architecture(cfg, name)
-        return ResolvedSource(name, "random", cfg, "config-file", arch, family, config_path=str(file.resolve()))
+        own = _local_tokenizer(name, file.parent)
+        return ResolvedSource(name, "random", cfg, "config-file", arch, family, config_path=str(file.resolve()),
+                              tokenizer_dir=own, local=_is_checkpoint(name))
     key = shipped_name(name)
     if key is not None and revision is None:
         cfg = dict(SHIPPED_CONFIGS[key])
@@ -227,6 +251,20 @@ def _random(name: str, revision: str | None, config) -> ResolvedSource:
         "cannot be reached (HF_HUB_OFFLINE). Pass config=PATH (a config.json or a folder holding one) or a shipped "
         "name."
     )
+
+
+def _local_tokenizer(name: str, config_folder: Path) -> Path | None:
+    """With ``config=``: the tokenizer of the folder named as the model, else of the config's own folder."""
+    for folder in (Path(name).expanduser(), config_folder):
+        if is_local_path(str(folder)) and folder.is_dir() and has_tokenizer(folder):
+            return folder.resolve()
+    return None
+
+
+def _is_checkpoint(name: str) -> bool:
+    """``name`` is a checkpoint folder (config and weights) on disk."""
+    path = Path(name).expanduser()
+    return is_local_path(name) and path.is_dir() and bool(weight_files(path))
 
 
 def _pretrained(name: str, revision: str | None) -> ResolvedSource:
@@ -266,7 +304,7 @@ def fetch_weights(src: ResolvedSource) -> list[Path]:
                                      ) from None
         files = weight_files(folder)
     if not files:
-        where = "checkpoint directory" if src.kind == "checkpoint" else "cached snapshot"
+        where = "checkpoint directory" if src.local else "cached snapshot"
         if src.kind == "pretrained" and offline():
             raise ModelNotFoundError(not_cached_message(src.name, src.revision))
         raise ModelNotFoundError(
@@ -334,27 +372,3 @@ def not_cached_message(name: str, revision: str | None = None) -> str:
         "(HF_HUB_OFFLINE). Use --weights random (full-size architecture, random weights, offline) or --model PATH "
         "to a local checkpoint directory."
     )
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence transformers', huggingface_hub's and TransformerLens' chatter (progress bars, notices)."""
-    import logging
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    tl_logger = logging.getLogger("transformer_lens")
-    old = tl_logger.level
-    tl_logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
-        hf_logging.enable_progress_bar()
-        tl_logger.setLevel(old)

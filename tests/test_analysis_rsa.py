@@ -17,6 +17,7 @@ from lamina.analyses.textfiles import stimulus_path
 from lamina.engine.errors import InputError
 from lamina.engine.inputs import from_token_ids
 from lamina.engine.reader import open_run
+from lamina.engine.tokenizer import gpt2_tokenizer
 
 from .helpers import run_analysis, spec_of
 from .reference_hf import hf_reference
@@ -228,7 +229,42 @@ def test_shipped_defaults_validate():
     assert len(s.words) == 34 and s.categories == ("space", "interior", "fruit")
     assert np.bincount(s.labels).tolist() == [10, 13, 11]
     assert s.batch.lengths.tolist() == [5] * 34 and len(spec.passes[0].captures[0].hooks) == 36
+    # GPT-2: every shipped word is one token, so the batch is exactly the lecture's (no padding, same ids)
+    assert s.word_tokens == (1,) * 34
+    tok = gpt2_tokenizer()
+    old = [tok(f"The next word is {w}", add_special_tokens=False)["input_ids"] for w in s.words]
+    assert s.batch.tokens.tolist() == old
     assert s.prompts[0] == "The next word is galaxy"
+
+
+def test_words_of_several_tokens_are_read_at_their_last_token(gpt2_dir, tmp_path):
+    """lamina's extension: a word of k tokens ends its prompt; prompts differ in length (right-padded) and each is
+    read at its own final token - against plain-HF hooks on the padded batch and NumPy from the definitions."""
+    text = "sun\tspace\nsupercalifragilistic\tspace\nmoon\tspace\npear\tfruit\ngrapefruit\tfruit\napple\tfruit\n"
+    out = tmp_path / "run"
+    opts = RunOptions(model=str(gpt2_dir), out=str(out), seed=0, figures=False, progress=False)
+    run = run_analysis("rsa", rsa.Config(words=_words(tmp_path, text), permutations=20), opts)
+    ws = ["sun", "supercalifragilistic", "moon", "pear", "grapefruit", "apple"]
+    tok = AutoTokenizer.from_pretrained(str(gpt2_dir))
+    ids = [tok(f"The next word is {w}", add_special_tokens=False)["input_ids"] for w in ws]
+    counts = [len(r) - 4 for r in ids]
+    assert counts[1] > 2 and counts[4] == 2 and dict(run["inputs/labels"].attrs)["word_tokens"] == counts
+    np.testing.assert_array_equal(run.numpy("inputs/lengths"), [len(r) for r in ids])
+    batch = from_token_ids(ids, pad_id=tok.eos_token_id, n_ctx=1024)
+    qkv = hf_reference(gpt2_dir, batch)["qkv"]  # [layer, sample, pos, feature]
+    last = np.array([len(r) - 1 for r in ids])
+    acts = qkv[:, np.arange(len(ws)), last].astype(np.float64)
+    np.testing.assert_allclose(run.numpy("acts/final"), acts, atol=1e-4)
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    D = acts.shape[2] // 3
+    for l in range(acts.shape[0]):
+        for c in range(3):
+            r = numpy_rsm(acts[l, :, c * D:(c + 1) * D])
+            iu = np.triu(np.ones_like(r, dtype=bool), 1)
+            within = [r[iu & (labels[:, None] == a) & (labels[None, :] == a)].mean() for a in range(2)]
+            between = r[iu & (labels[:, None] != labels[None, :])].mean()
+            np.testing.assert_allclose(run.numpy("results/selectivity")[c, l], np.mean(within) / between, rtol=1e-5)
+    assert "supercalifragilistic" in run.attrs["summary"]["words of several tokens (read at their last token)"]
 
 
 def _words(tmp_path, text):
@@ -251,14 +287,10 @@ def _fails(gpt2_dir, tmp_path, cfg_kwargs, *needles):
     return str(e.value)
 
 
-def test_error_multi_token_word(gpt2_dir, tmp_path):
-    _ = _fails(gpt2_dir, tmp_path, {"words": _words(tmp_path, GOOD + "supercalifragilistic\tfruit\n")},
-                 "'supercalifragilistic'", "line 5", "not one final token", "' super'", "10 tokens")
-
-
-def test_error_unequal_prompt_lengths(gpt2_dir, tmp_path):
-    _fails(gpt2_dir, tmp_path, {"words": _words(tmp_path, "grapefruit\tfruit\n" + GOOD)},
-           "'grapefruit'", "line 1", "6 tokens", "most prompts here have 5 tokens", "' grape'", "'fruit'")
+def test_error_word_not_on_a_token_boundary(gpt2_dir, tmp_path):
+    _fails(gpt2_dir, tmp_path, {"words": _words(tmp_path, "sun\tspace\nmoon\tspace\npear\tfruit\nland\tfruit\n"),
+                                "template": "The next word is{w}"},
+           "'land'", "line 4", "does not start on a token boundary", "' island'")
 
 
 def test_error_category_with_one_word(gpt2_dir, tmp_path):
@@ -299,7 +331,7 @@ def test_cli_input_error_exits_2(gpt2_dir, tmp_path, capsys):
     out = tmp_path / "never"
     with pytest.raises(SystemExit) as e:
         cli_main(["run", "rsa", "--model", str(gpt2_dir), "--out", str(out), "--words",
-                  _words(tmp_path, GOOD + "grapefruit\tfruit\n"), "--no-progress"])
+                  _words(tmp_path, GOOD + "land\tfruit\n"), "--template", "The next word is{w}", "--no-progress"])
     assert e.value.code == 2
-    assert "grapefruit" in capsys.readouterr().err
+    assert "'land'" in capsys.readouterr().err
     assert not out.exists()

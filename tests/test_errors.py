@@ -32,9 +32,11 @@ def test_missing_checkpoint_directory(tmp_path):
         peek(str(tmp_path / "empty"))
 
 
-def test_random_weights_need_a_known_architecture(gpt2_dir):
-    with pytest.raises(InputError, match="known architecture"):
-        load_model(str(gpt2_dir), weights="random")
+def test_random_weights_of_a_checkpoint_folder_are_its_architecture(gpt2_dir):
+    """Once refused ("needs a known architecture name"); now the folder's untrained control (tests/test_controls.py)."""
+    trained, control = load_model(str(gpt2_dir)), load_model(str(gpt2_dir), weights="random", seed=2)
+    assert (control.weights, control.info.config_source, control.n_layers) == ("random", "checkpoint", trained.n_layers)
+    assert control.tokenizer("a sofa")["input_ids"] == trained.tokenizer("a sofa")["input_ids"]
 
 
 def test_bad_dtype_and_device():

@@ -129,10 +129,14 @@ def test_rsa(family, tmp_path):
     bos = [tok.bos_token_id] if name == "llama" else []
     rows = [bos + tok(f"The next word is {w}", add_special_tokens=False)["input_ids"] for w in words]
     np.testing.assert_array_equal(run.numpy("inputs/tokens"), np.array(rows))
-    ref = plain_hf(folder, name, rows)
+    assert_rsa_matches(run, plain_hf(folder, name, rows), cats)
+
+
+def assert_rsa_matches(run, ref, cats):
+    """RSMs and SI of ``run`` against NumPy on plain-HF Q, K, V at each prompt's final token."""
     g = np.array([list(dict.fromkeys(cats)).index(c) + 1 for c in cats])
     for c, comp in enumerate("qkv"):
-        acts = np.stack([ref[comp][s][:, -1] for s in range(len(words))], 1)  # [layer, item, d_c]
+        acts = np.stack([ref[comp][s][:, -1] for s in range(len(cats))], 1)  # [layer, item, d_c]
         for li in range(acts.shape[0]):
             rsm = numpy_rsm(acts[li])
             np.testing.assert_allclose(run.numpy("results/rsm")[li, c], rsm, atol=2e-5)

@@ -287,8 +287,8 @@ def test_unsupported_architecture_is_refused_before_loading(hf_home, tmp_path):
     t5 = tmp_path / "t5"
     t5.mkdir()
     (t5 / "config.json").write_text(json.dumps({"architectures": ["T5ForConditionalGeneration"], "model_type": "t5"}))
-    with pytest.raises(InputError, match="TransformerLens can bridge T5ForConditionalGeneration, but lamina runs "
-                                         "decoder-only"):
+    with pytest.raises(InputError, match=r"T5ForConditionalGeneration\) is refused: it is an encoder-decoder model, "
+                                         "and lamina runs decoder-only"):
         inspect_model(str(t5))
 
 
