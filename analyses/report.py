@@ -18,13 +18,14 @@ import datetime as _dt
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from lamina.engine import destination as dst
 from lamina.engine.errors import InputError, StoreNotWritableError
 from lamina.engine.reader import Run, open_run
+from lamina.engine.store import publish_file
 
 from . import registry
 from .captions import figure_order, run_caption
@@ -35,21 +36,16 @@ RANDOM = "RANDOM WEIGHTS: results are scientifically meaningless (architecture a
 COMPARISON_DATA = "comparison.json"  # what `lamina compare` saves for its report (re-rendered by `lamina report`)
 
 
-def write_report(analysis: Analysis | None, run: Run) -> str:
-    """Render ``run``'s report into ``RUN/report.html`` (``analysis``: None = the run's own); returns its path/URL."""
+def write_report(analysis: Analysis | None, run: Run, *, publish: Callable[[str], str] | None = None) -> str:
+    """Render ``run``'s report into ``RUN/report.html`` through the store (``publish``: the run writer's; default
+    :func:`~lamina.engine.store.publish_file` at the run's URL); ``analysis``: None = the run's own. Returns
+    its path/URL."""
     if analysis is None:
         analysis = _analysis_of(run)
     html = render_run(analysis, run)
-    if dst.is_local(run.url):
-        path = Path(run.folder) / dst.REPORT
-        _write(path, html)
-        return str(path)
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(run.url)
-    target = f"{root.rstrip('/')}/{dst.REPORT}"
-    fs.pipe_file(target, html.encode("utf-8"))
-    return f"{run.url.rstrip('/')}/{dst.REPORT}"
+    if publish is not None:
+        return publish(html)
+    return publish_file(run.url, dst.REPORT, html.encode("utf-8"))
 
 
 def _write(path: Path, html: str) -> None:
