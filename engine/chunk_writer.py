@@ -127,6 +127,9 @@ class ChunkWriter:
     def __contains__(self, name: str) -> bool:
         return name in self._group
 
+    def close(self) -> None:
+        """Nothing to release (the owner holds the run's lock)."""
+
 
 class UnitWrites:
     """The writes of one unit (see :meth:`ChunkWriter.unit`): ``write`` as the writer's, collecting the manifest."""
