@@ -20,6 +20,8 @@ from another run has another trailer).
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,7 +33,7 @@ from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from . import destination as dst
-from .errors import RunCorruptError
+from .errors import RunCorruptError, StoreNotWritableError
 
 _CHUNK = re.compile(r"(?:^|/)c(?:/\d+)*$")  # the default chunk key encoding: NODE/c/i/j/k (NODE/c for 0-d)
 BOOKKEEPING = "_progress/"  # flags of units not done yet are legitimately absent
@@ -69,20 +71,25 @@ def base_store(url: str, *, read_only: bool):
 
 
 class RecordingStore(WrapperStore):
-    """Notes the checksum of every chunk written through it; :meth:`take` hands them out once."""
+    """Notes the checksum of every chunk written through it; :meth:`take` hands them out once. A write that finds
+    the disk full or read-only is a StoreNotWritableError naming the run (one line, resumable)."""
 
-    def __init__(self, store):
+    def __init__(self, store, url: str = ""):
         super().__init__(store)
+        self._url = url
         self._seen: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def _with_store(self, store):
-        other = type(self)(store)
+        other = type(self)(store, self._url)
         other._seen, other._lock = self._seen, self._lock
         return other
 
     async def set(self, key: str, value) -> None:
-        await self._store.set(key, value)
+        try:
+            await self._store.set(key, value)
+        except OSError as e:
+            raise not_writable(e, self._url, key) from None
         if is_chunk_key(key):
             value_sum = checksum(value.as_numpy_array())
             with self._lock:
@@ -112,6 +119,19 @@ class StrictStore(WrapperStore):
                                   f"as fill values. `lamina verify {self._url}` lists every problem; run the same "
                                   "command again to repair the run")
         return value
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def not_writable(e: OSError, url: str, what: str) -> Exception:
+    """The error to raise for ``e`` while writing ``what`` of the run at ``url``: a full disk or a read-only
+    destination as one StoreNotWritableError line; anything else as it was."""
+    if e.errno not in _FULL:
+        return e
+    return StoreNotWritableError(f"writing {what!r} to {url!r} failed: {os.strerror(e.errno)}. The run is left "
+                                 "incomplete and consistent; free space / fix permissions and run the same command "
+                                 "again to resume")
 
 
 def read_chunks(store, keys: Sequence[str], *, batch: int = 64) -> Iterator[tuple[str, np.ndarray | None]]:

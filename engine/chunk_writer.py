@@ -13,29 +13,25 @@ vouches for a chunk that is not there; resume and ``lamina verify`` check the ch
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
 import math
-import os
 import warnings
 from collections.abc import Iterator
 
 import numpy as np
 import zarr
 
-from .chunk_store import RecordingStore, StrictStore, base_store, checksum, read_chunks
-from .errors import StoreNotWritableError
+from .chunk_store import RecordingStore, StrictStore, base_store, checksum, not_writable, read_chunks
 from .manifest import Chunks, parse_unit_entry, unit_entry
 
 WRITE_EMPTY = {"write_empty_chunks": True}  # a chunk equal to the fill value is still a chunk: never "missing"
-_FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 
 
 def open_group(url: str, *, mode: str = "r+", **kw) -> zarr.Group:
     """The run's root group through a recording store, its own metadata (never a stale consolidated copy)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return zarr.open_group(store=RecordingStore(base_store(url, read_only=False)), mode=mode,
+        return zarr.open_group(store=RecordingStore(base_store(url, read_only=False), url), mode=mode,
                                use_consolidated=False, **kw)
 
 
@@ -68,12 +64,7 @@ class ChunkWriter:
         try:
             arr[region if region else ...] = data
         except OSError as e:
-            if e.errno in _FULL_DISK:
-                raise StoreNotWritableError(
-                    f"writing {arr.path!r} to {self.write_url!r} failed: {os.strerror(e.errno)}. The run is left "
-                    "incomplete and consistent; free space / fix permissions and run the same command again to resume"
-                ) from None
-            raise
+            raise not_writable(e, self.write_url, arr.path) from None
         coords = list(chunk_coords(arr, region))
         keys = {c: f"{arr.path}/{arr.metadata.encode_chunk_key(c)}" for c in coords}
         seen = self._recorder.take(keys.values())

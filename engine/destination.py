@@ -276,17 +276,16 @@ def _real_path(url: str, given: str) -> Path:
                          "shorter name")
     above = enclosing_group(real)
     if above is not None:
-        raise NotARunError(f"--out {given!r} is inside the Zarr group {str(above)!r} (a run?); give a folder outside "
-                           "any run")
+        what = "the lamina run" if is_run(read_attrs(str(above))) else "the Zarr group"
+        raise NotARunError(f"--out {given!r} is inside {what} {str(above)!r}; give a folder outside any run")
     return real
 
 
 def enclosing_group(path: Path) -> Path | None:
-    """The nearest folder above ``path`` that is a Zarr group (holds a zarr.json), if any."""
-    for above in Path(path).resolve().parents:
-        if (above / "zarr.json").is_file():
-            return above
-    return None
+    """The folder above ``path`` that is a lamina run, else the nearest that is a Zarr group (holds a
+    zarr.json), if any."""
+    groups = [p for p in Path(path).resolve().parents if (p / "zarr.json").is_file()]
+    return next((p for p in groups if is_run(read_attrs(str(p)))), groups[0] if groups else None)
 
 
 def _check_replaceable(dest: Destination) -> None:

@@ -41,7 +41,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from . import destination as dst
-from .chunk_store import check_chunks, delete_keys
+from .chunk_store import check_chunks, delete_keys, not_writable
 from .chunk_writer import WRITE_EMPTY, ChunkWriter, open_group
 from .destination import Destination
 from .errors import StoreLockedError, StoreNotWritableError
@@ -417,7 +417,10 @@ def publish_file(url: str, name: str, data: bytes) -> str:
 def consolidate(url: str) -> None:
     with warnings.catch_warnings():  # zarr notes that consolidated metadata is not in the v3 spec yet
         warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(url, zarr_format=3)
+        try:
+            zarr.consolidate_metadata(url, zarr_format=3)
+        except OSError as e:
+            raise not_writable(e, url, "zarr.json") from None
 
 
 def auto_chunks(shape: Sequence[int], itemsize: int, *, target: int = 4 * MiB) -> tuple[int, ...]:
@@ -470,7 +473,7 @@ def _start(url: str, *, resumed: bool, repair: bool, experiment: str, key: str,
 def _raw_store(url: str):
     from .chunk_store import RecordingStore, base_store
 
-    return RecordingStore(base_store(url, read_only=False))
+    return RecordingStore(base_store(url, read_only=False), url)
 
 
 def _write_group_json(store, path: str, attrs: Mapping[str, Any]) -> None:
