@@ -136,10 +136,9 @@ def info(store, as_json, check):
 @app.command(context_settings=CONTEXT)
 @click.argument("store")
 def verify(store):
-    """Read every chunk of every array: present, and matching its checksum. Exit 2 when not."""
-    from lamina.engine.reader import open_run
-
-    _verify(open_run(store))
+    """Check the run's metadata and every chunk against its manifest: present, intact, the chunk the run
+    wrote. Exit 2 when not (the same command that made the run repairs it)."""
+    _verify(store)
 
 
 def _verify(run) -> None:

@@ -13,7 +13,7 @@ run's top-level files and the figures in ``figures/.lamina-figures.json``.
 
 >>> m = Manifest(experiment="qkv", key="{}")
 >>> m.add_node("acts/target", "array"), sorted(m.nodes.items())
-(True, [('', 'group'), ('acts', 'group'), ('acts/target', 'array')])
+(True, [('', 'group'), ('_manifest', 'group'), ('acts', 'group'), ('acts/target', 'array')])
 >>> unit_entry({"acts/target": {(0, 3, 0): "1a2b3c4d"}})
 '{"acts/target": {"0,3,0": "1a2b3c4d"}}'
 >>> parse_unit_entry('{"acts/target": {"0,3,0": "1a2b3c4d"}}')
