@@ -176,7 +176,8 @@ class RunWriter(ChunkWriter):
             self._ensure_parents(name)
             self._handles[name] = arr.with_config(WRITE_EMPTY)
             return arr
-        self._clear_node(name)
+        if self.resumed or arr is not None:  # another shape, or damaged metadata: its chunks go with it
+            self._clear_node(name)
         arr = self._group.create_array(
             name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=tuple(dims), fill_value=fill_value,
             compressors=[Crc32cCodec()] if CHECKSUM else None,  # dense floats barely compress; crc32c catches damage
