@@ -4,7 +4,7 @@
     lamina run all --weights random  the four course analyses with their default models
     lamina capture --hook H --text-file F --out STORE     (= lamina run capture)
     lamina info STORE [--verify]     provenance, status, progress, arrays, key numbers
-    lamina verify STORE              every chunk present and matching its checksum
+    lamina verify STORE              metadata and every chunk against the run's manifest
     lamina plot STORE [FIGURE OPTIONS]   redraw a run's figures
     lamina analyses                  what is registered (built-ins and plugins)
     lamina bench [--quick]           benchmarks side by side
