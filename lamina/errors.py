@@ -7,8 +7,9 @@ True
 
 
 from lamina.engine.errors import (HookError, InputError, LaminaError, ModelNotFoundError, NonFiniteError,  # noqa: F401
-                                  NotARunError, OfflineError, PluginError, RunCorruptError, RunNotFoundError, StoreExistsError,
-                                  StoreLockedError, StoreMismatchError, StoreNotWritableError, StoreURLError)
+                                  NotARunError, OfflineError, PluginError, RunCorruptError, RunNotFoundError,
+                                  StoreExistsError, StoreLockedError, StoreMismatchError, StoreNotWritableError,
+                                  StoreURLError)
 
 __all__ = ["LaminaError", "InputError", "ModelNotFoundError", "HookError", "RunNotFoundError", "StoreExistsError",
            "StoreLockedError", "StoreMismatchError", "StoreNotWritableError", "NotARunError", "StoreURLError",
