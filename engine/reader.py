@@ -90,7 +90,8 @@ class Run:
         try:
             return self.group[name]
         except KeyError:
-            raise InputError(f"run {self.url!r} has no array {name!r}; its arrays: {', '.join(self.arrays())}") from None
+            arrays = ", ".join(self.arrays())
+            raise InputError(f"run {self.url!r} has no array {name!r}; its arrays: {arrays}") from None
 
     def __contains__(self, name: str) -> bool:
         return name in self.group

@@ -258,7 +258,8 @@ def test_7_a_run_is_complete_only_with_its_figures(gpt2_dir, tmp_path, capsys, m
     monkeypatch.setattr(qkv_plots, "plot", real)
     code, _, err = lamina_cli(capsys, *argv)  # the same command finishes the figures and the report
     assert code == 0, err
-    assert open_run(out).complete and (out / dst.REPORT).exists() and (out / "figures" / "qkv_mean_variance.png").exists()
+    assert open_run(out).complete and (out / dst.REPORT).exists()
+    assert (out / "figures" / "qkv_mean_variance.png").exists()
 
 
 @pytest.mark.parametrize("fail_at", [3, 40, 90])
@@ -346,7 +347,8 @@ def test_8_a_run_records_where_its_analysis_came_from(gpt2_dir, tmp_path):
     out = tmp_path / "run"
     res = run_with_site(site, *qkv_args(gpt2_dir, out)[:1], "good", *qkv_args(gpt2_dir, out)[2:])
     assert res.returncode == 0, res.stderr[-2000:]
-    assert open_run(out).attrs["analysis"] == {"name": "good", "kind": "plugin", "entry_point": "good = fake_plugin:GOOD",
+    assert open_run(out).attrs["analysis"] == {"name": "good", "kind": "plugin",
+                                               "entry_point": "good = fake_plugin:GOOD",
                                                "distribution": "fake-plugin 0.3"}
     assert open_run(out).experiment == "good"
 
