@@ -160,8 +160,8 @@ def delete_keys(store, keys: Iterable[str]) -> None:
 def check_chunks(store, expected: dict[str, tuple[str | None, bool]]) -> dict[str, str]:
     """{key: problem} for the chunks ``expected`` ({key: (checksum the manifest recorded, or None to check only
     that the chunk is there and intact; does its array carry the crc32c codec)}): "missing", "checksum
-    mismatch" (its content does not hash to its trailer: flipped or truncated), or "not the chunk this run wrote" (intact, but another chunk: moved,
-    swapped, or copied in from another run)."""
+    mismatch" (its content does not hash to its trailer: flipped or truncated), or "not the chunk this run
+    wrote" (intact, but another chunk: moved, swapped, or copied in from another run)."""
     problems = {}
     for key, raw in read_chunks(store, list(expected)):
         if raw is None:
