@@ -108,7 +108,7 @@ def execute(
                     draw(analysis, open_run(store.write_url), figs, publish=store.publish_figures)
                     store.set_attrs(timings={**store.attrs.get("timings", {}),
                                              "figures_s": round(time.perf_counter() - t, 3)})
-                    write_report(analysis, open_run(store.write_url), publish=store.publish_report)
+                    write_report(analysis, open_run(store.write_url), publish=store.publish_report, status="complete")
                 store.complete()
             store.publish()
     except _REFUSED:
