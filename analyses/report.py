@@ -25,7 +25,7 @@ from typing import Any
 from lamina.engine import destination as dst
 from lamina.engine.errors import InputError, StoreNotWritableError
 from lamina.engine.reader import Run, open_run
-from lamina.engine.store import publish_file
+from lamina.engine.run_folder import publish_file
 
 from . import registry
 from .captions import figure_order, run_caption
@@ -39,7 +39,7 @@ COMPARISON_DATA = "comparison.json"  # what `lamina compare` saves for its repor
 def write_report(analysis: Analysis | None, run: Run, *, publish: Callable[[str], str] | None = None,
                  status: str | None = None) -> str:
     """Render ``run``'s report into ``RUN/report.html`` through the store (``publish``: the run writer's; default
-    :func:`~lamina.engine.store.publish_file` at the run's URL); ``analysis``: None = the run's own; ``status``:
+    :func:`~lamina.engine.run_folder.publish_file` at the run's URL); ``analysis``: None = the run's own; ``status``:
     the status to show (the runner writes the report last, for the run as it is once complete). Returns its
     path/URL."""
     if analysis is None:

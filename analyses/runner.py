@@ -37,7 +37,8 @@ from lamina.engine.models import RANDOM_WEIGHTS_WARNING, LoadedModel, load_model
 from lamina.engine.pipeline import capture_to_store
 from lamina.engine.provenance import machine, versions
 from lamina.engine.reader import Run, open_run
-from lamina.engine.store import RunWriter, check_writable, publish_figures
+from lamina.engine.run_folder import check_writable, publish_figures
+from lamina.engine.store import RunWriter
 
 from . import registry
 from .model_info import inspect
@@ -239,7 +240,7 @@ def figure_settings(analysis: Analysis, values: Mapping[str, Any]):
 
 def draw(analysis: Analysis, run: Run, figs=None, *, publish: Callable | None = None) -> list[str]:
     """The analysis' figures of ``run`` into ``RUN/figures``, through the store (``publish``: the run writer's;
-    default: :func:`~lamina.engine.store.publish_figures` at the run's URL)."""
+    default: :func:`~lamina.engine.run_folder.publish_figures` at the run's URL)."""
     fn = analysis.plot_function()
     if fn is None:
         return []

@@ -109,7 +109,7 @@ def read_metadata(url: str, node: str = "") -> Metadata:
         return Metadata("absent")
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError):
         what = "empty" if not raw.strip() else f"not valid JSON ({len(raw)} bytes; truncated?)"
         return Metadata("damaged", error=what)
     if not isinstance(doc, dict) or doc.get("zarr_format") != 3 or doc.get("node_type") not in ("group", "array"):

@@ -24,11 +24,9 @@ old one and swapped in by :meth:`RunWriter.publish` only when complete (:mod:`la
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import json
 import os
 import socket
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -44,35 +42,13 @@ from . import destination as dst
 from .chunk_store import check_chunks, delete_keys, not_writable
 from .chunk_writer import WRITE_EMPTY, ChunkWriter, open_group
 from .destination import Destination
-from .errors import StoreLockedError, StoreNotWritableError
+from .run_folder import acquire_lock, check_writable, publish_figures, publish_file, release
 from .labelled import Coord, Labelled
 from .manifest import NODE as MANIFEST_NODE
 from .manifest import Manifest, read_manifest, read_metadata
 
 MiB = 1 << 20
 CHECKSUM = True  # crc32c on every chunk; the checksum benchmark turns it off to measure its cost
-_NOT_WRITABLE = (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
-
-
-def check_writable(url: str | os.PathLike) -> None:
-    """Cheap pre-flight check (before any model work) that the destination can be written.
-
-    Probes by creating a temporary file in the nearest existing folder (``os.access`` is
-    not enough: it says yes to root on read-only mounts)."""
-    if not dst.is_local(url):
-        return
-    path = dst.local_path(url)
-    probe = path if path.is_dir() else next((p for p in path.parents if p.exists()), Path("."))
-    try:
-        if not probe.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, "not a directory")
-        with tempfile.TemporaryFile(dir=probe, prefix=".lamina-probe-"):
-            pass
-    except OSError as e:
-        raise StoreNotWritableError(
-            f"cannot write the run to {str(path)!r}: {str(probe)!r} is not writable ({e.strerror}); "
-            "choose another --out"
-        ) from None
 
 
 class RunWriter(ChunkWriter):
@@ -125,7 +101,7 @@ class RunWriter(ChunkWriter):
             key = json.dumps(dict(key), sort_keys=True, default=str)
         provenance = {"lamina_version": _lamina_version(), **provenance}
         check_writable(url)
-        locks = [_acquire_lock(url)]
+        locks = [acquire_lock(url)]
         try:
             dest = dst.check_destination(url, overwrite=overwrite, allow_memory=True, complete_ok=True)
             mode = dst.check_resumable(dest, key, overwrite=overwrite)
@@ -133,7 +109,7 @@ class RunWriter(ChunkWriter):
                 raise dst.exists_error(dest)
             if mode == "stage":
                 write_url = dst.sibling(url, "new")
-                locks.append(_acquire_lock(write_url))
+                locks.append(acquire_lock(write_url))
                 staged = dst.read_attrs(write_url)
                 resumed = dst.is_run(staged) and staged.get("key") == key
                 if not resumed:  # an abandoned replacement of another command: ours to clear
@@ -149,7 +125,7 @@ class RunWriter(ChunkWriter):
                        keep_folder=mode == "create" and dest.state == "empty")
         except BaseException:
             for lock in locks:
-                _release(lock)
+                release(lock)
             raise
 
     # ---- arrays --------------------------------------------------------------------------
@@ -322,7 +298,7 @@ class RunWriter(ChunkWriter):
 
     def close(self) -> None:
         for lock in self._locks:
-            _release(lock)
+            release(lock)
         self._locks = []
 
     # ---- the manifest ----------------------------------------------------------------------
@@ -367,52 +343,6 @@ class RunWriter(ChunkWriter):
 # ---- helpers -----------------------------------------------------------------------------
 
 RunStore = RunWriter  # the name benchmarks and older code use
-
-
-def publish_figures(url: str, draw: Callable[[Path], Sequence[str | Path]]) -> list[str]:
-    """``draw(folder)`` into the run's ``figures/`` (listed in its figures manifest, what lamina may later replace
-    or delete); for an object store through a local folder, then uploaded. Returns where the files are."""
-    if dst.is_local(url):
-        folder = dst.local_path(url) / dst.FIGURES
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            paths = [str(p) for p in draw(folder)]
-            dst.record_figures(folder, [Path(p).name for p in paths])
-            return paths
-        except OSError as e:
-            if e.errno not in _NOT_WRITABLE:
-                raise
-            raise StoreNotWritableError(f"cannot write the figures of {url!r} into {str(folder)!r}: "
-                                        f"{os.strerror(e.errno)}; free space, or copy the run somewhere writable "
-                                        "and plot it there") from None
-    import fsspec
-
-    with tempfile.TemporaryDirectory(prefix="lamina-figures-") as tmp:
-        paths = draw(Path(tmp))
-        fs, root = fsspec.core.url_to_fs(url)
-        out = []
-        for p in paths:
-            target = f"{root.rstrip('/')}/{dst.FIGURES}/{Path(p).name}"
-            fs.put_file(str(p), target)
-            out.append(target)
-        return out
-
-
-def publish_file(url: str, name: str, data: bytes) -> str:
-    """Write the file ``name`` at the top of the run (``report.html``); returns its path or URL."""
-    if dst.is_local(url):
-        path = dst.local_path(url) / name
-        try:
-            path.write_bytes(data)
-        except OSError as e:
-            raise StoreNotWritableError(f"cannot write {str(path)!r}: {e.strerror or e}; free space, or copy the run "
-                                        "somewhere writable and run `lamina report` there") from None
-        return str(path)
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(url)
-    fs.pipe_file(f"{root.rstrip('/')}/{name}", data)
-    return f"{url.rstrip('/')}/{name}"
 
 
 def consolidate(url: str) -> None:
@@ -535,33 +465,3 @@ def _jsonable(obj):
     if isinstance(obj, Path):
         return str(obj)
     return obj
-
-
-def _acquire_lock(url: str):
-    if not dst.is_local(url):
-        return None  # object stores have no flock; one writer per URL is the user's contract
-    from filelock import FileLock, Timeout
-
-    path = dst.local_path(url)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise StoreNotWritableError(f"cannot create the run folder {str(path)!r}: {e.strerror}") from None
-    lock = FileLock(str(path / dst.LOCK_NAME), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        attrs = dst.read_attrs(url) or {}
-        who = attrs.get("writer", {})
-        raise StoreLockedError(
-            f"{str(path)!r} is being written by another live process (host {who.get('host', '?')}, pid "
-            f"{who.get('pid', '?')}); wait for it to finish or stop it, then run again to resume"
-        ) from None
-    except OSError as e:
-        raise StoreNotWritableError(f"cannot lock {str(path)!r}: {e.strerror}") from None
-    return lock
-
-
-def _release(lock) -> None:
-    if lock is not None and lock.is_locked:
-        lock.release()
