@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,6 +87,7 @@ def capture(
     Returns:
         ``{template: Tensor[layer, sample, (pos,) feature]}`` float32 on the model's device, or the Run.
     """
+    _check_capture_args(model, texts, positions, layers, micro_batch)
     batch = texts if isinstance(texts, TokenBatch) else encode_texts(
         model.tokenizer, list(texts), n_ctx=model.n_ctx, what="text", bos_token_id=model.info.bos_token_id)
     if out is not None:
@@ -110,6 +113,44 @@ def capture(
     groups = normalize_hooks(hooks, model.bridge.hook_dict.keys(), model.n_layers, layers)
     caps = [Capture(template, g, select) for template, g in groups.items()]
     return capture_arrays(model, batch, caps, micro_batch=micro_batch)
+
+
+def _check_capture_args(model, texts, positions, layers, micro_batch) -> None:
+    """One InputError naming the parameter for each argument of :func:`capture` that cannot be used as given."""
+    if not isinstance(model, LoadedModel):
+        hint = f"; load it first: model = lamina.load_model({str(model)!r})" if isinstance(model, (str, os.PathLike)) \
+            else ""
+        raise InputError(f"lamina.capture(model=...): model must be a model from lamina.load_model, not a "
+                         f"{type(model).__name__}{hint}")
+    if not isinstance(texts, TokenBatch):
+        if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+            raise InputError(f"lamina.capture(texts=...): texts must be a list of strings (one per text), not a "
+                             f"{type(texts).__name__}; for one text write texts=[{str(texts)[:30]!r}]")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"lamina.capture(texts=...): texts[{i}] is {t!r}, not a string")
+    if micro_batch is not None and (isinstance(micro_batch, bool) or not isinstance(micro_batch, numbers.Integral)
+                                    or micro_batch < 1):
+        raise InputError(f"lamina.capture(micro_batch=...): micro_batch must be a positive integer (samples per "
+                         f"forward pass) or None for automatic, not {micro_batch!r}")
+    if not isinstance(positions, str):
+        if isinstance(positions, (bytes, numbers.Number)) or not isinstance(positions, Sequence):
+            raise InputError(f"lamina.capture(positions=...): positions must be 'last', 'all' or a list of one "
+                             f"integer position per text, not {positions!r}")
+        bad = [p for p in positions if isinstance(p, bool) or not isinstance(p, numbers.Integral)]
+        if bad:
+            raise InputError(f"lamina.capture(positions=...): positions must be integers (token indices), not "
+                             f"{bad[0]!r}")
+    if layers is not None:
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+            raise InputError(f"lamina.capture(layers=...): layers must be a list of block numbers or None (all), not "
+                             f"{layers!r}")
+        if len(layers) == 0:
+            raise InputError("lamina.capture(layers=...): layers is empty; give at least one block number, or "
+                             "layers=None for every block")
+        bad = [v for v in layers if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
+        if bad:
+            raise InputError(f"lamina.capture(layers=...): layers must be integers (block numbers), not {bad[0]!r}")
 
 
 def _layers_spec(layers: Sequence[int] | None) -> str:

@@ -78,6 +78,9 @@ def spec(cfg: Config, model) -> Spec:
                                                              "pass --text-file FILE (one text per line)")]
         batch = encode_texts(model.tokenizer, texts, n_ctx=model.n_ctx, what="text", bos_token_id=model.bos_token_id)
         stimuli = sha256_texts(texts)
+    if cfg.chunk_samples is not None and cfg.chunk_samples > len(batch):
+        raise InputError(f"--chunk-samples {cfg.chunk_samples} is more than the {len(batch)} texts; give at most "
+                         f"{len(batch)} (or leave it out)")
     layer_list = parse_layers(cfg.layers, model.n_layers)
     select = _selector(cfg.positions, batch)
     names = [h.format(layer=layer_list[0]) if "{layer}" in h else h for h in cfg.hooks]

@@ -4,7 +4,7 @@
     lamina run all --weights random  the four course analyses with their default models
     lamina capture --hook H --text-file F --out STORE     (= lamina run capture)
     lamina info STORE [--verify]     provenance, status, progress, arrays, key numbers
-    lamina verify STORE              every chunk present and matching its checksum
+    lamina verify STORE              metadata and every chunk against the run's manifest
     lamina plot STORE [FIGURE OPTIONS]   redraw a run's figures
     lamina analyses                  what is registered (built-ins and plugins)
     lamina bench [--quick]           benchmarks side by side
@@ -14,6 +14,7 @@ User errors print one line ``lamina: error: ...`` and exit 2; Ctrl-C exits 130.
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
@@ -63,7 +64,12 @@ class _RunGroup(click.Group):
         try:
             return _run_command(name)
         except LaminaError:
-            return None
+            return None  # listed by `lamina analyses` as broken; --help and the other analyses keep working
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] != "all" and args[0] in registry.names():
+            registry.get(args[0])  # a broken plugin says why, in one line
+        return super().resolve_command(ctx, args)
 
 
 @click.group(context_settings=CONTEXT, help="lamina: layer-wise analyses of language-model representations, "
@@ -130,10 +136,9 @@ def info(store, as_json, check):
 @app.command(context_settings=CONTEXT)
 @click.argument("store")
 def verify(store):
-    """Read every chunk of every array: present, and matching its checksum. Exit 2 when not."""
-    from lamina.engine.reader import open_run
-
-    _verify(open_run(store))
+    """Check the run's metadata and every chunk against its manifest: present, intact, the chunk the run
+    wrote. Exit 2 when not (the same command that made the run repairs it)."""
+    _verify(store)
 
 
 def _verify(run) -> None:
@@ -177,8 +182,8 @@ def list_analyses():
         try:
             a = registry.get(name)
             click.echo(f"{name:<12} {a.title} (default model {a.default_model})")
-        except Exception as e:  # noqa: BLE001 - a broken plugin should not hide the others
-            click.echo(f"{name:<12} cannot be loaded: {e}")
+        except LaminaError as e:  # a broken plugin is listed as such and does not hide the others
+            click.echo(f"{name:<12} BROKEN: {e}")
 
 
 @app.command(context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_extra_args": True},
@@ -227,12 +232,26 @@ def main(argv: list[str] | None = None) -> None:
 
 def _quiet_asyncio() -> None:
     """zarr writes through asyncio; when a write fails (disk full) every pending task would log its own
-    traceback at exit. The failure itself is reported once, as a lamina error."""
+    traceback, and objects finalised after zarr's event loop closed print "Exception ignored ... Event loop
+    is closed" at exit. The failure itself is reported once, as a lamina error."""
     import logging
     import warnings
 
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
+    default = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+            return
+        if isinstance(unraisable.exc_value, OSError) and unraisable.exc_value.errno in _DISK_ERRNOS:
+            return  # the pending writes of a failed run: already reported
+        default(unraisable)
+
+    sys.unraisablehook = hook
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 
 
 if __name__ == "__main__":

@@ -202,10 +202,10 @@ def _check_out(out: str | os.PathLike) -> Path:
         raise InputError(f"--out {str(out)!r} is a Zarr group (a run?); give a new or a comparison folder")
     if folder.exists() and not folder.is_dir():
         raise InputError(f"--out {str(out)!r} is a file; give a folder")
-    for above in folder.resolve().parents:
-        if (above / "zarr.json").is_file():
-            raise InputError(f"--out {str(out)!r} is inside the Zarr group {str(above)!r} (a run?); give a folder "
-                             "outside any run")
+    above = dst.enclosing_group(folder)
+    if above is not None:
+        raise InputError(f"--out {str(out)!r} is inside the Zarr group {str(above)!r} (a run?); give a folder "
+                         "outside any run")
     if folder.is_dir() and any(folder.iterdir()):
         foreign = _foreign_in_comparison(folder)
         if foreign:

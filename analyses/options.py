@@ -54,6 +54,8 @@ class RunOptions:
             raise InputError(f"--weights must be 'pretrained' or 'random', not {self.weights!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise InputError(f"--dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
+        if isinstance(self.seed, int) and not 0 <= self.seed < 2**63:
+            raise InputError(f"--seed must be between 0 and 2**63 - 1 (it seeds 64-bit generators), got {self.seed}")
         if self.micro_batch is not None and (isinstance(self.micro_batch, bool) or self.micro_batch < 1):
             raise InputError(f"--micro-batch must be >= 1, got {self.micro_batch}")
         if self.unit_samples is not None and (isinstance(self.unit_samples, bool) or self.unit_samples < 1):

@@ -36,6 +36,9 @@ from .textfiles import stimulus_path
 STATS = ("mi", "cov", "corr")  # the stat axis of results/mean
 
 
+MAX_BINS = 1024
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Options of ``lamina run punct`` (defaults are the lecture's)."""
@@ -59,6 +62,9 @@ class Config:
                 raise InputError(f"--{name} must be >= {low}" + (f" ({what})" if what else "") + f", got {v}")
         if not self.z_max > 0:
             raise InputError(f"--z-max must be > 0, got {self.z_max}")
+        if self.bins > MAX_BINS:  # the joint histogram of a pair has (bins + 2)^2 cells, counted in int32 codes
+            raise InputError(f"--bins must be at most {MAX_BINS} (a pair's joint histogram has bins^2 cells), got "
+                             f"{self.bins}")
 
     @property
     def window(self) -> int:

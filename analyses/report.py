@@ -18,13 +18,14 @@ import datetime as _dt
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from lamina.engine import destination as dst
 from lamina.engine.errors import InputError, StoreNotWritableError
 from lamina.engine.reader import Run, open_run
+from lamina.engine.run_folder import publish_file
 
 from . import registry
 from .captions import figure_order, run_caption
@@ -36,21 +37,18 @@ RANDOM = "RANDOM WEIGHTS: results are scientifically meaningless (architecture a
 COMPARISON_DATA = "comparison.json"  # what `lamina compare` saves for its report (re-rendered by `lamina report`)
 
 
-def write_report(analysis: Analysis | None, run: Run) -> str:
-    """Render ``run``'s report into ``RUN/report.html`` (``analysis``: None = the run's own); returns its path/URL."""
+def write_report(analysis: Analysis | None, run: Run, *, publish: Callable[[str], str] | None = None,
+                 status: str | None = None) -> str:
+    """Render ``run``'s report into ``RUN/report.html`` through the store (``publish``: the run writer's; default
+    :func:`~lamina.engine.run_folder.publish_file` at the run's URL); ``analysis``: None = the run's own; ``status``:
+    the status to show (the runner writes the report last, for the run as it is once complete). Returns its
+    path/URL."""
     if analysis is None:
         analysis = _analysis_of(run)
-    html = render_run(analysis, run)
-    if dst.is_local(run.url):
-        path = Path(run.folder) / dst.REPORT
-        _write(path, html)
-        return str(path)
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(run.url)
-    target = f"{root.rstrip('/')}/{dst.REPORT}"
-    fs.pipe_file(target, html.encode("utf-8"))
-    return f"{run.url.rstrip('/')}/{dst.REPORT}"
+    html = render_run(analysis, run, status=status)
+    if publish is not None:
+        return publish(html)
+    return publish_file(run.url, dst.REPORT, html.encode("utf-8"))
 
 
 def _write(path: Path, html: str) -> None:
@@ -89,14 +87,14 @@ def report(store: str | os.PathLike) -> str:
     return write_report(_analysis_of(run), run)
 
 
-def render_run(analysis: Analysis, run: Run) -> str:
-    """The report of ``run`` as HTML text."""
-    a = run.attrs
+def render_run(analysis: Analysis, run: Run, *, status: str | None = None) -> str:
+    """The report of ``run`` as HTML text (``status``: shown instead of the run's own)."""
+    a = {**run.attrs, **({"status": status} if status else {})}
     model = a.get("model") or {}
     figures = [_figure(stem, pdf, a) for stem, pdf in _figure_stems(run)]
     return _env().get_template("run_report.html.j2").render(
         **_common(), page_title=f"lamina {analysis.name}: {Path(str(model.get('model', '?'))).name}",
-        warning=(model.get("warning") or RANDOM) if a.get("weights") == "random" else None, status=run.status,
+        warning=(model.get("warning") or RANDOM) if a.get("weights") == "random" else None, status=a.get("status"),
         experiment=analysis.name, title=analysis.title, model_name=model.get("model", "?"),
         weights=a.get("weights"), dtype=a.get("dtype"), url=shown_url(run.url), provenance=provenance_rows(a),
         summary=[(str(k), fmt(v)) for k, v in (a.get("summary") or {}).items()], figures=figures,

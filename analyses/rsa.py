@@ -23,7 +23,8 @@ import torch
 from lamina.engine.errors import InputError
 from lamina.engine.hooks import Capture, qkv_hooks
 from lamina.engine.inputs import Selector
-from lamina.engine.kernels.rsa import row_cosine_rsm, rsa_pearson, selectivity_index, selectivity_permutation_pvalue
+from lamina.engine.kernels.rsa import (check_permutations, row_cosine_rsm, rsa_pearson, selectivity_index,
+                                       selectivity_permutation_pvalue)
 from lamina.engine.labelled import Labelled, index_coord, labels
 
 from .categories import read_category_prompts, stimulus_path
@@ -63,6 +64,7 @@ def spec(cfg: Config, model) -> Spec:
     """The prompts, validated with the model's tokenizer, and Q|K|V of the final token at every block."""
     stim = read_category_prompts(cfg.words or stimulus_path("categories.tsv"), cfg.template, model.tokenizer,
                                  n_ctx=model.n_ctx, bos_token_id=model.bos_token_id)
+    check_permutations(cfg.permutations, len(stim.words))  # before the model loads
     cap = Capture("acts/final", qkv_hooks(range(model.n_layers)), Selector.last(), sample_dim="item")
     inputs = {**batch_inputs(stim.batch),
               "inputs/labels": Labelled(stim.labels, ("item",), {"item": labels(stim.words)},

@@ -1,10 +1,13 @@
 """The one runner: everything an analysis does not do, done once for every analysis.
 
-validate (options, ``--out``, stimuli: all before the model loads) -> load the model ->
-open, resume or stage the run (locked) -> write inputs -> capture / reduce, unit by unit,
-on every rank -> barrier -> compute on rank 0 -> write results with dims and coordinates ->
-finalise (status, summary, timings, consolidated metadata) -> figures -> swap a staged
-run into place -> unlock, on success or failure.
+validate (options, ``--out``, stimuli, bounds: all before the model loads; a complete run
+of the same command is verified, and repaired when damaged) -> load the model -> check
+the hooks -> open, resume, repair or stage the run (locked) -> write inputs -> capture /
+reduce, unit by unit, on every rank -> barrier -> compute on rank 0 -> write results with
+dims and coordinates -> finalise (summary, timings, consolidated metadata) -> figures and
+report -> status "complete" -> swap a staged run into place -> unlock, on success or
+failure. The runner writes only through the store (a RunWriter on rank 0, a ChunkWriter on
+the others); a command refused after the run was made leaves nothing behind.
 
 >>> from lamina.analyses import registry
 >>> run = execute(registry.get("qkv"), opts=RunOptions(model="gpt2", weights="random"))   # doctest: +SKIP
@@ -15,13 +18,9 @@ run into place -> unlock, on success or failure.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,19 +28,25 @@ import torch
 
 from lamina.engine import destination as dst
 from lamina.engine import partials
+from lamina.engine.capture import plan
+from lamina.engine.chunk_writer import ChunkWriter
 from lamina.engine.distributed import World, barrier, broadcast_object, device_for, world as get_world
-from lamina.engine.errors import InputError, StoreNotWritableError
+from lamina.engine.errors import HookError, InputError, NonFiniteError
 from lamina.engine.labelled import Coord
 from lamina.engine.models import RANDOM_WEIGHTS_WARNING, LoadedModel, load_model, resolve_device, resolve_dtype
 from lamina.engine.pipeline import capture_to_store
 from lamina.engine.provenance import machine, versions
 from lamina.engine.reader import Run, open_run
-from lamina.engine.store import RunStore, check_writable
+from lamina.engine.run_folder import check_writable, publish_figures
+from lamina.engine.store import RunWriter
 
+from . import registry
 from .model_info import inspect
 from .options import RunOptions
 from .protocol import Analysis, Context, Data, Spec
 from .report import write_report
+
+_REFUSED = (InputError, HookError, NonFiniteError)  # a command refused for its input: its new run is removed
 
 Echo = Callable[[str], None]
 
@@ -76,8 +81,9 @@ def execute(
         _check_device(world, opts)
     info = inspect(opts, model)
     spec = analysis.spec(cfg, info)  # every input error before the model loads
+    _check_bounds(spec, opts)
     key = run_key(analysis, cfg, opts, spec)
-    _on_main(world, lambda: dst.check_resumable(dest, key, overwrite=opts.overwrite))
+    mode = _on_main(world, lambda: _mode(dest, key, opts, echo))
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -87,26 +93,63 @@ def execute(
     timings["load_s"] = time.perf_counter() - t0
     if model.is_random and world.is_main and opts.progress:
         echo(f"lamina: {RANDOM_WEIGHTS_WARNING}")
-    store = _open_store(world, dest, analysis.name, key, provenance(model, cfg, opts, spec, world), opts.overwrite)
+    for p in spec.passes:  # hooks the model lacks: refused before the run is made
+        plan(model, p.captures)
+    store = _open_store(world, dest, analysis.name, key, provenance(analysis, model, cfg, opts, spec, world),
+                        opts.overwrite, repair=mode in ("complete", "repair"))
+    noted = mode in ("complete", "repair")  # the repair was announced; the units' line is not repeated
     try:
-        if store.group.attrs.get("status") != "complete":  # a staged run may only lack figures and the swap
-            _fill(analysis, cfg, opts, spec, model, store, world, timings)
+        if _on_main(world, lambda: store.status) not in ("drawing", "complete"):
+            _fill(analysis, cfg, opts, spec, model, store, world, timings, None if noted else echo)
         barrier(world)
         if world.is_main:
-            if opts.figures:
-                t = time.perf_counter()
-                draw(analysis, open_run(store.write_url), figs)
-                _record(store, {"timings": {**store.group.attrs.get("timings", {}),
-                                            "figures_s": round(time.perf_counter() - t, 3)}})
-                write_report(analysis, open_run(store.write_url))
+            if store.status == "drawing":  # the data is final; complete only once figures and report are there
+                if opts.figures:
+                    t = time.perf_counter()
+                    draw(analysis, open_run(store.write_url), figs, publish=store.publish_figures)
+                    store.set_attrs(timings={**store.attrs.get("timings", {}),
+                                             "figures_s": round(time.perf_counter() - t, 3)})
+                    write_report(analysis, open_run(store.write_url), publish=store.publish_report, status="complete")
+                store.complete()
             store.publish()
+    except _REFUSED:
+        if world.size == 1 and isinstance(store, RunWriter):
+            store.discard()
+        raise
     finally:
         store.close()
     barrier(world)
     return open_run(url)
 
 
-def _fill(analysis, cfg, opts, spec: Spec, model, store: RunStore, world: World, timings: dict) -> None:
+def _mode(dest, key: str, opts: RunOptions, echo: Echo) -> str:
+    """What the command does at ``dest`` (:func:`~lamina.engine.destination.check_resumable`); a complete run of
+    the same command is verified: intact, it is refused as existing; damaged, it is repaired (said in one line)."""
+    mode = dst.check_resumable(dest, key, overwrite=opts.overwrite)
+    if mode == "complete":
+        from lamina.engine.verify import verify
+
+        report = verify(dest.url)
+        if report.ok:
+            raise dst.exists_error(dest)
+        more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
+        echo(f"lamina: {dest.url} is damaged: {report.problems[0]}{more}; repairing it (what is damaged is "
+             "computed again)")
+    elif mode == "repair":
+        echo(f"lamina: {dest.url} is damaged: its root zarr.json is {dest.damage}; repairing it")
+    return mode
+
+
+def _check_bounds(spec: Spec, opts: RunOptions) -> None:
+    """Numeric options against the data, before the model loads."""
+    n = max((len(p.batch) for p in spec.passes), default=0)
+    if opts.unit_samples is not None and n and opts.unit_samples > n:
+        raise InputError(f"--unit-samples {opts.unit_samples} is more than the {n} samples of this run; give at most "
+                         f"{n} (or leave it out)")
+
+
+def _fill(analysis, cfg, opts, spec: Spec, model, store: ChunkWriter, world: World, timings: dict,
+          echo: Echo | None) -> None:
     """Inputs, every pass, then (rank 0) compute, results and finalise."""
     if world.is_main:
         for path, value in spec.inputs.items():
@@ -120,9 +163,11 @@ def _fill(analysis, cfg, opts, spec: Spec, model, store: RunStore, world: World,
         spc, mb = p.samples_per_chunk, opts.micro_batch
         if opts.unit_samples is not None:  # whole chunks of unit_samples, one micro-batch at most per unit
             spc, mb = opts.unit_samples, min(mb or opts.unit_samples, opts.unit_samples)
+        if mb is not None:
+            mb = min(mb, max(len(p.batch), 1))  # a micro-batch larger than the data is the whole data
         done = capture_to_store(model, p.batch, p.captures, store, phase=p.phase, micro_batch=mb,
                                 samples_per_chunk=spc, world=world, keep=p.keep, reducers=p.reducers,
-                                unit_bytes=p.unit_bytes, progress=opts.progress)
+                                unit_bytes=p.unit_bytes, progress=opts.progress, on_repair=echo)
         for lay in done.layouts:
             widths[lay.capture.name] = lay.widths
             if world.is_main and p.keep:
@@ -137,7 +182,7 @@ def _fill(analysis, cfg, opts, spec: Spec, model, store: RunStore, world: World,
         return
     reduced = {r.name: partials.fold(store, r, _n_units(store, p.phase), model.device)
                for p in spec.passes for r in p.reducers}
-    data = Data(lambda name: torch.from_numpy(np.asarray(store.group[name][...])).to(model.device), reduced, widths)
+    data = Data(lambda name: torch.from_numpy(store.read(name)).to(model.device), reduced, widths)
     ctx = Context(model.device, opts.seed, opts.progress)
     t = time.perf_counter()
     results = analysis.compute(data, spec, cfg, ctx)
@@ -147,10 +192,10 @@ def _fill(analysis, cfg, opts, spec: Spec, model, store: RunStore, world: World,
         store.put_labelled(path, value)
     timings["write_s"] = time.perf_counter() - t
     summary = analysis.summary(results, spec, cfg)
-    store.finalise(summary=dict(summary), timings={k: round(v, 3) for k, v in timings.items()})
+    store.finalise(drawing=opts.figures, summary=dict(summary), timings={k: round(v, 3) for k, v in timings.items()})
 
 
-def _n_units(store: RunStore, phase: str) -> int:
+def _n_units(store: ChunkWriter, phase: str) -> int:
     done = store.done_units(phase)
     if not done.all():
         missing = [u for u in range(len(done)) if not done[u]]
@@ -167,8 +212,9 @@ def run_key(analysis: Analysis, cfg, opts: RunOptions, spec: Spec) -> str:
     return json.dumps(key, sort_keys=True, default=str)
 
 
-def provenance(model: LoadedModel, cfg, opts: RunOptions, spec: Spec, world: World) -> dict:
-    return {"lamina_version": versions().get("lamina"), "model": model.provenance(), "weights": model.weights,
+def provenance(analysis: Analysis, model: LoadedModel, cfg, opts: RunOptions, spec: Spec, world: World) -> dict:
+    return {"lamina_version": versions().get("lamina"), "analysis": registry.source(analysis),
+            "model": model.provenance(), "weights": model.weights,
             "seed": opts.seed, "dtype": opts.dtype, "device": str(model.device),
             "options": {**_config_dict(cfg), **dict(spec.options)}, "stimuli_sha256": spec.stimuli_sha256,
             "versions": versions(), "machine": machine(), "world_size": world.size}
@@ -193,45 +239,17 @@ def figure_settings(analysis: Analysis, values: Mapping[str, Any]):
     return analysis.PlotOptions(**values)
 
 
-def draw(analysis: Analysis, run: Run, figs=None) -> list[str]:
-    """The analysis' figures of ``run`` into ``RUN/figures`` (through a local folder for object stores)."""
+def draw(analysis: Analysis, run: Run, figs=None, *, publish: Callable | None = None) -> list[str]:
+    """The analysis' figures of ``run`` into ``RUN/figures``, through the store (``publish``: the run writer's;
+    default: :func:`~lamina.engine.run_folder.publish_figures` at the run's URL)."""
     fn = analysis.plot_function()
     if fn is None:
         return []
     if figs is None and analysis.PlotOptions is not None:
         figs = analysis.PlotOptions()
     kwargs = dataclasses.asdict(figs) if figs is not None else {}
-    if dst.is_local(run.url):
-        folder = dst.local_path(run.url) / dst.FIGURES
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            paths = [str(p) for p in fn(run, folder, **kwargs)]
-            dst.record_figures(folder, [Path(p).name for p in paths])  # what lamina may later replace or delete
-            return paths
-        except OSError as e:
-            if e.errno not in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
-                raise
-            raise StoreNotWritableError(f"cannot write the figures of {run.url!r} into {str(folder)!r}: "
-                                        f"{os.strerror(e.errno)}; copy the run somewhere writable and plot it there, "
-                                        "or free space") from None
-    import fsspec
-
-    with tempfile.TemporaryDirectory(prefix="lamina-figures-") as tmp:
-        paths = fn(run, Path(tmp), **kwargs)
-        fs, root = fsspec.core.url_to_fs(run.url)
-        out = []
-        for p in paths:
-            target = f"{root.rstrip('/')}/{dst.FIGURES}/{Path(p).name}"
-            fs.put_file(str(p), target)
-            out.append(target)
-        return out
-
-
-def _record(store: RunStore, attrs: Mapping[str, Any]) -> None:
-    from lamina.engine.store import consolidate
-
-    store.group.attrs.update(dict(attrs))
-    consolidate(store.write_url)
+    publish = publish or (lambda drawer: publish_figures(run.url, drawer))
+    return publish(lambda folder: fn(run, folder, **kwargs))
 
 
 # ---- ranks ---------------------------------------------------------------------------------
@@ -252,8 +270,8 @@ def _on_main(world: World, fn: Callable[[], Any]) -> Any:
 
 
 def _check_out(url: str, opts: RunOptions, allow_memory: bool):
-    dest = dst.check_destination(url, overwrite=opts.overwrite, allow_memory=allow_memory)
-    check_writable(url)
+    dest = dst.check_destination(url, overwrite=opts.overwrite, allow_memory=allow_memory, complete_ok=True)
+    check_writable(dest.url)
     return dest
 
 
@@ -263,17 +281,20 @@ def _check_device(world: World, opts: RunOptions) -> None:
     resolve_dtype(opts.dtype)
 
 
-def _open_store(world: World, dest, experiment: str, key: str, prov: dict, overwrite: bool) -> RunStore:
-    """Rank 0 opens (locks, creates, resumes or stages); the others attach to where it writes."""
+def _open_store(world: World, dest, experiment: str, key: str, prov: dict, overwrite: bool,
+                repair: bool) -> ChunkWriter:
+    """Rank 0 opens the run (locks, creates, resumes, repairs or stages) as its RunWriter; the others attach a
+    ChunkWriter to where it writes."""
     store = None
 
     def open_main():
         nonlocal store
-        store = RunStore.open(dest, experiment=experiment, key=key, provenance=prov, overwrite=overwrite)
+        store = RunWriter.open(dest, experiment=experiment, key=key, provenance=prov, overwrite=overwrite,
+                               repair=repair)
         return store.write_url
 
     write_url = _on_main(world, open_main)
     if not world.is_main:
-        store = RunStore.attach(dest.url, write_url, world.rank)
+        store = ChunkWriter.attach(dest.url, write_url)
     barrier(world)
     return store

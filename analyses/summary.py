@@ -40,7 +40,10 @@ def describe(url: str) -> str:
     a = run.attrs
     model = a.get("model", {})
     lines = [f"run       {url}", f"experiment {a.get('experiment')}   status {run.status.upper()}"]
-    if not run.complete:
+    if run.status == "drawing":
+        lines.append("progress  data complete; the figures and report are not written yet (run the same command "
+                     "again to finish them)")
+    elif not run.complete:
         prog = run.progress()
         got = ", ".join(f"{k}: {d}/{t} units" for k, (d, t) in prog.items()) or "nothing captured yet"
         lines.append(f"progress  {got}  (run the same command again to resume)")

@@ -1,11 +1,13 @@
 """Where a run may be written, checked before any model work, and the atomic replacement of a run.
 
-lamina writes only into a new path, an empty folder, or one of its own runs; it never
-deletes what it did not write. A run is recognised by its root ``zarr.json`` carrying
-the ``lamina_version`` attribute. ``--overwrite`` never touches the old run until the
-new one is complete: the new run is built in a hidden sibling folder
-(``.NAME.lamina-new``) and swapped in by two renames at the end; a crash between the
-renames is repaired the next time the path is opened (:func:`recover`).
+lamina writes only into a new path, an empty folder, or one of its own runs, and deletes only what
+its run's manifest says it wrote (:mod:`lamina.engine.manifest`): the nodes listed there, the run's
+top-level files and the figures it drew. A user's own files, Zarr arrays and groups inside a run are
+never lamina's. ``--out`` is resolved once (a symlink to its real folder) and lamina works on the
+real folder. ``--overwrite`` never touches the old run until the new one is complete: the new run is
+built in a hidden sibling folder (``.NAME.lamina-new``) and swapped in by two renames at the end; a
+crash between the renames is undone the next time the path is opened (:func:`recover`), and the same
+command then finishes the swap.
 
 >>> d = check_destination("runs/new-run", overwrite=False)      # doctest: +SKIP
 >>> d.state                                                     # doctest: +SKIP
@@ -17,87 +19,35 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Literal
 
-from .errors import InputError, NotARunError, StoreExistsError, StoreMismatchError, StoreURLError
+from .errors import (InputError, NotARunError, RunCorruptError, StoreExistsError, StoreMismatchError,
+                     StoreURLError)
+from .manifest import NODE as MANIFEST_NODE
+from .manifest import Manifest, consolidated_nodes, read_manifest, read_metadata
+from .urls import check_url, is_local, local_path, scheme
+
+__all__ = ["check_url", "is_local", "local_path", "scheme", "check_destination", "check_resumable", "Destination",
+           "foreign_entries", "remove_run", "swap_in", "recover", "read_attrs", "is_run", "sibling"]
 
 MARKER = "lamina_version"  # a root attribute every lamina run carries
 LOCK_NAME = ".lamina.lock"
 FIGURES = "figures"
 REPORT = "report.html"
-_FSSPEC_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
-                    "abfss": "adlfs", "adl": "adlfs", "hf": "huggingface_hub", "ssh": "sshfs", "sftp": "sshfs"}
-_READ_ONLY_SCHEMES = {"http", "https", "zip", "github"}
+STAGING = (".lamina-new", ".lamina-old")
+_ZARR_TEMP = re.compile(r"^(?:zarr|c|\d+)\.[0-9a-f]{32}\.partial$")  # zarr's atomic-write temporaries
 
-State = Literal["new", "empty", "run"]
-
-
-def scheme(url: str | os.PathLike) -> str:
-    """'' for a local path (or ``file://``), else the URL's scheme: ``scheme("s3://b/r") == "s3"``."""
-    s = str(url)
-    if "://" not in s or s.startswith("file://"):
-        return ""
-    return s.split("://", 1)[0].lower()
-
-
-def is_local(url: str | os.PathLike) -> bool:
-    return scheme(url) == ""
-
-
-def local_path(url: str | os.PathLike) -> Path:
-    return Path(str(url).removeprefix("file://")).expanduser()
-
-
-def check_url(url: str | os.PathLike, *, allow_memory: bool = False, write: bool = True) -> str:
-    """The URL as a string, or StoreURLError naming what is wrong and the fix (no I/O beyond imports).
-
-    ``memory://`` keeps nothing once the process ends, so the command line refuses it; Python
-    callers that hold the returned run may use it (``allow_memory``).
-    """
-    s = str(url)
-    if not s.strip():
-        raise InputError("--out is empty; give a folder or URL for the run, or leave --out out for the default")
-    sch = scheme(s)
-    if not sch:
-        return s
-    if sch == "memory":
-        if allow_memory:
-            return s
-        raise StoreURLError(f"--out {s!r}: a memory:// store is gone when lamina exits, so the run would be lost; "
-                            "give a folder or a persistent URL (s3://, gs://, ...)")
-    if write and sch in _READ_ONLY_SCHEMES:
-        raise StoreURLError(f"--out {s!r}: {sch}:// is read-only; give a folder or a writable URL (s3://, gs://, ...)")
-    try:
-        import fsspec
-
-        fsspec.get_filesystem_class(sch)
-    except ImportError:
-        pkg = _FSSPEC_PACKAGES.get(sch, f"the fsspec backend for {sch}://")
-        raise StoreURLError(f"{s!r}: the {sch}:// filesystem is not installed; pip install {pkg}") from None
-    except ValueError:
-        raise StoreURLError(f"{s!r}: unknown URL scheme {sch!r}; give a folder or an fsspec URL (s3://, gs://, ...)") \
-            from None
-    return s
+State = Literal["new", "empty", "run", "damaged"]
 
 
 def read_attrs(url: str) -> dict | None:
-    """The root attributes of the Zarr group at ``url``, or None when there is none."""
-    if is_local(url):
-        meta = local_path(url) / "zarr.json"
-        if not meta.is_file():
-            return None
-        try:
-            return json.loads(meta.read_text()).get("attributes", {}) or {}
-        except (OSError, ValueError):
-            return {}  # unreadable metadata: a group, but not one we can vouch for
-    import zarr
-
-    try:
-        return dict(zarr.open_group(url, mode="r").attrs)
-    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):  # type: ignore[attr-defined]
-        return None
+    """The root attributes of the Zarr group at ``url``; None when there is none, {} when its zarr.json is
+    damaged (a group, but not one we can vouch for)."""
+    meta = read_metadata(url)
+    return None if meta.state == "absent" else meta.attrs
 
 
 def is_run(attrs: dict | None) -> bool:
@@ -134,22 +84,49 @@ def record_figures(folder: Path, names) -> None:
 RUN_FILES = ("zarr.json", LOCK_NAME, REPORT)  # the files lamina writes at the top of a run
 
 
+def lamina_nodes(folder: str | os.PathLike) -> dict[str, str]:
+    """{path: "array" | "group"} of the Zarr nodes lamina wrote in the run at ``folder``: its manifest; for a
+    run made before manifests, the nodes of its consolidated metadata; else none."""
+    manifest = read_manifest(str(folder))
+    if manifest is not None:
+        return dict(manifest.nodes)
+    nodes = {p: str(m.get("node_type")) for p, m in consolidated_nodes(read_metadata(str(folder))).items()
+             if isinstance(m, dict)}
+    return {"": "group", **nodes} if nodes else {}
+
+
 def foreign_entries(folder: Path, own: tuple[str, ...] = RUN_FILES, nodes: bool = True) -> list[str]:
-    """Paths (relative, sorted) inside a folder lamina writes that lamina did not write: anything but the
-    files ``own`` at its top, Zarr nodes holding only zarr.json, chunk files and nodes (``nodes``), and the
-    figures in the figures folder's manifest. Checked at every depth. For a run by default; ``lamina
-    compare`` passes its own files and no nodes."""
+    """Paths (relative, sorted) inside a folder lamina writes that lamina did not write, at every depth.
+
+    For a run (``nodes``): lamina's are the files ``own`` at its top, the nodes in its manifest (each
+    node's zarr.json; an array's chunk files under ``c/``), zarr's own write temporaries, and the figures
+    in the figures folder's manifest. Anything else is foreign, including Zarr arrays and groups that are
+    not in the manifest and any symlink. ``lamina compare`` passes its own files and no nodes."""
+    folder = Path(folder)
+    return sorted(_foreign_walk(folder, "", lamina_nodes(folder) if nodes else {}, own))
+
+
+def _foreign_walk(folder: Path, rel: str, nodes: dict[str, str], own: tuple[str, ...]) -> list[str]:
     out = []
-    for child in Path(folder).iterdir():
-        if child.name in own and child.is_file():
-            continue
-        if nodes and child.is_dir() and (child / "zarr.json").is_file():
-            out += [f"{child.name}/{p}" for p in _foreign_in_node(child)]
-        elif child.name == FIGURES and child.is_dir():
-            out += [f"{child.name}/{p}" for p in foreign_figures(child)]
+    node = rel.rstrip("/")
+    for child in folder.iterdir():
+        r = f"{rel}{child.name}"
+        if child.is_symlink():
+            out.append(r)
+        elif not child.is_dir():
+            ours = (not rel and child.name in own) or (child.name == "zarr.json" and node in nodes) or (
+                node in nodes and _ZARR_TEMP.match(child.name))
+            if not ours:
+                out.append(r)
+        elif not rel and child.name == FIGURES:
+            out += [f"{FIGURES}/{p}" for p in foreign_figures(child)]
+        elif nodes.get(r) == "array":
+            out += [f"{r}/{p}" for p in _foreign_in_array(child)]
+        elif nodes.get(r) == "group" or any(n.startswith(r + "/") for n in nodes):
+            out += _foreign_walk(child, r + "/", nodes, own)
         else:
-            out.append(child.name)
-    return sorted(out)
+            out.append(r)
+    return out
 
 
 def foreign_figures(folder: Path) -> list[str]:
@@ -159,19 +136,20 @@ def foreign_figures(folder: Path) -> list[str]:
     for child in folder.iterdir():
         if child.name == FIGURES_MANIFEST and child.is_file():
             continue
-        ours = child.is_file() and (child.suffix in (".png", ".pdf") if known is None else child.name in known)
+        ours = child.is_file() and not child.is_symlink() and (
+            child.suffix in (".png", ".pdf") if known is None else child.name in known)
         if not ours:
             out.append(child.name)
     return out
 
 
-def _foreign_in_node(node: Path) -> list[str]:
+def _foreign_in_array(node: Path) -> list[str]:
     out = []
     for child in node.iterdir():
-        if child.name in ("zarr.json", "c") and child.is_file():  # metadata; the chunk of a 0-d array
-            continue
-        if child.is_dir() and (child / "zarr.json").is_file():
-            out += [f"{child.name}/{p}" for p in _foreign_in_node(child)]
+        if child.is_symlink():
+            out.append(child.name)
+        elif child.is_file() and (child.name in ("zarr.json", "c") or _ZARR_TEMP.match(child.name)):
+            continue  # metadata, the chunk of a 0-d array, zarr's temporaries
         elif child.name == "c" and child.is_dir():
             out += [f"c/{p}" for p in _not_chunks(child)]
         else:
@@ -180,10 +158,10 @@ def _foreign_in_node(node: Path) -> list[str]:
 
 
 def _not_chunks(folder: Path) -> list[str]:
-    """Under a node's ``c/``: what is not a chunk key path (digits at every level)."""
+    """Under an array's ``c/``: what is not a chunk key path (digits at every level) or zarr's temporary."""
     out = []
     for child in folder.iterdir():
-        if not child.name.isdigit():
+        if child.is_symlink() or not (child.name.isdigit() or (child.is_file() and _ZARR_TEMP.match(child.name))):
             out.append(child.name)
         elif child.is_dir():
             out += [f"{child.name}/{p}" for p in _not_chunks(child)]
@@ -192,92 +170,217 @@ def _not_chunks(folder: Path) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Destination:
-    """What is at ``url`` now: nothing (``new``), an empty folder, or a lamina run (``attrs``)."""
+    """What is at ``url`` now: nothing (``new``), an empty folder, a lamina run (``attrs``), or a lamina run
+    whose root zarr.json is damaged (``damaged``: known by its manifest). ``url`` is the real folder for
+    local paths (symlinks resolved once); ``given`` is what the caller wrote."""
 
     url: str
     state: State
     attrs: dict | None = None
+    manifest: Manifest | None = None
+    given: str = ""
+    damage: str = ""
 
     @property
     def complete(self) -> bool:
         return self.state == "run" and (self.attrs or {}).get("status") == "complete"
 
+    @property
+    def key(self) -> str | None:
+        if self.state == "damaged":
+            return self.manifest.key if self.manifest else None
+        return (self.attrs or {}).get("key")
+
     def describe(self) -> str:
+        if self.state == "damaged":
+            return f"a damaged {(self.manifest and self.manifest.experiment) or '?'} run (root zarr.json {self.damage})"
         a = self.attrs or {}
         model = a.get("model", {})
         model = model.get("model", "?") if isinstance(model, dict) else model
         return f"a {'complete' if self.complete else 'incomplete'} {a.get('experiment', '?')} run of {model}"
 
 
-def check_destination(url: str | os.PathLike, *, overwrite: bool = False, allow_memory: bool = False) -> Destination:
-    """Everything about ``--out`` that can be known before the model loads.
+def check_destination(url: str | os.PathLike, *, overwrite: bool = False, allow_memory: bool = False,
+                      complete_ok: bool = False) -> Destination:
+    """Everything about ``--out`` that can be known before the model loads (no writes, no deletions beyond
+    undoing an interrupted swap).
 
-    Refused: an empty or unusable URL; a path that is a file; a folder with entries lamina did not
-    write (with or without ``overwrite``); a Zarr group lamina did not write; a complete run without
-    ``overwrite``; ``overwrite`` of a run whose folder holds files lamina did not write; ``overwrite``
-    on an object store (no atomic rename there).
+    Refused: an empty or unusable URL; a path that is a file; a name too long for its staging sibling; a
+    path inside another run (any Zarr group); a folder with entries lamina did not write (with or without
+    ``overwrite``); a Zarr group lamina did not write; a complete run without ``overwrite`` (unless
+    ``complete_ok``: the caller decides once it knows the command); ``overwrite`` of the current directory,
+    of a run holding entries lamina did not write, or on an object store (no atomic rename there).
     """
+    given = str(url)
     url = check_url(url, allow_memory=allow_memory)
     if is_local(url):
+        path = _real_path(url, given)
+        url = str(path)
         recover(url)
-        path = local_path(url)
         if path.exists() and not path.is_dir():
-            raise NotARunError(f"--out {str(path)!r} is a file, not a folder; give a new or empty folder")
+            raise NotARunError(f"--out {given!r} is a file, not a folder; give a new or empty folder")
         if not path.exists():
-            return Destination(url, "new")
-        attrs = read_attrs(url)
-        if attrs is None:
-            entries = [c.name for c in path.iterdir() if c.name != LOCK_NAME]
-            if not entries:
-                return Destination(url, "empty")
-            shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
-            raise NotARunError(f"--out {str(path)!r} is a folder with {len(entries)} entries lamina did not write "
-                               f"({shown}); lamina writes only into a new or empty folder or one of its own runs: "
-                               "choose another --out")
+            return Destination(url, "new", given=given)
+    root = read_metadata(url)
+    manifest = read_manifest(url) if root.state != "absent" or is_local(url) else None
+    if root.state == "absent" and manifest is None:
+        if not is_local(url):
+            return Destination(url, "new", given=given)
+        entries = [c.name for c in local_path(url).iterdir() if c.name != LOCK_NAME]
+        if not entries:
+            return Destination(url, "empty", given=given)
+        shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+        raise NotARunError(f"--out {given!r} is a folder with {len(entries)} entries lamina did not write "
+                           f"({shown}); lamina writes only into a new or empty folder or one of its own runs: "
+                           "choose another --out")
+    if root.state != "ok":
+        if manifest is None:
+            raise NotARunError(f"--out {given!r} holds a Zarr group whose root zarr.json is {root.error} and no "
+                               "lamina manifest: lamina cannot tell whose it is and neither writes into nor deletes "
+                               "it; choose another --out")
+        dest = Destination(url, "damaged", manifest=manifest, given=given,
+                           damage="missing" if root.state == "absent" else root.error)
     else:
-        attrs = read_attrs(url)
-        if attrs is None:
-            return Destination(url, "new")
-    if not is_run(attrs):
-        raise NotARunError(f"--out {url!r} holds a Zarr group that lamina did not write; choose another --out "
-                           "(lamina never writes into or deletes someone else's data)")
-    dest = Destination(url, "run", attrs)
-    if dest.complete and not overwrite:
-        raise StoreExistsError(f"--out {url!r} already holds {dest.describe()} (created {attrs.get('created', '?')}); "
-                               "pass --overwrite to replace it once the new run is complete, or choose another --out")
-    if overwrite and not is_local(url):
-        raise StoreURLError(f"--overwrite of the run at {url!r} is not supported on object stores (no atomic "
-                            "rename); choose a new --out, or delete the old run with your storage tools first")
-    if overwrite and is_local(url):
-        foreign = foreign_entries(local_path(url))
-        if foreign:
-            raise NotARunError(f"--out {url!r} holds {dest.describe()} plus entries lamina did not write "
-                               f"({', '.join(foreign[:5])}); move them out before --overwrite (lamina deletes only "
-                               "what it wrote)")
+        if not is_run(root.attrs):
+            raise NotARunError(f"--out {given!r} holds a Zarr group that lamina did not write; choose another --out "
+                               "(lamina never writes into or deletes someone else's data)")
+        dest = Destination(url, "run", root.attrs, manifest=manifest, given=given)
+        if dest.complete and not overwrite and not complete_ok:
+            raise exists_error(dest)
+    if overwrite:
+        _check_replaceable(dest)
     return dest
 
 
-def check_resumable(dest: Destination, key_json: str, *, overwrite: bool) -> None:
-    """An incomplete run made by another command is not resumed (nor replaced, without overwrite)."""
-    if dest.state == "run" and not dest.complete and dest.attrs.get("key") != key_json and not overwrite:
-        raise StoreMismatchError(
-            f"--out {dest.url!r} holds {dest.describe()} made by a different command; it cannot be resumed with "
-            "these options. Run that command again to finish it, pass --overwrite to replace it once the new run "
-            "is complete, or choose another --out")
+def exists_error(dest: Destination) -> StoreExistsError:
+    return StoreExistsError(f"--out {dest.given or dest.url!r} already holds {dest.describe()} (created "
+                            f"{(dest.attrs or {}).get('created', '?')}); pass --overwrite to replace it once the new "
+                            "run is complete, or choose another --out")
+
+
+def _real_path(url: str, given: str) -> Path:
+    """The real folder of a local ``--out`` (symlinks resolved once), refused when its staging name cannot
+    exist or it lies inside another run."""
+    real = local_path(url).resolve()
+    if not real.name:
+        raise InputError(f"--out {given!r} is the filesystem root; give a folder for the run")
+    try:
+        limit = os.pathconf(next((p for p in (real.parent, *real.parent.parents) if p.exists()), Path("/")),
+                            "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    staged = len(f".{real.name}.lamina-new".encode())
+    if staged > limit:
+        raise InputError(f"--out {given!r}: the folder name is {len(real.name.encode())} bytes; lamina needs "
+                         f"{staged} for the staging folder .NAME.lamina-new beside it, at most {limit}: choose a "
+                         "shorter name")
+    above = enclosing_group(real)
+    if above is not None:
+        what = "the lamina run" if is_run(read_attrs(str(above))) else "the Zarr group"
+        raise NotARunError(f"--out {given!r} is inside {what} {str(above)!r}; give a folder outside any run")
+    return real
+
+
+def enclosing_group(path: Path) -> Path | None:
+    """The folder above ``path`` that is a lamina run, else the nearest that is a Zarr group (holds a
+    zarr.json), if any."""
+    groups = [p for p in Path(path).resolve().parents if (p / "zarr.json").is_file()]
+    return next((p for p in groups if is_run(read_attrs(str(p)))), groups[0] if groups else None)
+
+
+def _check_replaceable(dest: Destination) -> None:
+    """``--overwrite`` of ``dest``: possible (local, not the working directory) and deleting only lamina's."""
+    if dest.state not in ("run", "damaged"):
+        return
+    if not is_local(dest.url):
+        raise StoreURLError(f"--overwrite of the run at {dest.url!r} is not supported on object stores (no atomic "
+                            "rename); choose a new --out, or delete the old run with your storage tools first")
+    path = Path(dest.url)
+    cwd = Path.cwd().resolve()
+    if cwd == path or path in cwd.parents:
+        raise InputError(f"--out {dest.given or dest.url!r} is the current directory (or holds it): --overwrite moves "
+                         "the old run aside, which cannot be done to the folder you are in; run the command from "
+                         "outside it (cd ..)")
+    for kind in ("new", "old"):
+        s = Path(sibling(dest.url, kind))
+        if s.is_symlink() or (s.exists() and not _ours(s)):
+            raise NotARunError(f"{str(s)!r} is lamina's staging name for replacing {dest.url!r}, but lamina did not "
+                               "make what is there; move it away, then run again")
+    foreign = foreign_entries(path)
+    if foreign:
+        raise NotARunError(f"--out {dest.given or dest.url!r} holds {dest.describe()} plus entries lamina did not "
+                           f"write ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); move them out "
+                           "before --overwrite (lamina deletes only what it wrote)")
+
+
+Mode = Literal["create", "resume", "complete", "repair", "stage"]
+
+
+def check_resumable(dest: Destination, key_json: str, *, overwrite: bool) -> Mode:
+    """What the command with resume key ``key_json`` does at ``dest``:
+
+    ``create`` (nothing there), ``resume`` (an incomplete run of this command), ``complete`` (a complete
+    run of this command: the caller verifies it, repairs it when damaged, else says it exists), ``repair``
+    (a run of this command whose root zarr.json is damaged), ``stage`` (with ``overwrite``: build the new
+    run beside the old one). An incomplete or damaged run of another command is refused without
+    ``overwrite``, and so is a complete one."""
+    if dest.state in ("new", "empty"):
+        return "create"
+    same = dest.key == key_json
+    if dest.state == "damaged":
+        if same and not overwrite:
+            return "repair"
+        if overwrite:
+            return "stage"
+        raise RunCorruptError(f"--out {dest.given or dest.url!r} holds {dest.describe()}, made by a different "
+                              "command; pass --overwrite to replace it once the new run is complete, or choose "
+                              "another --out")
+    if same and not dest.complete:
+        return "resume"
+    if same and not overwrite:
+        return "complete"
+    if overwrite:
+        return "stage"
+    if dest.complete:
+        raise exists_error(dest)
+    raise StoreMismatchError(
+        f"--out {dest.given or dest.url!r} holds {dest.describe()} made by a different command; it cannot be "
+        "resumed with these options. Run that command again to finish it, pass --overwrite to replace it once "
+        "the new run is complete, or choose another --out")
 
 
 # ---- replacing a run ---------------------------------------------------------------------
 
 
+def _ours(path: Path) -> bool:
+    """A real folder (not a symlink) holding a lamina run, or what is left of one (its manifest, or only
+    lamina's lock file)."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    if is_run(read_attrs(str(path))) or read_manifest(str(path)) is not None:
+        return True
+    return all(c.name == LOCK_NAME for c in path.iterdir())
+
+
 def remove_run(folder: str | os.PathLike, *, keep_lock: bool = False) -> None:
-    """Delete a lamina run folder: only the entries lamina writes; the folder itself if then empty
-    (``keep_lock``: keep the folder and our lock file, for a folder we are about to write again)."""
+    """Delete what lamina wrote in a run folder (by its manifest; see :func:`foreign_entries`), and the folder
+    itself if then empty (``keep_lock``: keep the folder and our lock file, for a folder we are about to
+    write again). A symlink, or a folder that is not a lamina run, is refused."""
     path = Path(folder)
+    if path.is_symlink():
+        raise NotARunError(f"refusing to delete {str(path)!r}: it is a symlink, not a folder lamina made")
     if not path.exists():
         return
-    if not is_run(read_attrs(str(path))) and (path / "zarr.json").exists():
+    if not _ours(path) and (path / "zarr.json").exists():
         raise NotARunError(f"refusing to delete {str(path)!r}: it is not a lamina run")
-    _remove_ours(path, "", set(foreign_entries(path)), keep=LOCK_NAME if keep_lock else None)
+    foreign = set(foreign_entries(path))
+    last = ("zarr.json", MANIFEST_NODE)  # deleted last: a deletion cut short still reads as lamina's run
+    for child in list(path.iterdir()):
+        if child.name not in last and not (keep_lock and child.name == LOCK_NAME):
+            _remove_entry(child, child.name, foreign)
+    for name in last:
+        if (path / name).exists():
+            _remove_entry(path / name, name, foreign)
     if keep_lock:
         return
     try:
@@ -286,25 +389,33 @@ def remove_run(folder: str | os.PathLike, *, keep_lock: bool = False) -> None:
         pass  # something else is in there: it stays
 
 
-def _remove_ours(folder: Path, rel: str, foreign: set[str], keep: str | None = None) -> None:
-    """Delete what lamina wrote under ``folder``; foreign paths (relative to the run) and their folders stay."""
-    for child in folder.iterdir():
-        r = f"{rel}{child.name}"
-        if r in foreign or (not rel and child.name == keep):
-            continue
-        if child.is_dir() and not child.is_symlink():
-            if any(f.startswith(r + "/") for f in foreign):
-                _remove_ours(child, r + "/", foreign)
-                continue
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+def _remove_entry(child: Path, rel: str, foreign: set[str]) -> None:
+    """Delete ``child`` (at ``rel`` in the run) unless foreign; inside a folder holding foreign paths, only the
+    rest."""
+    if rel in foreign:
+        return
+    if child.is_dir() and not child.is_symlink():
+        if any(f.startswith(rel + "/") for f in foreign):
+            for grandchild in list(child.iterdir()):
+                _remove_entry(grandchild, f"{rel}/{grandchild.name}", foreign)
+            return
+        shutil.rmtree(child)
+    else:
+        child.unlink()
 
 
 def swap_in(url: str, new: str) -> None:
-    """Put the complete run at ``new`` in place of the run at ``url`` (local folders), then drop the old one."""
-    old = sibling(url, "old")
-    path = local_path(url)
+    """Put the complete run at ``new`` in place of the run at ``url`` (local real folders), then delete the old
+    one by its manifest."""
+    path = Path(url)
+    old = Path(sibling(url, "old"))
+    if old.exists() or old.is_symlink():
+        remove_run(old)  # an earlier replaced run whose removal was cut short (refused if not lamina's)
+        if old.exists():
+            raise NotARunError(f"{str(old)!r} (lamina's staging name) still holds files lamina did not write; move "
+                               "them away and run again")
+    if path.is_symlink():
+        raise NotARunError(f"refusing to move {str(path)!r}: it is a symlink; lamina works on the real folder")
     if path.exists():
         os.replace(path, old)
     os.replace(new, path)
@@ -312,18 +423,20 @@ def swap_in(url: str, new: str) -> None:
 
 
 def recover(url: str) -> None:
-    """Finish or undo a swap that a crash interrupted between its two renames."""
+    """Undo a swap that a crash interrupted between its two renames: the old run goes back in place (nothing
+    is deleted; the same command then finishes the replacement from its staged run). Acts only on lamina's
+    own staging folder, never on a symlink."""
     if not is_local(url):
         return
-    path, old, new = local_path(url), Path(sibling(url, "old")), Path(sibling(url, "new"))
-    if not old.exists():
+    path, old = local_path(url), Path(sibling(url, "old"))
+    if path.exists() or path.is_symlink() or not _ours(old):
         return
-    if path.exists():  # the swap finished; only the old run's removal was cut short
+    os.replace(old, path)
+
+
+def clear_replaced(url: str, key_json: str) -> None:
+    """Delete the old run that a finished swap left beside the run at ``url`` (its removal cut short), when the
+    run now at ``url`` was made by the same command (``key_json``)."""
+    old = Path(sibling(url, "old"))
+    if is_local(url) and _ours(old) and (read_attrs(url) or {}).get("key") == key_json:
         remove_run(old)
-        return
-    new_attrs = read_attrs(str(new)) if new.exists() else None
-    if is_run(new_attrs) and new_attrs.get("status") == "complete":
-        os.replace(new, path)
-        remove_run(old)
-    else:
-        os.replace(old, path)

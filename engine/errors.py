@@ -71,5 +71,10 @@ class NonFiniteError(LaminaError, FloatingPointError):
     """NaN or inf appeared in captured activations (message names hook, layer and position)."""
 
 
+class PluginError(LaminaError, RuntimeError):
+    """A plugin analysis that cannot be used: it fails to import, is not an Analysis, calls itself by
+    another name, or shares its name with another analysis."""
+
+
 class OfflineError(LaminaError, ConnectionError):
     """Something needs the network (a hub data set or model) and the network is not there."""

@@ -3,9 +3,14 @@
 The samples are cut into *work units* of whole store chunks. A unit is run in
 micro-batches (one forward each), its chunks are written by a background
 thread while the next unit computes, and only then is the unit marked done in
-``_progress/{phase}``. A run killed at any moment restarts from the first unit
-not marked done; a half-written chunk is rewritten. Under torchrun, unit ``u``
-belongs to rank ``u % world_size``: no two ranks ever write the same chunk.
+``_progress/{phase}``, with the manifest of the chunks it wrote. A run killed at
+any moment restarts from the first unit not marked done; a half-written chunk is
+rewritten; a done unit whose chunks are missing or damaged is found (every chunk
+checked against its manifest when a run is resumed) and computed again. Under
+torchrun, unit ``u`` belongs to rank ``u % world_size``: no two ranks ever write
+the same chunk. The owner (rank 0, a :class:`~lamina.engine.store.RunWriter`)
+creates the arrays; every rank writes through its
+:class:`~lamina.engine.chunk_writer.ChunkWriter`.
 
 >>> arrays = capture_to_store(model, batch, captures, store)   # doctest: +SKIP
 """
@@ -16,7 +21,7 @@ import dataclasses
 import math
 from typing import NamedTuple
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -30,7 +35,8 @@ from .hooks import Capture
 from .inputs import TokenBatch
 from .models import LoadedModel
 from .reducers import Reducer, Unit
-from .store import MiB, RunStore
+from .chunk_writer import ChunkWriter
+from .store import MiB, RunWriter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +77,7 @@ def capture_to_store(
     model: LoadedModel,
     batch: TokenBatch,
     captures: Sequence[Capture],
-    store: RunStore,
+    store: ChunkWriter,
     *,
     phase: str = "capture",
     micro_batch: int | None = None,
@@ -81,13 +87,16 @@ def capture_to_store(
     reducers: Sequence[Reducer] = (),
     unit_bytes: int | None = None,
     progress: bool = True,
+    on_repair: Callable[[str], None] | None = None,
 ) -> Captured:
     """Capture ``captures`` for every sample of ``batch`` into ``store`` (resuming if it can).
 
     With ``keep=False`` no activations are stored; ``reducers`` reduce each unit on the device
     and their per-unit states are stored instead (fold them with :func:`partials.fold`).
     ``unit_bytes`` caps one unit's captured activations when the micro-batch is automatic.
-    Returns the unit plan and the captures' layouts (feature widths per hook).
+    On rank 0 ``store`` is the run's :class:`RunWriter` (it creates the arrays and, on a resumed run, checks
+    the done units' chunks: ``on_repair`` hears one line when some must be computed again); on the other
+    ranks a :class:`ChunkWriter`. Returns the unit plan and the captures' layouts (feature widths per hook).
     """
     layouts = plan(model, captures)
     n = len(batch)
@@ -95,7 +104,9 @@ def capture_to_store(
     spc = samples_per_chunk or chunk_samples(layouts, batch.max_len, n)
     units = UnitPlan(n, spc, mb)
     widths = {lay.capture.name: (lay.n_entries, lay.n_features) for lay in layouts}
-    if world.is_main:  # rank 0 creates every array; the others open them after the barrier
+    if world.is_main:  # the owner creates every array; the other ranks write into them after the barrier
+        if not isinstance(store, RunWriter):
+            raise TypeError("rank 0 captures through the run's RunWriter (it creates the arrays)")
         if keep:
             for lay in layouts:
                 shape = lay.shape(n, batch.max_len)
@@ -104,10 +115,14 @@ def capture_to_store(
                             attrs={"hooks": [list(g) for g in lay.capture.hooks], "select": lay.capture.select.kind})
         for r in reducers:
             partials.create(store, r, r.state_specs(widths), units.n_units)
-        store.progress_array(phase, units.n_units, {"n_samples": n, "samples_per_chunk": spc,
-                                                     "unit_samples": units.unit_samples})
+        store.progress(phase, units.n_units, {"n_samples": n, "samples_per_chunk": spc,
+                                              "unit_samples": units.unit_samples})
+        if store.resumed:
+            problems = store.repair_units(phase)
+            if problems and on_repair is not None:
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                on_repair(f"repairing {store.url}: {problems[0]}{more}; the units concerned are computed again")
     barrier(world)
-    arrays = {lay.capture.name: store.group[lay.capture.name] for lay in layouts} if keep else {}
     done = store.done_units(phase)
     todo = [u for u in range(units.n_units) if world.owns(u) and not (u < len(done) and done[u])]
     bar = tqdm(total=sum(len(units.rows(u)) for u in todo), desc=f"{phase} ({model.n_layers} layers)",
@@ -123,8 +138,8 @@ def capture_to_store(
             while len(pending) >= 2:  # bound memory: at most two units in flight
                 pending.popleft().result()
             # the device-to-host copy happens in the writer thread too, overlapping the next unit's forward
-            pending.append(writer.submit(_write_unit, store, arrays, layouts, tensors if keep else {}, states, rows,
-                                         phase, u))
+            pending.append(writer.submit(_write_unit, store, layouts, tensors if keep else {}, states, rows, phase,
+                                         u))
             bar.update(len(rows))
         for f in pending:
             f.result()
@@ -165,16 +180,16 @@ def _run_unit(model, batch, layouts, rows: range, units: UnitPlan) -> dict[str, 
             tqdm.write(f"lamina: CUDA out of memory, micro-batch reduced to {mb}")
 
 
-def _write_unit(store: RunStore, arrays, layouts, tensors: dict[str, torch.Tensor], states, rows: range, phase: str,
+def _write_unit(store: ChunkWriter, layouts, tensors: dict[str, torch.Tensor], states, rows: range, phase: str,
                 u: int):
-    """A unit's chunks and reducer states, then its done flag (in that order: a flag never lies)."""
+    """A unit's chunks and reducer states, then its done flag with their manifest (in that order: a flag never
+    lies)."""
     host = {k: v.cpu().numpy() for k, v in tensors.items()}
-    for lay in layouts:
-        name = lay.capture.name
-        if name not in host:
-            continue
-        region = (*lay.capture.prefix, slice(None), slice(rows.start, rows.stop))
-        store.write(arrays[name], region, host[name])
-    for reducer, state in states:
-        partials.write(store, reducer, u, state)
-    store.mark_done(phase, [u])
+    with store.unit(phase, u) as w:
+        for lay in layouts:
+            name = lay.capture.name
+            if name not in host:
+                continue
+            w.write(name, (*lay.capture.prefix, slice(None), slice(rows.start, rows.stop)), host[name])
+        for reducer, state in states:
+            partials.write(w, reducer, u, state)

@@ -17,13 +17,28 @@ The promise is these names; everything else is importable but may change.
 - :class:`Analysis`, :func:`register` to add an analysis; :mod:`errors` every error lamina raises.
 """
 
-from lamina.analyses.api import capture, run
-from lamina.analyses.compare import compare
-from lamina.analyses.protocol import Analysis
-from lamina.analyses.registry import register
-from lamina import errors
-from lamina.engine.models import load_model
-from lamina.engine.reader import Run, open_run
-from lamina.engine.verify import verify
+from __future__ import annotations
+
+import importlib
+
+_NAMES = {  # name -> module; imported on first use, so that reading a run does not import torch
+    "capture": "lamina.analyses.api", "run": "lamina.analyses.api", "compare": "lamina.analyses.compare",
+    "Analysis": "lamina.analyses.protocol", "register": "lamina.analyses.registry", "errors": "lamina.errors",
+    "load_model": "lamina.engine.models", "Run": "lamina.engine.reader", "open_run": "lamina.engine.reader",
+    "verify": "lamina.engine.verify",
+}
 
 __all__ = ["load_model", "capture", "run", "open_run", "Run", "verify", "compare", "Analysis", "register", "errors"]
+
+
+def __getattr__(name: str):
+    if name not in _NAMES:
+        raise AttributeError(f"module 'lamina' has no attribute {name!r}")
+    module = importlib.import_module(_NAMES[name])
+    value = module if name == "errors" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -7,9 +7,10 @@ True
 
 
 from lamina.engine.errors import (HookError, InputError, LaminaError, ModelNotFoundError, NonFiniteError,  # noqa: F401
-                                  NotARunError, OfflineError, RunCorruptError, RunNotFoundError, StoreExistsError,
-                                  StoreLockedError, StoreMismatchError, StoreNotWritableError, StoreURLError)
+                                  NotARunError, OfflineError, PluginError, RunCorruptError, RunNotFoundError,
+                                  StoreExistsError, StoreLockedError, StoreMismatchError, StoreNotWritableError,
+                                  StoreURLError)
 
 __all__ = ["LaminaError", "InputError", "ModelNotFoundError", "HookError", "RunNotFoundError", "StoreExistsError",
            "StoreLockedError", "StoreMismatchError", "StoreNotWritableError", "NotARunError", "StoreURLError",
-           "RunCorruptError", "NonFiniteError", "OfflineError"]
+           "RunCorruptError", "NonFiniteError", "OfflineError", "PluginError"]

@@ -236,7 +236,7 @@ def test_overwrite_failing_in_the_figures_then_resumed(gpt2_dir, old_qkv, monkey
         run_analysis("qkv", qkv.Config(), opts)
     _intact(out, before)
     staged = open_run(dst.sibling(str(out), "new"))
-    assert staged.complete  # the data is complete; only the figures and the swap are missing
+    assert staged.status == "drawing"  # the data is final; the figures, report and swap are still to come
     monkeypatch.setattr(qkv_plots, "plot", real)
     new = run_analysis("qkv", qkv.Config(), opts)
     assert new.attrs["seed"] == 2 and (out / "figures" / "qkv_mean_variance.png").exists()
@@ -277,19 +277,21 @@ def test_overwrite_killed_during_capture_then_resumed_bitwise(gpt2_dir, tmp_path
 
 def test_a_crash_between_the_two_renames_is_repaired(gpt2_dir, tmp_path):
     """Swap = rename run -> .run.lamina-old, then .run.lamina-new -> run. Interrupted after the first rename,
-    the next open finishes it (new run complete) or undoes it (new run incomplete)."""
+    the next open undoes it (nothing is deleted: the old run is back in place), and the same command then
+    finishes the replacement from its staged run."""
     texts = texts_file(tmp_path)
     for complete_new in (True, False):
         out = tmp_path / f"run-{complete_new}"
-        lamina.run("capture", model=str(gpt2_dir), out=str(out), progress=False, seed=1,
-                   hooks=("blocks.{layer}.attn.hook_q",), text_file=str(texts))
+        args = dict(model=str(gpt2_dir), progress=False, hooks=("blocks.{layer}.attn.hook_q",), text_file=str(texts))
+        lamina.run("capture", out=str(out), seed=1, **args)
         staged = Path(dst.sibling(str(out), "new"))
-        lamina.run("capture", model=str(gpt2_dir), out=str(staged), progress=False, seed=2,
-                   hooks=("blocks.{layer}.attn.hook_q",), text_file=str(texts))
+        lamina.run("capture", out=str(staged), seed=2, **args)
         if not complete_new:
             zarr.open_group(str(staged), mode="r+").attrs["status"] = "running"
         os.replace(out, dst.sibling(str(out), "old"))  # the crash: only the first rename happened
         dst.recover(str(out))
-        run = open_run(out)
-        assert run.attrs["seed"] == (2 if complete_new else 1)
+        assert open_run(out).attrs["seed"] == 1 and staged.exists()
         assert not Path(dst.sibling(str(out), "old")).exists()
+        run = lamina.run("capture", out=str(out), seed=2, overwrite=True, **args)  # the same command
+        assert run.attrs["seed"] == 2 and run.complete and verify(run).ok and run.attrs.get("resumed") != complete_new
+        assert not staged.exists() and not Path(dst.sibling(str(out), "old")).exists()

@@ -17,7 +17,7 @@ from lamina.engine.hooks import Capture, hidden_state_hooks, layer_hooks, qkv_ho
 from lamina.engine.inputs import Selector, encode_texts
 from lamina.engine.pipeline import capture_to_store
 from lamina.engine.reader import open_run
-from lamina.engine.store import RunStore
+from lamina.engine.store import RunWriter as RunStore
 
 WORDS = "alpha beta gamma delta, epsilon. zeta eta theta iota kappa lambda mu nu xi omicron pi".split()
 
@@ -84,7 +84,7 @@ def test_complete_run_is_refused_unless_overwrite(tmp_path):
         open_store(tmp_path / "run")
     assert open_run(tmp_path / "run").numpy("results/x").tolist() == [0.0, 1.0, 2.0]  # untouched
     s = open_store(tmp_path / "run", overwrite=True)
-    assert "results/x" not in s.group and not s.resumed
+    assert "results/x" not in s and not s.resumed
     s.close()
 
 

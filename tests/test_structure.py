@@ -142,3 +142,36 @@ def test_front_door_surface():
         obj = getattr(lamina, n)
         doc = getattr(obj, "__doc__", "") or ""
         assert re.search(r">>>", doc) or n == "errors" or n == "Run", f"lamina.{n} has no example"
+
+
+STORE_MODULES = {"lamina.engine.store", "lamina.engine.chunk_writer", "lamina.engine.chunk_store"}  # writers
+READER_MODULES = {"lamina.engine.reader", "lamina.engine.verify"}
+
+
+def test_only_the_store_and_reader_modules_import_zarr():
+    """The store is the only Zarr boundary: everything else writes through RunWriter / ChunkWriter and reads through
+    Run. (benchmarks/ measure zarr itself next to lamina's store, and are not part of the product.)"""
+    offenders = []
+    for name, path in modules().items():
+        if name.startswith("lamina.benchmarks"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(n == "zarr" or n.startswith("zarr.") for n in names):
+                offenders.append(name)
+    assert set(offenders) <= STORE_MODULES | READER_MODULES, sorted(set(offenders) - STORE_MODULES - READER_MODULES)
+    assert READER_MODULES <= set(offenders) and "lamina.engine.store" in offenders
+
+
+def test_runner_pipeline_and_partials_write_only_through_the_store():
+    """No reaching into the Zarr group, and no silent rank guards in the store: the owner (rank 0) holds a
+    RunWriter, every rank a ChunkWriter."""
+    for rel in ("analyses/runner.py", "engine/pipeline.py", "engine/partials.py"):
+        text = (ROOT / rel).read_text(encoding="utf-8")
+        for forbidden in (".group[", ".group.", "fsspec", "import zarr"):
+            assert forbidden not in text, f"{rel}: {forbidden}"
+    for rel in ("engine/store.py", "engine/chunk_writer.py"):
+        text = (ROOT / rel).read_text(encoding="utf-8")
+        assert "self.rank" not in text and not re.search(r"\brank\s*[!=<>]", text) and "is_main" not in text, rel

@@ -13,6 +13,7 @@ from lamina.engine.reader import open_run
 from lamina.engine.verify import verify
 
 from .course_runs import course_runs
+from .test_hostile import clean  # noqa: F401 - the module-scoped reference run (a fixture)
 
 ANALYSES = ("qkv", "rsa", "length", "punct")
 
@@ -90,12 +91,12 @@ def test_damaged_array_metadata_is_found(runs, how, tmp_path):
         meta.write_text(json.dumps(doc))
     report = verify(str(copy))
     assert [p.split(":")[0] for p in report.problems] == ["results/rsa"], report.summary()
-    assert ("unreadable" if how == "garbage" else "disagrees") in report.problems[0]
+    assert ("is damaged (not valid JSON" if how == "garbage" else "disagrees") in report.problems[0]
 
 
 def test_an_interrupted_run_is_incomplete_not_damaged(runs, tmp_path, capsys):
-    """Chunks not written yet in a run that is not complete are not damage (the same command resumes it);
-    a bad chunk that IS written still is."""
+    """Chunks of units not done yet in a run that is not complete are not damage (the same command resumes it);
+    a chunk of a unit marked done that is missing, and a bad chunk that IS written, are."""
     import zarr
 
     copy = tmp_path / "damaged-interrupted"
@@ -106,12 +107,87 @@ def test_an_interrupted_run_is_incomplete_not_damaged(runs, tmp_path, capsys):
 
     consolidate(str(copy))
     array, chunk, coords = _chunk_file(open_run(copy), "acts")
-    chunk.unlink()
+    chunk.unlink()  # its unit is still marked done: damage
+    assert verify(str(copy)).problems == [f"{array} chunk {coords}: missing"]
+    (copy / "_progress" / "capture" / "c" / "0").unlink()  # the unit is not done: a chunk not written yet
     report = verify(str(copy))
-    assert report.ok and report.incomplete and report.unwritten == 1, report.summary()
+    assert report.ok and report.incomplete and report.unwritten >= 1, report.summary()
     assert "the same command resumes it" in report.summary()
     cli_main(["verify", str(copy)])  # exit 0: nothing damaged
-    assert "1 chunks not written yet" in capsys.readouterr().out
+    assert "chunks not written yet" in capsys.readouterr().out
     array, chunk, coords = _chunk_file(open_run(copy), "results")
     _damage(chunk, "flipped")
     assert verify(str(copy)).problems == [f"{array} chunk {coords}: checksum mismatch"]
+
+
+# ---- the manifest: every kind of damage named, then repaired by the same command, bitwise ------------------
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _swap(a: Path, b: Path) -> None:
+    x = a.read_bytes()
+    a.write_bytes(b.read_bytes())
+    b.write_bytes(x)
+
+
+def _drop_from_consolidated(run: Path, name: str) -> None:
+    import json
+
+    doc = json.loads((run / "zarr.json").read_text())
+    del doc["consolidated_metadata"]["metadata"][name]
+    (run / "zarr.json").write_text(json.dumps(doc))
+
+
+NOT_OURS = "not the chunk this run wrote (moved, swapped, or copied in from another run)"
+CHUNK = Path("acts/target/c/1/2/0")
+DAMAGE = {  # name -> (damage(run, other run), the problems verify must name)
+    "deleted": (lambda r, o: (r / CHUNK).unlink(), ["acts/target chunk (1, 2, 0): missing"]),
+    "flipped": (lambda r, o: _flip(r / CHUNK), ["acts/target chunk (1, 2, 0): checksum mismatch"]),
+    "truncated": (lambda r, o: _damage(r / CHUNK, "truncated"), ["acts/target chunk (1, 2, 0): checksum mismatch"]),
+    "swapped": (lambda r, o: _swap(r / CHUNK, r / "acts/target/c/1/3/0"),
+                [f"acts/target chunk (1, 2, 0): {NOT_OURS}", f"acts/target chunk (1, 3, 0): {NOT_OURS}"]),
+    "from-another-run": (lambda r, o: shutil.copy(o / "results/baseline_cosine_hist/c/0/0",
+                                                  r / "results/baseline_cosine_hist/c/0/0"),
+                         [f"results/baseline_cosine_hist chunk (0, 0): {NOT_OURS}"]),
+    "array-zarr.json": (lambda r, o: (r / "acts/target/zarr.json").unlink(), ["acts/target: its zarr.json is missing"]),
+    "group-zarr.json": (lambda r, o: (r / "results/zarr.json").unlink(), ["results: its zarr.json is missing"]),
+    "dropped-from-consolidated": (lambda r, o: _drop_from_consolidated(r, "results/mean"),
+                                  ["results/mean: absent from the run's consolidated metadata (readers of the run do "
+                                   "not see it)"]),
+    "truncated-root": (lambda r, o: _damage(r / "zarr.json", "truncated"), None),
+}
+
+
+@pytest.fixture(scope="module")
+def seed1(gpt2_dir, tmp_path_factory):
+    from .test_hostile import qkv_args
+
+    out = tmp_path_factory.mktemp("seed1") / "run"
+    cli_main(qkv_args(gpt2_dir, out, "--seed", "1"))
+    return out
+
+
+@pytest.mark.parametrize("how", list(DAMAGE))
+def test_damage_is_named_and_the_same_command_repairs_it_bitwise(gpt2_dir, clean, seed1, tmp_path, capsys, how):
+    from .test_hostile import copy_of, qkv_args, same_arrays
+
+    run = copy_of(clean, tmp_path, how)
+    damage, want = DAMAGE[how]
+    damage(run, seed1)
+    report = verify(str(run))
+    if want is None:  # the root's metadata itself: named as damage
+        assert report.problems[0].startswith("zarr.json (the run's root): not valid JSON"), report.summary()
+    else:
+        assert report.problems == want, report.summary()
+    with pytest.raises(SystemExit) as e:
+        cli_main(["verify", str(run)])
+    assert e.value.code == 2 and "Traceback" not in capsys.readouterr().err
+    cli_main(qkv_args(gpt2_dir, run))  # the same command
+    assert "is damaged" in capsys.readouterr().out
+    same_arrays(clean, run)
+    assert verify(str(run)).ok

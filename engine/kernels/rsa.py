@@ -151,6 +151,28 @@ def selectivity_index(rsm: Tensor, labels: Tensor | Sequence[int]) -> Tensor:
     return _selectivity(upper, onehot, sizes)[..., 0]
 
 
+def check_permutations(n_permutations: int, n_items: int, *, available: int | None = None) -> None:
+    """InputError unless the permutation test's draws (``n_permutations`` x ``n_items``: float64 keys, their
+    int64 argsort and the shuffled labels, 24 bytes each) fit in half the memory available now.
+
+    >>> check_permutations(1000, 34, available=16 * 10**9)
+    >>> try:
+    ...     check_permutations(10**13, 34, available=16 * 10**9)
+    ... except InputError as e:
+    ...     print(str(e)[:75])
+    --permutations 10000000000000 needs 8160000.0 GB for 34 items (24 bytes per
+    """
+    if available is None:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    need = 24 * int(n_permutations) * int(n_items)
+    if need > available // 2:
+        most = max(1, available // 2 // (24 * max(int(n_items), 1)))
+        raise InputError(f"--permutations {n_permutations} needs {need / 1e9:.1f} GB for {n_items} items (24 bytes "
+                         f"per permutation and item) but {available / 1e9:.1f} GB are available; give at most {most}")
+
+
 def selectivity_permutation_pvalue(
     rsm: Tensor,
     labels: Tensor | Sequence[int],
