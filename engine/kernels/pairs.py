@@ -57,7 +57,7 @@ from torch import Tensor
 from lamina.engine.errors import InputError
 from lamina.engine.kernels.workers import cpu_workers, run_tasks
 
-__all__ = ["pair_indices", "all_pairs_mi_cov_corr"]
+__all__ = ["pair_indices", "all_pairs_mi_cov_corr", "default_method"]
 
 _EPS = 1e-12  # the lecture's p + 1e-12 inside the log
 _LOG2_E = 1.0 / math.log(2.0)
@@ -516,6 +516,18 @@ def _bf16_fast() -> bool:
                 or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
 
 
+def default_method(device: torch.device | str) -> str:
+    """The counting method ``method="auto"`` picks on ``device``.
+
+    >>> default_method("cuda")
+    'onehot'
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return "onehot"
+    return "gemm" if dev.type == "cpu" and _bf16_fast() and _bf16_exact() else "bincount"
+
+
 def _mi_gemm(
     b: Tensor, keep: Tensor, bins: int, group_rows: int, total: Tensor, table: Tensor, base: Tensor,
     extra: Callable[[], None] | None = None,
@@ -671,7 +683,7 @@ def all_pairs_mi_cov_corr(
             f"and z_max ({z_max}) > 0"
         )
     if method == "auto":
-        method = "onehot" if x.device.type == "cuda" else "gemm" if _bf16_fast() and _bf16_exact() else "bincount"
+        method = default_method(x.device)
     if method not in ("gemm", "bincount", "scatter", "onehot"):
         raise InputError(
             "all_pairs_mi_cov_corr: method must be 'auto', 'gemm', 'bincount', 'scatter' or 'onehot'; "
