@@ -6,6 +6,7 @@ reports what it should (positive times, ratios, the machine it ran on).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -34,6 +35,23 @@ def test_bench_tiny_writes_complete_json(gpt2_dir, tmp_path, capsys):
         # lamina's arrays agree with the course's hooks and TL's cache
         diffs = [v for k, v in case["checks"].items() if k.startswith("max_abs_diff")]
         assert len(diffs) >= 2 and max(diffs) < 1e-4
+
+    # peers: every tool captured the same values as plain HF hooks
+    [peer] = report["peers"]
+    assert peer["case"] == "tiny" and peer["lamina_s"] > 0 and peer["floor_s"] > 0
+    tools = {"tl_cache", "hf_hooks"} | ({"nnsight"} if importlib.util.find_spec("nnsight") else set())
+    assert tools <= set(peer["baselines_s"])
+    rel = {k: v for k, v in peer["checks"].items() if k.startswith("max_rel_diff")}
+    assert {f"max_rel_diff_{t}_vs_hf_hooks" for t in tools - {"hf_hooks"} | {"lamina"}} <= set(rel)
+    assert max(rel.values()) < 1e-5
+    if not importlib.util.find_spec("nnsight"):
+        assert any(n["case"] == "peers/nnsight" for n in report["not_run"])
+
+    # throughput: lamina capture against both floors, bytes accounted
+    [size] = report["throughput"]["sizes"]
+    assert size["tokens"] == 2048 and size["store_bytes"] == 2048 * 3 * 64 * 4
+    assert size["lamina_s"] > 0 and size["compute_floor_s"] > 0 and size["disk_floor_s"] > 0
+    assert size["lamina_over_max_floor"] > 0 and size["peak_rss_mib"] > 0
 
     assert [c["case"] for c in report["kernels"]] == ["qkv_blocks", "rsa", "length_corr", "punct_pairs"]
     for case in report["kernels"]:
