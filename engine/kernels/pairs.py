@@ -554,16 +554,17 @@ def _mi_gemm(
     n, d = b.shape
     dev = b.device
     nb = n * bins
-    one_y = (b.unsqueeze(1) == torch.arange(bins, device=dev).view(1, -1, 1)) & keep.unsqueeze(1)  # (sample, bin, feature)
-    sizes = one_y.sum(2).reshape(nb)  # (sample·bin,) int64 kept dims in each bin
-    o_y = one_y.reshape(nb, d).to(torch.bfloat16)
+    row = torch.arange(n, device=dev).unsqueeze(1) * bins + b  # (sample, feature): the (vector, bin) row of each dim
+    sizes = torch.bincount(row[keep], minlength=nb)  # (sample·bin,) kept dims in each bin
+    o_y = torch.zeros(n, bins, d, dtype=torch.bfloat16, device=dev)
+    o_y.scatter_(1, b.unsqueeze(1), keep.unsqueeze(1).to(torch.bfloat16))
+    o_y = o_y.view(nb, d)  # the one-hot rows, y side
     heavy = torch.nonzero(sizes > _BF16_EXACT).flatten()  # (vector, bin) rows with too many ones
-    o_x, extra_rows, owners = o_y, None, None
+    first_rows, extra_rows, owners = None, None, None
     if heavy.numel():
-        h = one_y.reshape(nb, d).index_select(0, heavy)  # (heavy, feature) bool
+        h = o_y.index_select(0, heavy) > 0  # (heavy, feature) bool
         part = torch.where(h, (h.cumsum(1) - 1) // _BF16_EXACT, -1)  # (heavy, feature): which 256-block
-        o_x = o_y.clone()
-        o_x[heavy] = (part == 0).to(torch.bfloat16)
+        first_rows = (part == 0).to(torch.bfloat16)  # what a heavy row keeps on the x side
         rows, own = [], []
         for p in range(1, int(part.max()) + 1):
             has = torch.nonzero((part == p).any(1)).flatten()
@@ -571,18 +572,17 @@ def _mi_gemm(
             own.append(heavy[has])
         extra_rows, owners = torch.cat(rows), torch.cat(own)  # (extra, feature), (extra,) the row each adds to
     # marginal counts m[(v, a), u]: dims in bin a of v that u keeps = size - those u drops
-    r, c = torch.nonzero(~keep, as_tuple=True)  # the (few) dropped (vector, dim)
-    marg = sizes.unsqueeze(1).repeat(1, n).to(torch.float64)  # (sample·bin, sample)
-    marg.index_add_(1, r, -one_y.reshape(nb, d).index_select(1, c).to(torch.float64))
     ii, jj = pair_indices(n, device=dev)
-    base_sym = torch.zeros(n, n, dtype=torch.int64, device=dev)
-    base_sym[ii, jj] = base
-    base_sym[jj, ii] = base
-    cells = marg.round().long().view(n, bins, n) + base_sym.unsqueeze(1)  # (sample, bin, sample)
+    base_sym = torch.zeros(n, n, dtype=torch.int32, device=dev)
+    base_sym[ii, jj] = base.to(torch.int32)
+    base_sym[jj, ii] = base.to(torch.int32)
+    cells = (sizes.to(torch.int32).view(n, bins, 1) + base_sym.unsqueeze(1)).view(nb, n)  # (sample·bin, sample)
+    r, c = torch.nonzero(~keep, as_tuple=True)  # the (few) dropped (vector, dim)
+    if r.numel():
+        cells.index_add_(1, r, o_y.index_select(1, c).to(torch.int32), alpha=-1)
     s_marg = table.index_select(0, cells.view(-1)).view(n, bins, n).sum(1)  # [v, u]: sum_a f(m[(v, a), u])
     start = [i * (2 * n - i - 1) // 2 for i in range(n)] + [n * (n - 1) // 2]
     s_joint = torch.empty(start[-1], dtype=torch.float64, device=dev)
-    base32 = base_sym.to(torch.int32)
 
     def task(buf: Tensor, item: tuple[int, int, int, int]) -> None:
         r0, r1, c0, c1 = item  # vectors r0..r1-1 against c0..c1-1 (c0 > r0)
@@ -590,17 +590,24 @@ def _mi_gemm(
             extra()
             return
         k, w = r1 - r0, c1 - c0
-        counts = torch.mm(o_x[r0 * bins : r1 * bins], o_y[c0 * bins : c1 * bins].T)  # (k·bin, w·bin) bf16, exact
-        joint = buf[: k * bins * w * bins].view(k * bins, w * bins)
-        joint.copy_(counts)  # int32
+        left = o_y[r0 * bins : r1 * bins]  # (k·bin, feature)
+        y_side = o_y[c0 * bins : c1 * bins]  # (w·bin, feature)
+        if first_rows is not None:
+            mine = torch.nonzero((heavy >= r0 * bins) & (heavy < r1 * bins)).flatten()
+            if mine.numel():  # crowded bins keep their first 256 dims on the x side
+                left = left.clone()
+                left[heavy[mine] - r0 * bins] = first_rows.index_select(0, mine)
+        counts = torch.mm(left, y_side.T).view(k, bins, w, bins)  # bfloat16, exact
+        joint = buf[: k * w * bins * bins].view(k, w, bins, bins)  # int32, the pair's cells contiguous
+        joint.copy_(counts.permute(0, 2, 1, 3))
         if extra_rows is not None:
             mine = torch.nonzero((owners >= r0 * bins) & (owners < r1 * bins)).flatten()
-            if mine.numel():
-                more = torch.mm(extra_rows.index_select(0, mine), o_y[c0 * bins : c1 * bins].T)
-                joint.index_add_(0, owners[mine] - r0 * bins, more.to(torch.int32))
-        joint.view(k, bins, w, bins).add_(base32[r0:r1, c0:c1].view(k, 1, w, 1))  # each pair's table row
-        f = table.index_select(0, joint.view(-1)).view(k, bins, w, bins)
-        s = f.sum(3).sum(1)  # (k, w): sum of f over the pair's joint cells
+            if mine.numel():  # the rest of the crowded bins, added as integers
+                more = torch.mm(extra_rows.index_select(0, mine), y_side.T).view(-1, w, bins).to(torch.int32)
+                for q, row in enumerate((owners[mine] - r0 * bins).tolist()):  # a few rows
+                    joint[row // bins, :, row % bins, :] += more[q]
+        joint.view(k, w, bins * bins).add_(base_sym[r0:r1, c0:c1].unsqueeze(2))  # each pair's table row
+        s = table.index_select(0, joint.view(-1)).view(k, w, bins * bins).sum(2)  # (k, w): sum of f over the cells
         for i in range(r0, min(r1, c1 - 1)):  # pairs (i, j), max(i + 1, c0) <= j < c1, at their triu index
             j0 = max(i + 1, c0)
             p0 = start[i] + j0 - i - 1
