@@ -199,9 +199,9 @@ def _sums32(a: Tensor, w: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tenso
     (:func:`~lamina.engine.kernels.workers.run_tasks`) walks its tokens in blocks of about
     ``_CPU_BLOCK / 2`` elements (a core's cache): the shift ``s`` is the float32 mean of the
     first block (near the mean, so the sums below barely cancel); per block ``d = a - s`` in
-    float32, ONE product ``w @ d`` gives sum(d · w_k) for [1, x_c, z_c], min and max are folded
-    in, ``d`` is squared in place and summed; the block's float32 sums are added to float64
-    totals. Only ~block-length float32 terms are ever summed in float32.
+    float32, ONE product ``w @ d`` gives sum(d · w_k) for [1, x_c, z_c], the block's min and max
+    are kept (reduced once at the end), ``d`` is squared in place and summed; the block's float32
+    sums are added to float64 totals. At most ``_MAX_STEP_32`` terms are summed in float32.
 
     Args:
         a: (batch, token, neuron) float32 (bfloat16 / float16: converted per block).
@@ -227,29 +227,27 @@ def _sums32(a: Tensor, w: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tenso
         cw = c1 - c0
         d_all = buf[0][: step * cw].view(step, cw)
         part = buf[1][: (k + 1) * cw].view(k + 1, cw)  # this block's float32 sums
-        ext = buf[2][: 2 * cw].view(2, cw)
+        ext = buf[2][: 2 * n_blocks * cw].view(2, n_blocks, cw)  # every block's min and max
         s = shift32[b, c0:c1]
         first = a[b, : min(step, n_tok), c0:c1]
         torch.mean(first if first.dtype == torch.float32 else first.float(), 0, out=s)
-        mn, mx, total = lo[b, c0:c1], hi[b, c0:c1], acc[b, :, c0:c1]
-        for t0 in range(0, n_tok, step):
+        total = acc[b, :, c0:c1]
+        for q, t0 in enumerate(range(0, n_tok, step)):
             t1 = min(t0 + step, n_tok)
             block = a[b, t0:t1, c0:c1]  # (block token, width)
             d = d_all[: t1 - t0]
             torch.sub(block, s, out=d)
-            if t0 == 0:
-                torch.amin(block, 0, out=mn)
-                torch.amax(block, 0, out=mx)
-            else:
-                torch.minimum(mn, torch.amin(block, 0, out=ext[0]), out=mn)
-                torch.maximum(mx, torch.amax(block, 0, out=ext[1]), out=mx)
+            torch.amin(block, 0, out=ext[0, q])
+            torch.amax(block, 0, out=ext[1, q])
             torch.mm(w[:, t0:t1], d, out=part[:k])
             torch.sum(d.square_(), 0, out=part[k])
             total.add_(part)
+        torch.amin(ext[0], 0, out=lo[b, c0:c1])
+        torch.amax(ext[1], 0, out=hi[b, c0:c1])
 
-    size = step * width
-    run_tasks(task, items, [(torch.empty(size), torch.empty((k + 1) * width), torch.empty(2 * width, dtype=a.dtype))
-                            for _ in range(cpu_workers(a.device))])
+    size, n_blocks = step * width, -(-n_tok // step)
+    run_tasks(task, items, [(torch.empty(size), torch.empty((k + 1) * width),
+                             torch.empty(2 * n_blocks * width, dtype=a.dtype)) for _ in range(cpu_workers(a.device))])
     return shift32.to(torch.float64), acc[:, :k], acc[:, k]
 
 
