@@ -28,14 +28,14 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .timing import child_json
 
 MARK = "LAMINA_THROUGHPUT_JSON "
 HOOK = "blocks.{layer}.hook_resid_post"
@@ -141,15 +141,11 @@ def run_throughput(model_name: str, sizes: list[int], *, seq_len: int = 512, dev
         if inprocess:
             runs.append(run_size(model_name, n, seq_len=seq_len, device=device, tmp_dir=tmp_dir, repeats=repeats))
             continue
-        cmd = [sys.executable, "-m", "lamina.benchmarks.throughput_bench", "--model", model_name, "--tokens", str(n),
-               "--seq-len", str(seq_len), "--device", device, "--repeats", str(repeats)] \
-            + (["--tmp-dir", tmp_dir] if tmp_dir else []) + (["--threads", str(threads)] if threads else [])
-        env = {**os.environ, "TQDM_DISABLE": "1"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s, check=False)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)), None)
-        if proc.returncode != 0 or line is None:
-            raise RuntimeError(f"throughput run for {n} tokens failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-        runs.append(json.loads(line[len(MARK):]))
+        argv = ["--model", model_name, "--tokens", str(n), "--seq-len", str(seq_len), "--device", device,
+                "--repeats", str(repeats)] + (["--tmp-dir", tmp_dir] if tmp_dir else []) \
+            + (["--threads", str(threads)] if threads else [])
+        runs.append(child_json("lamina.benchmarks.throughput_bench", argv, MARK, f"throughput run for {n} tokens",
+                               timeout_s))
     out = {"model": model_name, "hook": HOOK, "positions": "all", "seq_len": runs[0]["seq_len"], "device": device,
            "torch_threads": threads or torch.get_num_threads(), "independent_processes": not inprocess,
            "sizes": runs}
