@@ -556,9 +556,9 @@ def _mi_gemm(
     nb = n * bins
     row = torch.arange(n, device=dev).unsqueeze(1) * bins + b  # (sample, feature): the (vector, bin) row of each dim
     sizes = torch.bincount(row[keep], minlength=nb)  # (sample·bin,) kept dims in each bin
-    o_y = torch.zeros(n, bins, d, dtype=torch.bfloat16, device=dev)
-    o_y.scatter_(1, b.unsqueeze(1), keep.unsqueeze(1).to(torch.bfloat16))
-    o_y = o_y.view(nb, d)  # the one-hot rows, y side
+    o_y = torch.zeros(nb * d, dtype=torch.bfloat16, device=dev)  # the one-hot rows (vector·bin, feature)
+    o_y.index_fill_(0, (row * d + torch.arange(d, device=dev))[keep], 1.0)
+    o_y = o_y.view(nb, d)
     heavy = torch.nonzero(sizes > _BF16_EXACT).flatten()  # (vector, bin) rows with too many ones
     first_rows, extra_rows, owners = None, None, None
     if heavy.numel():
@@ -577,9 +577,10 @@ def _mi_gemm(
     base_sym[ii, jj] = base.to(torch.int32)
     base_sym[jj, ii] = base.to(torch.int32)
     cells = (sizes.to(torch.int32).view(n, bins, 1) + base_sym.unsqueeze(1)).view(nb, n)  # (sample·bin, sample)
-    r, c = torch.nonzero(~keep, as_tuple=True)  # the (few) dropped (vector, dim)
+    r, c = torch.nonzero(~keep, as_tuple=True)  # the (few) dropped (vector u, dim): every v keeping it loses one
     if r.numel():
-        cells.index_add_(1, r, o_y.index_select(1, c).to(torch.int32), alpha=-1)
+        at = (row[:, c] * n + r).view(-1)  # (sample · drops,) flat index of [(v, bin of v at the dim), u]
+        cells.view(-1).index_add_(0, at, -keep[:, c].reshape(-1).to(torch.int32))
     s_marg = table.index_select(0, cells.view(-1)).view(n, bins, n).sum(1)  # [v, u]: sum_a f(m[(v, a), u])
     start = [i * (2 * n - i - 1) // 2 for i in range(n)] + [n * (n - 1) // 2]
     s_joint = torch.empty(start[-1], dtype=torch.float64, device=dev)
