@@ -11,7 +11,8 @@ on ``ceil(N / seq_len)`` random sequences of ``seq_len`` tokens:
 - ``lamina``: ``lamina.capture(model, tokens, hooks="blocks.{layer}.hook_resid_post",
   positions="all", out=RUN)``, the code path of ``lamina capture --positions all --out RUN``
   (run metadata, work units, Zarr chunks with checksums, finalise), peak RSS sampled;
-- ``compute floor``: the raw HF transformer body over the same micro-batches, no hooks, no store;
+- ``compute floor``: the raw HF transformer body over the same micro-batches, no hooks, no store
+  (above ``FLOOR_TOKENS`` tokens timed on the first micro-batches and scaled to all: labelled in the JSON);
 - ``disk floor``: a plain sequential write of the same number of bytes into one file in the
   same folder (8 MiB ``write`` calls from one buffer; no fsync, as lamina's store does none),
   and, reported beside it, the ``fsync`` that would push them to the device.
@@ -40,6 +41,7 @@ from .timing import child_json
 MARK = "LAMINA_THROUGHPUT_JSON "
 HOOK = "blocks.{layer}.hook_resid_post"
 WRITE_CHUNK = 8 << 20
+FLOOR_TOKENS = 204_800  # the compute floor is timed on at most this many tokens, then scaled
 
 
 def sizes_for(mode: str) -> list[int]:
@@ -47,8 +49,12 @@ def sizes_for(mode: str) -> list[int]:
 
 
 def run_size(model_name: str, tokens: int, *, seq_len: int, device: str, tmp_dir: str | None = None,
-             repeats: int = 1) -> dict[str, Any]:
-    """One size in THIS process: load, warm up, then lamina, the compute floor and the disk floor."""
+             repeats: int = 1, floor_tokens: int = FLOOR_TOKENS) -> dict[str, Any]:
+    """One size in THIS process: load, warm up, then lamina, the compute floor and the disk floor.
+
+    The compute floor runs the first ``floor_tokens`` tokens' micro-batches and is scaled to all
+    (a forward's cost per token does not depend on how many came before); the others run in full.
+    """
     import lamina
     from lamina.engine.capture import auto_micro_batch
     from lamina.engine.inputs import TokenBatch
@@ -76,9 +82,12 @@ def run_size(model_name: str, tokens: int, *, seq_len: int, device: str, tmp_dir
         def capture(b: TokenBatch, name: str) -> None:
             lamina.capture(model, b, hooks=HOOK, positions="all", out=str(root / name), micro_batch=mb)
 
+        floor_batches = micro_batches(batch, mb, model.device)[: max(1, math.ceil(floor_tokens / (mb * seq_len)))]
+        floor_scale = n_seq / sum(int(t.shape[0]) for t, _ in floor_batches)
+
         def compute() -> None:
             with torch.inference_mode():
-                for t, m in micro_batches(batch, mb, model.device):
+                for t, m in floor_batches:
                     body(t, attention_mask=m)
             sync(model.device)
 
@@ -109,7 +118,7 @@ def run_size(model_name: str, tokens: int, *, seq_len: int, device: str, tmp_dir
             shutil.rmtree(root / f"run{r}")  # deleted at once: its dirty pages need no writeback
             t0 = time.perf_counter()
             compute()
-            times["compute"].append(time.perf_counter() - t0)
+            times["compute"].append((time.perf_counter() - t0) * floor_scale)
             w, s = disk()
             times["disk"].append(w)
             times["fsync"].append(s)
@@ -121,6 +130,7 @@ def run_size(model_name: str, tokens: int, *, seq_len: int, device: str, tmp_dir
            "positions": "all", "model": model_name, "n_layers": model.n_layers, "d_model": model.d_model,
            "device": str(model.device), "torch_threads": torch.get_num_threads(), "store_bytes": nbytes,
            "repeats": repeats, "times": times, **rss,
+           "compute_floor_tokens_timed": min(n_tokens, sum(int(t.shape[0]) for t, _ in floor_batches) * seq_len),
            "lamina_s": med["lamina"], "compute_floor_s": med["compute"], "disk_floor_s": med["disk"],
            "fsync_s": med["fsync"],
            "lamina_tokens_per_s": n_tokens / med["lamina"], "lamina_gb_per_s": nbytes / med["lamina"] / 1e9,
