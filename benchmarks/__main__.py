@@ -4,6 +4,7 @@
     python -m lamina.benchmarks --device cuda --out bench-results/h100.json
     python -m lamina.benchmarks --cases kernels --repeats 5
     python -m lamina.benchmarks --tiny --model CHECKPOINT_DIR   # smoke run (seconds)
+    python -m lamina.benchmarks --quick --cases peers,throughput  # lamina vs nnsight / TL / HF hooks; vs the disk
 
 Prints one table per case and writes JSON: machine (CPU, cores, GPU, versions), then per
 case the seconds of lamina, of each baseline and of the floor, and lamina/x ratios
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-CASES = ("capture", "kernels", "scaling", "e2e")
+CASES = ("capture", "peers", "throughput", "kernels", "scaling", "e2e")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,8 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = [c for c in a.case_list if c not in CASES]
     if bad:
         p.error(f"--cases: unknown {bad}; choose from {', '.join(CASES)}")
-    if a.mode == "tiny" and a.model is None and set(a.case_list) & {"capture", "scaling"}:
-        p.error("--tiny needs --model CHECKPOINT_DIR (a small model) for the capture and scaling cases")
+    if a.mode == "tiny" and a.model is None and set(a.case_list) & {"capture", "peers", "throughput", "scaling"}:
+        p.error("--tiny needs --model CHECKPOINT_DIR (a small model) for the capture, peers, throughput and "
+                "scaling cases")
     if a.device not in ("auto", "cpu", "cuda") and not a.device.startswith("cuda:"):
         p.error(f"--device must be cpu, cuda or auto, not {a.device!r}")
     if a.device.startswith("cuda") and not torch.cuda.is_available():
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "lamina_bench": 1, "mode": a.mode, "device": a.device, "warmup": a.warmup, "repeats": a.repeats,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "argv": list(sys.argv[1:] if argv is None else argv), "machine": machine_info(a.device),
-        "capture": [], "kernels": [], "scaling": None, "e2e": None,
+        "capture": [], "peers": [], "throughput": None, "kernels": [], "scaling": None, "e2e": None,
+        "not_run": [],
     }
     m = report["machine"]
     _say(f"lamina bench ({a.mode}) on {a.device}: {m['cpu']} ({m['cpu_cores_logical']} logical cores, "
@@ -92,6 +95,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         if "capture" in a.case_list:
             _capture(a, report, out)
+        if "peers" in a.case_list:
+            _peers(a, report, out)
+        if "throughput" in a.case_list:
+            _throughput(a, report, out)
         if "kernels" in a.case_list:
             _kernels(a, report, out)
         if "scaling" in a.case_list:
@@ -118,6 +125,52 @@ def _capture(a, report, out: Path) -> None:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _peers(a, report, out: Path) -> None:
+    from .peers_bench import nnsight_missing, peer_specs, run_peer_case, smollm2_missing
+
+    if nnsight_missing():
+        report["not_run"].append({"case": "peers/nnsight", "why": nnsight_missing()})
+    for spec in peer_specs(a.mode, a.model):
+        _say(f"\n... peers {spec.case} ({a.device})")
+        if spec.case == "smollm2" and smollm2_missing():
+            report["not_run"].append({"case": "peers/smollm2", "why": smollm2_missing()})
+        res = run_peer_case(spec, device=a.device, warmup=a.warmup, repeats=a.repeats,
+                            max_repeats=None if a.mode == "tiny" else 5)
+        if res is None:
+            continue
+        _say(res.table())
+        report["peers"].append(res.to_json())
+        _write(report, out)
+        del res
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _throughput(a, report, out: Path) -> None:
+    from .scaling_bench import small_gpt2
+    from .throughput_bench import run_throughput, sizes_for, table
+
+    tmp = None
+    model = a.model
+    if model is None:
+        tmp = tempfile.TemporaryDirectory(prefix="lamina-bench-model-", dir=a.tmp_dir)
+        model = small_gpt2(Path(tmp.name), n_layers=2)
+    _say(f"\n... throughput {sizes_for(a.mode)} tokens on {a.model or 'gpt2-small widths, 2 blocks'} ({a.device})")
+    try:
+        res = run_throughput(model, sizes_for(a.mode), seq_len=64 if a.mode == "tiny" else 512, device=a.device,
+                             tmp_dir=a.tmp_dir, inprocess=a.mode == "tiny", threads=a.threads,
+                             repeats=2 if a.mode == "quick" else 1)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    if a.model is None:
+        res["model"] = "gpt2-small widths, 2 blocks, random weights"
+    report["throughput"] = res
+    _say(table(res))
+    _write(report, out)
 
 
 def _kernels(a, report, out: Path) -> None:

@@ -67,7 +67,7 @@ from . import course_style
 from .report import CaseResult
 from .timing import gpu_peak_flops, measure, measure_many
 
-PUNCT_WINDOW, PUNCT_INDEX = 31, 20  # EXPERIMENTS.md D: tokens[loc-20 : loc+11], the mark at index 20
+PUNCT_WINDOW, PUNCT_INDEX = 31, 20  # docs/analyses.md (punct): tokens[loc-20 : loc+11], the mark at index 20
 
 
 @dataclasses.dataclass(frozen=True)

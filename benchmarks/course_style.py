@@ -1,4 +1,4 @@
-"""The slow baselines: the course's way, written from EXPERIMENTS.md with plain HF hooks and NumPy.
+"""The slow baselines: the course's way, written from docs/analyses.md with plain HF hooks and NumPy.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)

@@ -4,7 +4,7 @@
 >>> [s.case for s in specs]
 ['qkv_blocks', 'rsa', 'length_corr', 'punct_pairs']
 
-Inputs are random (speed does not depend on values) with the shapes of EXPERIMENTS.md;
+Inputs are random (speed does not depend on values) with the shapes of docs/analyses.md;
 the punctuation vectors get one large-magnitude dimension, as GPT-2's hidden states
 have, so that the outlier removal and the exact recomputation path of the pairs kernel
 are exercised. The NumPy per-pair loop is timed on a sample of pairs and extrapolated
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from lamina.engine.kernels.correlation import StreamingPearson, pearson_with_vector
-from lamina.engine.kernels.pairs import all_pairs_mi_cov_corr, pair_indices
+from lamina.engine.kernels.pairs import all_pairs_mi_cov_corr, default_method, pair_indices
 from lamina.engine.kernels.rsa import row_cosine_rsm, rsa_pearson, selectivity_index
 from lamina.engine.kernels.similarity import qkv_block_histograms
 
@@ -33,7 +33,7 @@ from . import course_style
 from .report import CaseResult
 from .timing import Timing, measure_many
 
-# EXPERIMENTS.md B: 10 space, 13 interior, 11 fruit words
+# docs/analyses.md (rsa): 10 space, 13 interior, 11 fruit words
 RSA_LABELS = np.array([1] * 10 + [2] * 13 + [3] * 11)
 F64_BUDGET = 1 << 25  # float64 elements per StreamingPearson update, as the length analysis chunks
 
@@ -175,11 +175,11 @@ def _length(result: CaseResult, s: dict, dev: torch.device, warmup: int, repeats
     step = max(1, F64_BUDGET // (n_layers * n_neu))  # tokens per update, as the analysis streams them
     out = {}
 
-    def lamina_stream():
+    def lamina_stream(exact: bool = False):
         sp = StreamingPearson()
         for t in range(0, n_tok, step):
-            sp.update(acts[:, t : t + step], length[t : t + step])
-        out["stream"] = sp.correlation()
+            sp.update(acts[:, t : t + step], length[t : t + step], exact=exact)
+        out["exact" if exact else "stream"] = sp.correlation()
 
     def lamina_batch():
         out["batch"] = torch.stack([pearson_with_vector(acts[l], length) for l in range(n_layers)])
@@ -192,13 +192,16 @@ def _length(result: CaseResult, s: dict, dev: torch.device, warmup: int, repeats
     def numpy_course():
         out["np"] = course_style.length_corr_numpy(anp, lnp)
 
-    _run(result, {"lamina": (f"StreamingPearson, {step} tokens per update (float64)", "lamina", lamina_stream),
+    _run(result, {"lamina": (f"StreamingPearson, {step} tokens per update (float32 pass)", "lamina", lamina_stream),
+                  "lamina_exact": ("StreamingPearson exact=True (float64 throughout)", "extra",
+                                   lambda: lamina_stream(exact=True)),
                   "lamina_batch": ("pearson_with_vector per layer (float64)", "extra", lamina_batch),
                   "floor": ("one read of the activations (sum)", "floor", floor),
                   "numpy": ("course NumPy: z-scores (ddof=1), float64, per layer", "baseline", numpy_course)},
          dev, warmup, repeats, slow_s)
     result.params["activation_bytes"] = acts.numel() * acts.element_size()
     result.checks["max_abs_diff_stream_vs_batch"] = float((out["stream"] - out["batch"]).abs().max())
+    result.checks["max_abs_diff_exact_vs_batch"] = float((out["exact"] - out["batch"]).abs().max())
     result.checks["max_abs_diff_vs_numpy"] = float(np.abs(out["stream"].cpu().numpy() - out["np"]).max())
 
 
@@ -214,6 +217,9 @@ def _punct(result: CaseResult, s: dict, dev: torch.device, warmup: int, repeats:
 
     def lamina():
         out["all"] = [[all_pairs_mi_cov_corr(x[a, b]) for b in range(st)] for a in range(c)]
+
+    def lamina_bincount():
+        out["bincount"] = [[all_pairs_mi_cov_corr(x[a, b], method="bincount") for b in range(st)] for a in range(c)]
 
     xf = x.to(torch.float64)
     prepared = []
@@ -237,7 +243,10 @@ def _punct(result: CaseResult, s: dict, dev: torch.device, warmup: int, repeats:
     def numpy_loop():
         out["np"] = course_style.pair_loop(x00, pairs)
 
-    _run(result, {"lamina": ("all_pairs_mi_cov_corr per class and state", "lamina", lamina),
+    method = default_method(x.device)
+    result.params["method"] = method
+    _run(result, {"lamina": (f"all_pairs_mi_cov_corr per class and state ({method})", "lamina", lamina),
+                  "lamina_bincount": ("the same, method='bincount'", "extra", lamina_bincount),
                   "floor": ("K Kᵀ, (K∘X) Kᵀ, (K∘X)(K∘X)ᵀ, (K∘X²) Kᵀ in float64", "floor", floor),
                   "numpy_loop": ("", "baseline", numpy_loop)}, dev, warmup, repeats, slow_s)
     t = result.variants.pop("numpy_loop").timing
@@ -254,3 +263,6 @@ def _punct(result: CaseResult, s: dict, dev: torch.device, warmup: int, repeats:
         ref = out["np"][:, k]
         got = mine[key].cpu().numpy()[sample]
         result.checks[f"max_abs_diff_{key}_vs_numpy"] = float(np.nanmax(np.abs(got - ref))) if len(ref) else math.nan
+    result.checks["max_abs_diff_mi_vs_bincount"] = max(
+        float(np.nanmax(np.abs(a["mi"].cpu().numpy() - b["mi"].cpu().numpy())))
+        for ra, rb in zip(out["all"], out["bincount"]) for a, b in zip(ra, rb))

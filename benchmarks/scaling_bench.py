@@ -18,16 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .timing import child_json
 
 MARK = "LAMINA_SCALING_JSON "
 
@@ -118,15 +117,9 @@ def run_scaling(model_name: str, sizes: list[int], *, seq_len: int, device: str,
         if inprocess:
             runs.append(run_size(model_name, n, seq_len=seq_len, device=device, tmp_dir=tmp_dir))
             continue
-        cmd = [sys.executable, "-m", "lamina.benchmarks.scaling_bench", "--model", model_name, "--tokens", str(n),
-               "--seq-len", str(seq_len), "--device", device] + (["--tmp-dir", tmp_dir] if tmp_dir else []) \
-            + (["--threads", str(threads)] if threads else [])
-        env = {**os.environ, "TQDM_DISABLE": "1"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s, check=False)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)), None)
-        if proc.returncode != 0 or line is None:
-            raise RuntimeError(f"scaling run for {n} tokens failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-        runs.append(json.loads(line[len(MARK):]))
+        argv = ["--model", model_name, "--tokens", str(n), "--seq-len", str(seq_len), "--device", device] \
+            + (["--tmp-dir", tmp_dir] if tmp_dir else []) + (["--threads", str(threads)] if threads else [])
+        runs.append(child_json("lamina.benchmarks.scaling_bench", argv, MARK, f"scaling run for {n} tokens", timeout_s))
     first, last = runs[0], runs[-1]
     return {
         "model": model_name, "hook": runs[0]["hook"], "seq_len": runs[0]["seq_len"], "device": device,

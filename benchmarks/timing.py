@@ -19,9 +19,12 @@ memory (psutil RSS) every few milliseconds, and on CUDA the allocator's peak
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -259,3 +262,15 @@ def machine_info(device: str | torch.device) -> dict[str, Any]:
         info["cuda"] = torch.version.cuda
         info["gpu_peak_flops"] = {dt: gpu_peak_flops(props.name, dt) for dt in ("float32", "bfloat16")}
     return info
+
+
+def child_json(module: str, argv: list[str], mark: str, what: str, timeout_s: float | None = None) -> dict[str, Any]:
+    """Run ``python -m MODULE ARGV`` in a fresh process (its own peak memory) and return the JSON it
+    printed on the line starting with ``mark``; RuntimeError with its stderr when it failed."""
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, env=env,
+                          timeout=timeout_s, check=False)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(mark)), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(line[len(mark):])

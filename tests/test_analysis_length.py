@@ -293,8 +293,9 @@ def test_reducers_merge_like_one_pass():
     assert int(split["constant"].sum()) == 1
     ref = np_statistics(acts.reshape(3, 64, 7).numpy(), acts[2].numpy(), lengths.reshape(-1).numpy(),
                         logf.reshape(-1).numpy())
-    np.testing.assert_allclose(whole["corr"].numpy(), ref["corr"], atol=1e-12, equal_nan=True)
-    np.testing.assert_allclose(whole["partial_corr"].numpy(), ref["partial"], atol=1e-10, equal_nan=True)
+    # float32 activations take the float32 moment pass: r within 1e-6 of the float64 definition
+    np.testing.assert_allclose(whole["corr"].numpy(), ref["corr"], rtol=0, atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(whole["partial_corr"].numpy(), ref["partial"], rtol=0, atol=1e-6, equal_nan=True)
     np.testing.assert_array_equal(whole["median_split_counts"].numpy(), ref["split_counts"])
 
 

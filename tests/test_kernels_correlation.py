@@ -251,23 +251,133 @@ def assert_close_relative(got: torch.Tensor, ref: torch.Tensor, rtol: float = 1e
     assert torch.isfinite(got).all() and bool((err <= rtol * ref.abs() + 1e-15).all()), float((err / ref.abs()).max())
 
 
+def assert_within(got: torch.Tensor, ref: torch.Tensor, atol: float = 1e-6):
+    """Same NaN pattern, and |got - ref| <= atol elsewhere (the float32 pass's promise on r)."""
+    assert torch.equal(torch.isnan(got), torch.isnan(ref))
+    ok = ~torch.isnan(ref)
+    err = float((got[ok] - ref[ok]).abs().max()) if bool(ok.any()) else 0.0
+    assert err <= atol, err
+
+
+def stream(acts, length, logf, step, **kw) -> StreamingPearson:
+    sp = StreamingPearson()
+    for a in range(0, acts.shape[-2], step):
+        sp.update(acts[..., a : a + step, :], length[a : a + step], None if logf is None else logf[a : a + step], **kw)
+    return sp
+
+
 @pytest.mark.parametrize("step", [910, 128, 1])
 def test_streaming_equals_float64_batch_formula_large_offset(step, monkeypatch):
+    """float32 activations: the float32 pass within 1e-6 of the float64 formula, exact=True to 1e-10."""
     import lamina.engine.kernels.correlation as corr_mod
 
     monkeypatch.setattr(corr_mod, "_CPU_BLOCK", 1 << 14)  # many blocks per update
     acts, length, logf = large_offset_data(30, tokens=1500 if step > 1 else 300)
-    sp = StreamingPearson()
-    for a in range(0, acts.shape[1], step):
-        sp.update(acts[:, a : a + step], length[a : a + step], logf[a : a + step])
-    assert_close_relative(sp.correlation(), pearson_with_vector(acts, length))
-    assert_close_relative(sp.partial_correlation(), partial_correlation(acts, length, logf))
+    ref_r, ref_p = pearson_with_vector(acts, length), partial_correlation(acts, length, logf)
+    fast = stream(acts, length, logf, step)
+    assert_within(fast.correlation(), ref_r)
+    assert_within(fast.partial_correlation(), ref_p)
+    exact = stream(acts, length, logf, step, exact=True)
+    assert_close_relative(exact.correlation(), ref_r)
+    assert_close_relative(exact.partial_correlation(), ref_p)
     # and against the definition, NumPy float64 loops
-    np.testing.assert_allclose(sp.correlation().numpy(), ref_pearson(acts.double().numpy(), length.double().numpy()),
+    np.testing.assert_allclose(exact.correlation().numpy(), ref_pearson(acts.double().numpy(), length.double().numpy()),
                                rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(fast.correlation().numpy(), ref_pearson(acts.double().numpy(), length.double().numpy()),
+                               rtol=0, atol=1e-6)
+    # means and extremes of the float32 pass: the means within 1e-6 standard deviations, the extremes exact
+    ref_mean, ref_sd = acts.double().mean(1), acts.double().std(1)
+    assert float(((fast.mean_act - ref_mean).abs() / ref_sd).max()) < 1e-6
+    assert torch.equal(fast.min_act, acts.amin(1).double()) and torch.equal(fast.max_act, acts.amax(1).double())
 
 
-def test_streaming_merge_of_units_equals_batch_and_is_deterministic():
+def hostile_float32(seed: int, case: str, tokens: int = 900, neurons: int = 40):
+    """float32 activations that a naive float32 accumulation gets wrong, by case."""
+    g = torch.Generator().manual_seed(seed)
+    length = torch.randint(1, 16, (tokens,), generator=g)
+    noise = torch.randn(2, tokens, neurons, generator=g, dtype=torch.float64)
+    follow = torch.randn(2, 1, neurons, generator=g, dtype=torch.float64) * length[:, None].double() / 8
+    acts = noise + follow
+    if case == "offset_1e4_noise_1e-2":  # mean 1e6 standard deviations away from 0
+        acts = 1e4 + 1e-2 * acts
+    elif case == "drift":  # the first tokens' mean is far from the rest: the shift is no good
+        acts[:, 200:] += 300.0
+    elif case == "massive_first_token":  # one token 1e4 std away (LMs' first positions)
+        acts[:, 0] += 1e4
+    elif case == "tiny":  # squares near float32 underflow
+        acts = acts * 1e-21
+    elif case == "huge":  # squares overflow float32
+        acts = acts * 1e21
+    elif case == "constant_and_blockwise_constant":
+        acts[0, :, 3] = 0.1
+        acts[1, :450, 7], acts[1, 450:, 7] = 1.0, 2.0
+        acts[1, :, 9] = torch.where(torch.arange(tokens) % 300 < 150, 5.0, -5.0)  # constant within blocks
+    return acts.float(), length
+
+
+HOSTILE = ["offset_1e4_noise_1e-2", "drift", "massive_first_token", "tiny", "huge", "constant_and_blockwise_constant"]
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_float32_pass_on_hostile_activations(case, monkeypatch):
+    """Each hostile case: within 1e-6 of the NumPy float64 definition, same constant neurons, exact extremes."""
+    import lamina.engine.kernels.correlation as corr_mod
+
+    monkeypatch.setattr(corr_mod, "_CPU_BLOCK", 1 << 12)  # blocks of ~50 tokens
+    acts, length = hostile_float32(40, case)
+    ref = torch.from_numpy(ref_pearson(acts.double().numpy(), length.double().numpy()))
+    for step in (900, 250):
+        sp = stream(acts, length, None, step)
+        assert_within(sp.correlation(), ref)
+        assert torch.equal(sp.constant_mask, torch.isnan(ref))
+        assert torch.equal(sp.min_act, acts.amin(1).double()) and torch.equal(sp.max_act, acts.amax(1).double())
+    if case == "constant_and_blockwise_constant":
+        assert stream(acts, length, None, 900).n_constant == 1
+
+
+def test_float32_pass_guard_is_what_keeps_tiny_variances_exact(monkeypatch):
+    """Squares near float32 underflow: without the redo in float64 (guard disabled) r misses 1e-6."""
+    import lamina.engine.kernels.correlation as corr_mod
+
+    monkeypatch.setattr(corr_mod, "_CPU_BLOCK", 1 << 12)
+    acts, length = hostile_float32(40, "tiny")
+    ref = torch.from_numpy(ref_pearson(acts.double().numpy(), length.double().numpy()))
+    assert_within(stream(acts, length, None, 900).correlation(), ref)
+    monkeypatch.setattr(corr_mod, "_TINY_32", 0.0)
+    got = stream(acts, length, None, 900).correlation()
+    assert float((got - ref).abs().max()) > 1e-6
+
+
+def test_float32_pass_sends_far_shifts_to_the_float64_pass(monkeypatch):
+    """Neurons whose shift (the first block's mean) is far from their mean next to their spread are redone."""
+    import lamina.engine.kernels.correlation as corr_mod
+
+    monkeypatch.setattr(corr_mod, "_CPU_BLOCK", 1 << 10)  # ~12-token blocks
+    acts, length = hostile_float32(41, "constant_and_blockwise_constant", tokens=1200, neurons=40)
+    acts[:, :12, 20:30] += 1e3  # only the first block is far: sum of squares ~ n/12 x M2
+    redone = []
+    real = corr_mod._block_sums
+
+    def spy(a, *args):
+        redone.append(a.shape[-1])
+        return real(a, *args)
+
+    monkeypatch.setattr(corr_mod, "_block_sums", spy)
+    got = stream(acts, length, None, 1200).correlation()
+    assert sum(redone) == 2 * 10  # the ten far-shifted neurons of both layers, nothing else
+    assert_within(got, torch.from_numpy(ref_pearson(acts.double().numpy(), length.double().numpy())))
+
+
+def test_float32_pass_bfloat16_and_float16_inputs():
+    acts, length, logf = large_offset_data(33, layers=2, tokens=600, neurons=50)
+    for dt in (torch.bfloat16, torch.float16):
+        a = (acts - 50).to(dt)
+        ref = pearson_with_vector(a, length)  # float64 arithmetic on the same values
+        assert_within(stream(a, length, logf, 256).correlation(), ref)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_streaming_merge_of_units_equals_batch_and_is_deterministic(exact):
     """Per-unit states merged in unit order (the length analysis): equal to batch, and deterministic."""
     acts, length, logf = large_offset_data(31, layers=2, tokens=1200, neurons=300)
     units = [(0, 500), (500, 700), (700, 1200)]
@@ -278,7 +388,7 @@ def test_streaming_merge_of_units_equals_batch_and_is_deterministic():
             part = StreamingPearson()
             for s in range(a, b, 160):
                 e = min(b, s + 160)
-                part.update(acts[:, s:e], length[s:e], logf[s:e])
+                part.update(acts[:, s:e], length[s:e], logf[s:e], exact=exact)
             total.merge(StreamingPearson.from_state_dict(part.state_dict()))
         return total
 
@@ -292,10 +402,17 @@ def test_streaming_merge_of_units_equals_batch_and_is_deterministic():
         torch.set_num_threads(old)
     for k, v in three.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k  # deterministic: resume, ranks merged in unit order
-    assert_close_relative(one.correlation(), three.correlation(), rtol=1e-13)  # thread count: rounding only
+    if exact:
+        assert_close_relative(one.correlation(), three.correlation(), rtol=1e-13)  # thread count: rounding only
+        for sp in (one, three):
+            assert_close_relative(sp.correlation(), pearson_with_vector(acts, length))
+            assert_close_relative(sp.partial_correlation(), partial_correlation(acts, length, logf))
+        return
+    for k, v in three.state_dict().items():  # float32 pass: one single-threaded task per range, any thread count
+        assert torch.equal(v, one.state_dict()[k]), k
     for sp in (one, three):
-        assert_close_relative(sp.correlation(), pearson_with_vector(acts, length))
-        assert_close_relative(sp.partial_correlation(), partial_correlation(acts, length, logf))
+        assert_within(sp.correlation(), pearson_with_vector(acts, length))
+        assert_within(sp.partial_correlation(), partial_correlation(acts, length, logf))
 
 
 def test_state_dict_keys_unchanged():

@@ -1,4 +1,4 @@
-"""All-pairs MI / covariance / correlation against the lecture's per-pair NumPy loop (EXPERIMENTS.md D)."""
+"""All-pairs MI / covariance / correlation against the lecture's per-pair NumPy loop (docs/analyses.md, punct)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def test_reference_data_covers_the_hard_cases(hard):
     assert np.isnan(ref["corr"]).sum() >= 29  # the constant vectors
 
 
-@pytest.mark.parametrize("method", ["bincount", "scatter", "onehot"])
+@pytest.mark.parametrize("method", ["gemm", "bincount", "scatter", "onehot"])
 @pytest.mark.parametrize("chunk_pairs", [1, 37, 100_000])
 def test_matches_per_pair_numpy_loop(hard, method, chunk_pairs):
     x, ref = hard
@@ -122,6 +122,60 @@ def test_partner_drops_more_than_eight_extremes():
     out = all_pairs_mi_cov_corr(torch.tensor(x))
     for k in ("mi", "cov", "corr"):
         np.testing.assert_allclose(out[k].numpy(), ref[k], rtol=1e-9, atol=1e-9, err_msg=k)
+
+
+def crowded_bins(seed: int, n: int = 10, d: int = 2000) -> np.ndarray:
+    """Most of each vector's dims in one bin (a tight cluster, a wide kept spread): counts far above 256."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)) * 1e-3
+    spread = rng.choice(d, 300, replace=False)
+    x[:, spread] = rng.uniform(-1, 1, (n, 300))  # |z| < 5 for all: nothing dropped, 1700 dims in the middle bins
+    x[1] = x[0]  # the same vector twice: the heaviest joint cell holds ~1700
+    x[2, :256] = 0.5  # exactly 256 values in one bin
+    x[3, :257] = -0.5  # and 257
+    x[4, 5] = 40.0  # one outlier that this vector drops (and the rest keep)
+    return x
+
+
+@pytest.mark.parametrize("method", ["gemm", "bincount"])
+def test_counts_above_256_per_bin(method):
+    """The gemm path keeps bfloat16 counts <= 256 by moving the rest of a bin to extra rows: still exact."""
+    x = crowded_bins(6)
+    ref = ref_all(x)
+    assert ref["counts"].max() > 1024  # cells of up to ~1700 counts
+    out = all_pairs_mi_cov_corr(torch.tensor(x), method=method)
+    for k in ("mi", "cov", "corr"):
+        np.testing.assert_allclose(out[k].numpy(), ref[k], rtol=1e-9, atol=1e-9, err_msg=k)
+    assert np.max(np.abs(out["mi"].numpy() - ref["mi"])) < 1e-12
+
+
+def test_gemm_blocks_of_every_size(monkeypatch):
+    """Tasks of 1..3 vectors against 1..5 partners: every pair lands at its triu index exactly once."""
+    import lamina.engine.kernels.pairs as pairs_mod
+
+    x = hard_vectors(4, n=23, d=120)
+    ref = all_pairs_mi_cov_corr(torch.tensor(x), method="bincount")
+    for rows, cols in ((1, 1), (3, 5), (2, 64)):
+        monkeypatch.setattr(pairs_mod, "_GEMM_ROWS", rows)
+        monkeypatch.setattr(pairs_mod, "_GEMM_COLS", cols)
+        out = all_pairs_mi_cov_corr(torch.tensor(x), method="gemm")
+        np.testing.assert_allclose(out["mi"].numpy(), ref["mi"].numpy(), rtol=0, atol=1e-12, equal_nan=True)
+
+
+def test_auto_method_falls_back_when_bfloat16_rounds(monkeypatch):
+    """A CPU whose bfloat16 products round: auto takes bincount, and gemm is refused with the fix."""
+    import lamina.engine.kernels.pairs as pairs_mod
+
+    x = torch.tensor(hard_vectors(5, n=14, d=60))
+    want = all_pairs_mi_cov_corr(x, method="bincount")
+    monkeypatch.setattr(pairs_mod, "_bf16_verdict", {"exact": False})
+    called = []
+    monkeypatch.setattr(pairs_mod, "_mi_gemm", lambda *a, **k: called.append(1))
+    got = all_pairs_mi_cov_corr(x)
+    assert not called
+    np.testing.assert_array_equal(got["mi"].numpy(), want["mi"].numpy())
+    with pytest.raises(InputError, match="bincount"):
+        all_pairs_mi_cov_corr(x, method="gemm")
 
 
 # --------------------------------------------------------------------------- invariants

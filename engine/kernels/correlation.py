@@ -1,4 +1,4 @@
-"""Per-neuron Pearson and partial correlation with a token-level variable (EXPERIMENTS.md C).
+"""Per-neuron Pearson and partial correlation with a token-level variable (docs/analyses.md, length).
 
 >>> import torch
 >>> acts = torch.randn(2, 100, 8)            # (layer, token, neuron)
@@ -15,9 +15,15 @@ Three entry points share one formula:
   LeVeque (1979), which keeps means and *centred* second moments (never raw
   sums of squares), so an offset of 1e4 on activations costs no precision.
 
-Within a chunk every product and sum is float64 (one read of the activations, in
-cache-sized blocks converted to float64; see :func:`_moments`): float32 products would
-already err by ~1e-8 relative on r, far from the float64 batch formula's 1e-10.
+Within a chunk (one read of the activations, in cache-sized blocks; see :func:`_moments`):
+
+* the batch functions, and :meth:`StreamingPearson.update` with ``exact=True`` or float64
+  activations, compute every product and sum in float64: r equals the float64 formula to ~1e-12;
+* :meth:`StreamingPearson.update` of float32 activations on a CPU (the length analysis) keeps
+  them float32, shifted near each neuron's mean, sums ~block-length runs in float32 and merges
+  them in float64: r within 1e-6 of the float64 formula, at a few float32 reads' cost. Neurons
+  that cannot meet that (a mean far from the first block's, variance near float32 underflow,
+  non-finite values) are redone in float64 automatically.
 
 A neuron that is constant over the tokens has no defined correlation: it gets NaN
 (quietly, no warning), and :attr:`StreamingPearson.n_constant` counts them. The
@@ -34,6 +40,7 @@ import torch
 from torch import Tensor
 
 from lamina.engine.errors import InputError
+from lamina.engine.kernels.workers import cpu_workers, run_tasks
 
 __all__ = ["pearson_with_vector", "partial_correlation", "StreamingPearson"]
 
@@ -77,21 +84,43 @@ _DEVICE_BLOCK = 1 << 24
 # with every value shifted by its first one (bounds the relative error of M2 near 1e-12).
 _SHIFT_ABOVE = 1e3
 
+# The float32 pass (:func:`_sums32`) keeps a neuron when its shifted sum of squares is at most
+# this many times its centred M2 (the shift, the mean of the update's first block, is within
+# ~1.7 standard deviations of the mean) and its variance is far above float32's underflow;
+# any other neuron (and any non-finite sum) is redone by the float64 pass. The float32 sums
+# then err by ~eps32 * sqrt(block tokens) * _AMPLIFY_32 relative: r within ~1e-6 of float64.
+_AMPLIFY_32 = 4.0
+_TINY_32 = 1e-30  # M2 / token below this: squares of the deviations are near float32 underflow
+_MIN_TASKS = 8  # (leading index, neuron range) tasks of the float32 pass, at least
+_MAX_STEP_32 = 48  # tokens per float32 sum, at most: each sum errs by ~eps32 * sqrt(tokens) / 2 relative
 
-def _moments(acts: Tensor, x: Tensor, z: Tensor | None, dtype: torch.dtype) -> dict[str, Tensor]:
+
+def _moments(acts: Tensor, x: Tensor, z: Tensor | None, dtype: torch.dtype, *, fast: bool = False
+             ) -> dict[str, Tensor]:
     """Count, means, centred second moments and extremes of one block of tokens.
 
-    One read of the activations, in blocks of (tokens x neurons) that fit a core's cache:
-    each block is converted to ``dtype`` (float64), then ONE matrix product adds its sums
-    against [1, x_c, z_c] and one fused multiply-add its squares to running (token x neuron)
-    sums; min and max are folded in per block. The neurons whose mean is large next to their
-    spread (sum of squares > ``_SHIFT_ABOVE`` x M2: float64 sums would cancel) are done again
-    with every value shifted by the neuron's first one, so the sums are small and no precision
-    is lost. Each (leading index, neuron range) is done over its tokens in order.
+    One read of the activations, in blocks of (tokens x neurons) that fit a core's cache.
+
+    * ``fast`` (float32, bfloat16 or float16 activations on a CPU; see :func:`_sums32`): each
+      block stays float32, shifted by a per-neuron value near its mean, and its sums are
+      accumulated in float32 per block and merged in float64; neurons where that cannot hold
+      r to ~1e-6 of the float64 formula (the shift far from the mean next to the spread,
+      variance near float32 underflow, non-finite sums) are redone by the float64 pass.
+    * otherwise (:func:`_block_sums`): each block is converted to ``dtype`` (float64), then ONE
+      matrix product adds its sums against [1, x_c, z_c] and one fused multiply-add its
+      squares to running (token x neuron) sums; min and max are folded in per block. The
+      neurons whose mean is large next to their spread (sum of squares > ``_SHIFT_ABOVE`` x M2:
+      float64 sums would cancel) are done again with every value shifted by the neuron's first
+      one, so the sums are small and no precision is lost.
+
+    Each (leading index, neuron range) is done over its tokens in order, so the result does
+    not depend on the number of threads.
 
     Args:
         acts: (..., token, neuron).
         x, z: (token,).
+        dtype: the float64 (or float32) arithmetic of the exact pass.
+        fast: use the float32 pass where it applies (float activations on a CPU).
     Returns:
         dict of tensors: ``count`` (), ``mean_act``/``m2_act``/``min_act``/``max_act``
         (..., neuron), ``mean_x``/``m2_x``/``min_x``/``max_x`` (), ``c_ax`` (..., neuron),
@@ -108,17 +137,32 @@ def _moments(acts: Tensor, x: Tensor, z: Tensor | None, dtype: torch.dtype) -> d
         vals[name] = (v, v.mean(), v - v.mean())
         cols.append(vals[name][2])
     w = torch.stack(cols)  # (k, token)
-    shift = torch.zeros(a.shape[0], n_neu, dtype=dtype, device=dev)  # (batch, neuron): 0, or the first value
-    sums = torch.zeros(a.shape[0], len(cols), n_neu, dtype=dtype, device=dev)  # (batch, k, neuron)
-    ssq = torch.empty(a.shape[0], n_neu, dtype=dtype, device=dev)
+    fast = fast and dev.type == "cpu" and a.dtype in (torch.float32, torch.bfloat16, torch.float16) \
+        and dtype == torch.float64
     lo = torch.empty(a.shape[0], n_neu, dtype=a.dtype, device=dev)
     hi = torch.empty(a.shape[0], n_neu, dtype=a.dtype, device=dev)
-    _block_sums(a, w, sums, ssq, (lo, hi), None)
+    if fast:
+        w32 = w.to(torch.float32)  # (k, token): the weights the float32 sums use
+        shift, sums, ssq = _sums32(a, w32, lo, hi)
+        wsum = w32.to(torch.float64).sum(1)  # (k,) the sums of those weights
+        s1 = sums[:, 0, :]
+        m2 = ssq - s1 * s1 / n_tok
+        ok = (ssq <= _AMPLIFY_32 * m2) & (m2 >= _TINY_32 * n_tok) & torch.isfinite(ssq) & torch.isfinite(sums).all(1)
+        redo = ~(ok | (lo == hi))  # a constant neuron is exact already (d = 0 when the shift is its value)
+    else:
+        shift = torch.zeros(a.shape[0], n_neu, dtype=dtype, device=dev)  # (batch, neuron): 0, or the first value
+        sums = torch.zeros(a.shape[0], len(cols), n_neu, dtype=dtype, device=dev)  # (batch, k, neuron)
+        ssq = torch.empty(a.shape[0], n_neu, dtype=dtype, device=dev)
+        _block_sums(a, w, sums, ssq, (lo, hi), None)
+        wsum = w.sum(1)
+        s1 = sums[:, 0, :]  # (batch, neuron)
+        m2 = ssq - s1 * s1 / n_tok
+        redo = ~(ssq <= _SHIFT_ABOVE * m2)  # also m2 <= 0 (constant, or cancelled to nothing) and NaN
+    # centred co-moments sum((a - mean_a) * w_i) = sum(d * w_i) - (sum(d) / n) * sum(w_i), d = a - shift
+    cross = sums[:, 1:, :] - (s1 / n_tok).unsqueeze(1) * wsum[1:, None]  # (batch, k - 1, neuron)
 
-    # neurons with a large mean next to their spread: again, shifted by their first value
-    s1 = sums[:, 0, :]  # (batch, neuron)
-    m2 = ssq - s1 * s1 / n_tok
-    redo = ~(ssq <= _SHIFT_ABOVE * m2)  # also m2 <= 0 (constant, or cancelled to nothing) and NaN
+    # again, in float64, shifted by their first value: neurons with a large mean next to their
+    # spread (float64 pass), or that the float32 pass cannot hold to its tolerance
     if bool(redo.any()):
         for b in torch.nonzero(redo.any(1)).flatten().tolist():
             idx = torch.nonzero(redo[b]).flatten()
@@ -127,8 +171,9 @@ def _moments(acts: Tensor, x: Tensor, z: Tensor | None, dtype: torch.dtype) -> d
             out_ssq = torch.empty(1, idx.numel(), dtype=dtype, device=dev)
             first = part[:, 0, :].to(dtype)  # (1, k) exact
             _block_sums(part, w, out_sums, out_ssq, None, first)
-            sums[b, :, idx], ssq[b, idx], shift[b, idx] = out_sums[0], out_ssq[0], first[0]
-        s1 = sums[:, 0, :]
+            o1 = out_sums[0, 0]
+            s1[b, idx], ssq[b, idx], shift[b, idx] = o1, out_ssq[0], first[0]
+            cross[b, :, idx] = out_sums[0, 1:] - (o1 / n_tok) * w[1:].sum(1, keepdim=True)
     st: dict[str, Tensor] = {
         "count": torch.tensor(n_tok, dtype=torch.int64, device=dev),
         "mean_act": (shift + s1 / n_tok).reshape(*lead, n_neu),
@@ -141,11 +186,69 @@ def _moments(acts: Tensor, x: Tensor, z: Tensor | None, dtype: torch.dtype) -> d
         st[f"m2_{name}"] = vc.square().sum()
         st[f"min_{name}"] = v.amin()
         st[f"max_{name}"] = v.amax()
-        # sum((a - mean_a) * x_c) = sum(sa * x_c) - (s1 / n) * sum(x_c)   (x_c sums to ~0)
-        st[f"c_a{name}"] = (sums[:, i, :] - (s1 / n_tok) * cols[i].sum()).reshape(*lead, n_neu)
+        st[f"c_a{name}"] = cross[:, i - 1, :].reshape(*lead, n_neu)
     if z is not None:
         st["c_xz"] = (vals["x"][2] * vals["z"][2]).sum()
     return st
+
+
+def _sums32(a: Tensor, w: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Shifted float32 sums of every neuron, merged in float64: the fast moment pass on a CPU.
+
+    Per (leading index, neuron range), a task on a single-threaded worker
+    (:func:`~lamina.engine.kernels.workers.run_tasks`) walks its tokens in blocks of about
+    ``_CPU_BLOCK / 2`` elements (a core's cache): the shift ``s`` is the float32 mean of the
+    first block (near the mean, so the sums below barely cancel); per block ``d = a - s`` in
+    float32, ONE product ``w @ d`` gives sum(d · w_k) for [1, x_c, z_c], the block's min and max
+    are kept (reduced once at the end), ``d`` is squared in place and summed; the block's float32
+    sums are added to float64 totals. At most ``_MAX_STEP_32`` terms are summed in float32.
+
+    Args:
+        a: (batch, token, neuron) float32 (bfloat16 / float16: converted per block).
+        w: (k, token) float32 weights, row 0 all ones.
+        lo, hi: (batch, neuron) in a's dtype, filled with the min and max.
+    Returns:
+        shift (batch, neuron) float64 (exact float32 values), sums (batch, k, neuron) float64
+        sum(d · w_k), ssq (batch, neuron) float64 sum(d²).
+    """
+    n_batch, n_tok, n_neu = a.shape
+    k = w.shape[0]
+    # Ranges and blocks depend on the shape alone (never on the thread count), so the sums do
+    # not either: whole rows when they fit (contiguous reads), and at least _MIN_TASKS ranges
+    # so that every worker has some when there are few layers.
+    width = min(n_neu, max(1, _CPU_BLOCK // 32), max(1, -(-n_neu // -(-_MIN_TASKS // n_batch))))
+    step = max(1, min(n_tok, _MAX_STEP_32, (_CPU_BLOCK // 2) // width))  # tokens per block
+    shift32 = torch.empty(n_batch, n_neu, dtype=torch.float32)
+    acc = torch.zeros(n_batch, k + 1, n_neu, dtype=torch.float64)  # sum(d · w_k), then sum(d²)
+    items = [(b, c0, min(n_neu, c0 + width)) for b in range(n_batch) for c0 in range(0, n_neu, width)]
+
+    def task(buf: tuple[Tensor, Tensor, Tensor], item: tuple[int, int, int]) -> None:
+        b, c0, c1 = item
+        cw = c1 - c0
+        d_all = buf[0][: step * cw].view(step, cw)
+        part = buf[1][: (k + 1) * cw].view(k + 1, cw)  # this block's float32 sums
+        ext = buf[2][: 2 * n_blocks * cw].view(2, n_blocks, cw)  # every block's min and max
+        s = shift32[b, c0:c1]
+        first = a[b, : min(step, n_tok), c0:c1]
+        torch.mean(first if first.dtype == torch.float32 else first.float(), 0, out=s)
+        total = acc[b, :, c0:c1]
+        for q, t0 in enumerate(range(0, n_tok, step)):
+            t1 = min(t0 + step, n_tok)
+            block = a[b, t0:t1, c0:c1]  # (block token, width)
+            d = d_all[: t1 - t0]
+            torch.sub(block, s, out=d)
+            torch.amin(block, 0, out=ext[0, q])
+            torch.amax(block, 0, out=ext[1, q])
+            torch.mm(w[:, t0:t1], d, out=part[:k])
+            torch.sum(d.square_(), 0, out=part[k])
+            total.add_(part)
+        torch.amin(ext[0], 0, out=lo[b, c0:c1])
+        torch.amax(ext[1], 0, out=hi[b, c0:c1])
+
+    size, n_blocks = step * width, -(-n_tok // step)
+    run_tasks(task, items, [(torch.empty(size), torch.empty((k + 1) * width),
+                             torch.empty(2 * n_blocks * width, dtype=a.dtype)) for _ in range(cpu_workers(a.device))])
+    return shift32.to(torch.float64), acc[:, :k], acc[:, k]
 
 
 def _block_sums(a: Tensor, w: Tensor, sums: Tensor, ssq: Tensor, extremes: tuple[Tensor, Tensor] | None,
@@ -240,7 +343,7 @@ def pearson_with_vector(acts: Tensor, v: Tensor, *, dtype: torch.dtype = torch.f
     >>> pearson_with_vector(acts, torch.tensor([1., 2., 4.]))
     tensor([0.9820,    nan], dtype=torch.float64)
 
-    Exactly EXPERIMENTS.md C: z-scores with ddof=1 and r = sum(z_v * z_act) / (N - 1),
+    Exactly docs/analyses.md (length): z-scores with ddof=1 and r = sum(z_v * z_act) / (N - 1),
     computed as C / sqrt(M2_act M2_v) on centred values (the same number).
 
     Args:
@@ -362,7 +465,7 @@ class StreamingPearson:
 
     # ---- updating
 
-    def update(self, acts: Tensor, x: Tensor, z: Tensor | None = None) -> StreamingPearson:
+    def update(self, acts: Tensor, x: Tensor, z: Tensor | None = None, *, exact: bool = False) -> StreamingPearson:
         """Fold in one chunk of tokens; returns self.
 
         Args:
@@ -370,6 +473,10 @@ class StreamingPearson:
                 chunk. A chunk of 0 tokens is a no-op.
             x: (token,).
             z: (token,) or None; must be given on every update or on none.
+            exact: float64 arithmetic throughout (r equal to the float64 batch formula to
+                ~1e-12). By default float32 activations on a CPU take the float32 pass
+                (r within 1e-6 of it, several times faster); float64 activations and other
+                devices always take the float64 pass.
         """
         _check(acts, x, z, "StreamingPearson.update")
         if self.n is not None and (z is not None) != self.has_z:
@@ -385,7 +492,7 @@ class StreamingPearson:
             )
         if acts.shape[-2] == 0:
             return self
-        self._combine(_moments(acts, x, z, torch.float64))
+        self._combine(_moments(acts, x, z, torch.float64, fast=not exact))
         return self
 
     def merge(self, other: StreamingPearson) -> StreamingPearson:

@@ -1,4 +1,4 @@
-"""All-pairs mutual information, covariance and correlation of vectors (EXPERIMENTS.md D).
+"""All-pairs mutual information, covariance and correlation of vectors (docs/analyses.md, punct).
 
 >>> import torch
 >>> x = torch.randn(30, 1024, dtype=torch.float64)   # (sample, feature)
@@ -31,7 +31,10 @@ How it is done for all pairs at once (no per-pair Python; loops only over chunks
   sides are found exactly (how many of i's extremes j keeps is a 0/1 product) and get the
   pair's true range; the few distinct (vector, min, max) variants become extra rows of the
   bin table, so every pair is then exact with no special path. The joint histograms are
-  counted from the codes ``bin_i * 16 + bin_j`` (dims either vector drops go to cells that
+  counted, on a CPU with fast bfloat16 products (AMX, AVX-512 BF16), as one-hot products:
+  (vector·bin × feature) 0/1 matrices multiplied in blocks of vectors, exact because every
+  count is kept at most 256 (:func:`_mi_gemm`). Elsewhere they are counted from the codes
+  ``bin_i * 16 + bin_j`` (dims either vector drops go to cells that
   are then zeroed). On a CPU the pairs (i, i+1..n-1) of a row are contiguous, so a group of
   rows is one broadcast add per row and one ``bincount`` (:func:`_mi_rows`), the pairs with a
   variant range one more row or column per variant, all as tasks on single-threaded workers
@@ -54,7 +57,7 @@ from torch import Tensor
 from lamina.engine.errors import InputError
 from lamina.engine.kernels.workers import cpu_workers, run_tasks
 
-__all__ = ["pair_indices", "all_pairs_mi_cov_corr"]
+__all__ = ["pair_indices", "all_pairs_mi_cov_corr", "default_method"]
 
 _EPS = 1e-12  # the lecture's p + 1e-12 inside the log
 _LOG2_E = 1.0 / math.log(2.0)
@@ -481,6 +484,145 @@ def _mi_onehot(
     return torch.cat(out)
 
 
+_BF16_EXACT = 256  # every integer 0..256 is a bfloat16 (8 significant bits)
+_GEMM_ROWS, _GEMM_COLS = 16, 128  # vectors x partners per task of :func:`_mi_gemm`: its cells stay in a core's cache
+_bf16_verdict: dict[str, bool] = {}
+
+
+def _bf16_exact() -> bool:
+    """Whether this CPU's bfloat16 products of 0/1 matrices return every count <= 256 exactly.
+
+    :func:`_mi_gemm` needs float32 accumulation inside the bfloat16 GEMM (its results are
+    counts <= 256, exact in bfloat16 only if nothing was rounded on the way). Checked once per
+    process on 0/1 products with counts up to 256 (one exactly 256), against float32.
+    """
+    if "exact" not in _bf16_verdict:
+        g = torch.Generator().manual_seed(0)
+        a = torch.rand(48, 1024, generator=g) < 0.2  # rows of ~205 ones
+        a[0, :] = False
+        a[0, :_BF16_EXACT] = True  # a count of exactly 256 against the all-ones row
+        b = a.clone()
+        b[1, :] = True
+        ref = a.float() @ b.float().T
+        _bf16_verdict["exact"] = bool(ref.max() <= _BF16_EXACT) and torch.equal(
+            (a.bfloat16() @ b.bfloat16().T).float(), ref)
+    return _bf16_verdict["exact"]
+
+
+def _bf16_fast() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX-512 BF16): the CPU default then."""
+    cpu = getattr(torch, "cpu", None)
+    return bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+                or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+def default_method(device: torch.device | str) -> str:
+    """The counting method ``method="auto"`` picks on ``device``.
+
+    >>> default_method("cuda")
+    'onehot'
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return "onehot"
+    return "gemm" if dev.type == "cpu" and _bf16_fast() and _bf16_exact() else "bincount"
+
+
+def _mi_gemm(
+    b: Tensor, keep: Tensor, bins: int, group_rows: int, total: Tensor, table: Tensor, base: Tensor,
+    extra: Callable[[], None] | None = None,
+) -> Tensor:
+    """(pair,) MI of all pairs i < j of the rows of b, from bfloat16 one-hot products (CPU).
+
+    ``O[(i, a), d] = keep[i, d] & (b[i, d] == a)`` makes ``(O Oᵀ)[(i, a), (j, c)]`` the joint
+    count of bins (a, c) over the dims both vectors keep. bfloat16 holds 0/1 exactly and the
+    GEMM accumulates in float32, so a count is exact when it is at most 256: on the x side
+    every (vector, bin) row with more than 256 ones keeps its first 256 and hands the rest to
+    extra rows (``O_x``), whose products are added back as integers. Per group of
+    ``group_rows`` vectors (a task on a single-threaded worker): one product against the
+    later vectors, the counts as int32, plus each pair's row offset in the entropy table,
+    one gather of the table and one sum give ``sum f_T(c)`` over every joint cell. The
+    marginal counts are the (vector, bin) sizes minus the dims the partner drops (an
+    index_add over the few dropped dims), so they need no pass over the cells.
+
+    Args:
+        b: (sample, feature) int64 bins (each vector's own range); keep: (sample, feature) bool.
+        group_rows: vectors per task.
+        total, base: (pair,) and table: see :func:`_mi_from_counts`.
+        extra: other independent work to run as the first task (the covariances).
+    """
+    n, d = b.shape
+    dev = b.device
+    nb = n * bins
+    row = torch.arange(n, device=dev).unsqueeze(1) * bins + b  # (sample, feature): the (vector, bin) row of each dim
+    sizes = torch.bincount(row[keep], minlength=nb)  # (sample·bin,) kept dims in each bin
+    o_y = torch.zeros(nb * d, dtype=torch.bfloat16, device=dev)  # the one-hot rows (vector·bin, feature)
+    o_y.index_fill_(0, (row * d + torch.arange(d, device=dev))[keep], 1.0)
+    o_y = o_y.view(nb, d)
+    heavy = torch.nonzero(sizes > _BF16_EXACT).flatten()  # (vector, bin) rows with too many ones
+    first_rows, extra_rows, owners = None, None, None
+    if heavy.numel():
+        h = o_y.index_select(0, heavy) > 0  # (heavy, feature) bool
+        part = torch.where(h, (h.cumsum(1) - 1) // _BF16_EXACT, -1)  # (heavy, feature): which 256-block
+        first_rows = (part == 0).to(torch.bfloat16)  # what a heavy row keeps on the x side
+        rows, own = [], []
+        for p in range(1, int(part.max()) + 1):
+            has = torch.nonzero((part == p).any(1)).flatten()
+            rows.append((part.index_select(0, has) == p).to(torch.bfloat16))
+            own.append(heavy[has])
+        extra_rows, owners = torch.cat(rows), torch.cat(own)  # (extra, feature), (extra,) the row each adds to
+    # marginal counts m[(v, a), u]: dims in bin a of v that u keeps = size - those u drops
+    ii, jj = pair_indices(n, device=dev)
+    base_sym = torch.zeros(n, n, dtype=torch.int32, device=dev)
+    base_sym[ii, jj] = base.to(torch.int32)
+    base_sym[jj, ii] = base.to(torch.int32)
+    cells = (sizes.to(torch.int32).view(n, bins, 1) + base_sym.unsqueeze(1)).view(nb, n)  # (sample·bin, sample)
+    r, c = torch.nonzero(~keep, as_tuple=True)  # the (few) dropped (vector u, dim): every v keeping it loses one
+    if r.numel():
+        at = (row[:, c] * n + r).view(-1)  # (sample · drops,) flat index of [(v, bin of v at the dim), u]
+        cells.view(-1).index_add_(0, at, -keep[:, c].reshape(-1).to(torch.int32))
+    s_marg = table.index_select(0, cells.view(-1)).view(n, bins, n).sum(1)  # [v, u]: sum_a f(m[(v, a), u])
+    start = [i * (2 * n - i - 1) // 2 for i in range(n)] + [n * (n - 1) // 2]
+    s_joint = torch.empty(start[-1], dtype=torch.float64, device=dev)
+
+    def task(buf: Tensor, item: tuple[int, int, int, int]) -> None:
+        r0, r1, c0, c1 = item  # vectors r0..r1-1 against c0..c1-1 (c0 > r0)
+        if r0 < 0:
+            extra()
+            return
+        k, w = r1 - r0, c1 - c0
+        left = o_y[r0 * bins : r1 * bins]  # (k·bin, feature)
+        y_side = o_y[c0 * bins : c1 * bins]  # (w·bin, feature)
+        if first_rows is not None:
+            mine = torch.nonzero((heavy >= r0 * bins) & (heavy < r1 * bins)).flatten()
+            if mine.numel():  # crowded bins keep their first 256 dims on the x side
+                left = left.clone()
+                left[heavy[mine] - r0 * bins] = first_rows.index_select(0, mine)
+        counts = torch.mm(left, y_side.T).view(k, bins, w, bins)  # bfloat16, exact
+        joint = buf[: k * w * bins * bins].view(k, w, bins, bins)  # int32, the pair's cells contiguous
+        joint.copy_(counts.permute(0, 2, 1, 3))
+        if extra_rows is not None:
+            mine = torch.nonzero((owners >= r0 * bins) & (owners < r1 * bins)).flatten()
+            if mine.numel():  # the rest of the crowded bins, added as integers
+                more = torch.mm(extra_rows.index_select(0, mine), y_side.T).view(-1, w, bins).to(torch.int32)
+                for q, row in enumerate((owners[mine] - r0 * bins).tolist()):  # a few rows
+                    joint[row // bins, :, row % bins, :] += more[q]
+        joint.view(k, w, bins * bins).add_(base_sym[r0:r1, c0:c1].unsqueeze(2))  # each pair's table row
+        s = table.index_select(0, joint.view(-1)).view(k, w, bins * bins).sum(2)  # (k, w): sum of f over the cells
+        for i in range(r0, min(r1, c1 - 1)):  # pairs (i, j), max(i + 1, c0) <= j < c1, at their triu index
+            j0 = max(i + 1, c0)
+            p0 = start[i] + j0 - i - 1
+            s_joint[p0 : p0 + c1 - j0] = s[i - r0, j0 - c0 :]
+
+    items = [(-1, -1, -1, -1)] if extra is not None else []
+    for r0 in range(0, n - 1, group_rows):
+        r1 = min(n - 1, r0 + group_rows)
+        items += [(r0, r1, c0, min(n, c0 + _GEMM_COLS)) for c0 in range(r0 + 1, n, _GEMM_COLS)]
+    size = group_rows * bins * _GEMM_COLS * bins
+    run_tasks(task, items, [torch.empty(size, dtype=torch.int32, device=dev) for _ in range(cpu_workers(dev))])
+    return torch.log2(total) - (s_marg[ii, jj] + s_marg[jj, ii] - s_joint) / total
+
+
 # --------------------------------------------------------------------------- main kernel
 
 
@@ -490,7 +632,7 @@ def all_pairs_mi_cov_corr(
     bins: int = 15,
     z_max: float = 5.0,
     chunk_pairs: int = 512,
-    method: Literal["auto", "bincount", "scatter", "onehot"] = "auto",
+    method: Literal["auto", "gemm", "bincount", "scatter", "onehot"] = "auto",
 ) -> dict[str, Tensor]:
     """MI, covariance and Pearson r of every pair of rows, after pairwise outlier removal.
 
@@ -513,8 +655,12 @@ def all_pairs_mi_cov_corr(
             bytes of (sample, sample) sums and a few (pair,) vectors: 250 x 1024 runs in
             under 50 MB.
         method: how the joint histograms are counted; all give identical counts.
-            ``"bincount"``: one bincount per group of whole rows of pairs (about
-            ``chunk_pairs`` pairs) on single-threaded CPU workers (the CPU default). ``"scatter"``: a scatter-add of the codes (no host synchronisation).
+            ``"gemm"``: bfloat16 products of masked one-hot encodings in blocks of vectors on
+            single-threaded CPU workers (the CPU default where bfloat16 products are fast,
+            AMX or AVX-512 BF16, and exact; see :func:`_mi_gemm`), the pairs whose ranges move
+            recounted by bincount. ``"bincount"``: one bincount per group of whole rows of
+            pairs (about ``chunk_pairs`` pairs) on single-threaded CPU workers (the CPU default
+            elsewhere). ``"scatter"``: a scatter-add of the codes (no host synchronisation).
             ``"onehot"``: a float32 product of masked one-hot encodings per block of rows
             (the CUDA default; 0/1 values with fp32 accumulation, also under TF32, keep counts
             exact below 2**24 features; fp16/bf16 would return rounded counts above 2048/256),
@@ -545,11 +691,16 @@ def all_pairs_mi_cov_corr(
             f"and z_max ({z_max}) > 0"
         )
     if method == "auto":
-        method = "onehot" if x.device.type == "cuda" else "bincount"
-    if method not in ("bincount", "scatter", "onehot"):
+        method = default_method(x.device)
+    if method not in ("gemm", "bincount", "scatter", "onehot"):
         raise InputError(
-            "all_pairs_mi_cov_corr: method must be 'auto', 'bincount', 'scatter' or 'onehot'; "
+            "all_pairs_mi_cov_corr: method must be 'auto', 'gemm', 'bincount', 'scatter' or 'onehot'; "
             f"got {method!r}"
+        )
+    if method == "gemm" and (x.device.type != "cpu" or not _bf16_exact()):
+        raise InputError(
+            "all_pairs_mi_cov_corr: method 'gemm' needs a CPU whose bfloat16 products accumulate in float32 "
+            f"(x is on {x.device}{'' if x.device.type != 'cpu' else '; this one rounds'}); use method='bincount'"
         )
     finite = torch.isfinite(x).all(1)
     if not bool(finite.all()):
@@ -600,6 +751,13 @@ def all_pairs_mi_cov_corr(
     table, base = _entropy_table(m.long(), d)
     if method == "bincount":  # the covariances run next to the MI tasks
         mi = _mi_rows(b, keep_t, n, table_vec, ri, rj, bins, chunk_pairs, m, table, base, extra=cov_corr)
+    elif method == "gemm":
+        mi = _mi_gemm(b[:n], keep, bins, _GEMM_ROWS, m, table, base, extra=cov_corr)
+        redo = torch.nonzero((ri >= n) | (rj >= n)).flatten()  # pairs whose ranges move: recounted
+        if redo.numel():
+            mi[redo] = _mi_codes(
+                b, keep_t, ri[redo], rj[redo], bins, chunk_pairs, "bincount", m[redo], table, base[redo]
+            )
     else:
         cov_corr()
         if method == "onehot":
