@@ -33,7 +33,7 @@ from lamina.engine.errors import InputError, OfflineError
 
 from .textfiles import read_text_file, stimulus_path
 
-DEFAULT_CORPUS = "corpus.txt"  # in lamina/analyses/stimuli/
+DEFAULT_CORPUS = "corpus.txt"  # in analyses/stimuli/
 TEXT_FIELD = "text"
 
 

@@ -99,7 +99,8 @@ def page(runs: Path, model: str, out: Path) -> str:
         f"to float32. Control: the same architecture and tokenizer with seeded random weights (`--weights random`). "
         "The lectures used GPT-2 / GPT-Neo models with other tokenizers and sizes, so a finding that does not "
         "reproduce here is a statement about this model, not a proof the lecture was wrong. Each verdict is a rule "
-        "written in lamina/analyses/finding_measures.py and stated in the tables below.", "",
+        "written in `lamina.analyses.finding_measures` (analyses/finding_measures.py) and stated in the tables "
+        "below.", "",
         f"**{n_hold} of {n_test} testable findings hold on SmolLM2-135M.**", "",
         *summary, "",
         "Where a finding does not reproduce:" if plain else "Every testable finding reproduces.", "", *plain, "",

@@ -55,5 +55,5 @@ def _guess_encoding(raw: bytes) -> str:
 
 
 def stimulus_path(name: str) -> Path:
-    """A file shipped in lamina/analyses/stimuli/."""
+    """A file shipped in analyses/stimuli/ (the package lamina.analyses.stimuli)."""
     return Path(__file__).parent / "stimuli" / name
