@@ -35,7 +35,7 @@ from .hooks import Capture
 from .inputs import TokenBatch
 from .models import LoadedModel
 from .reducers import Reducer, Unit
-from .chunk_writer import ChunkWriter
+from .chunk_writer import ChunkWriter, UnitWrites
 from .store import MiB, RunWriter
 
 
@@ -132,14 +132,18 @@ def capture_to_store(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lamina-writer") as writer:
         for u in todo:
             rows = units.rows(u)
-            tensors = _run_unit(model, batch, layouts, rows, units)
-            unit = Unit(u, rows, tensors, lengths[rows.start:rows.stop])
-            states = [(r, r.reduce(unit)) for r in reducers]
             while len(pending) >= 2:  # bound memory: at most two units in flight
                 pending.popleft().result()
-            # the device-to-host copy happens in the writer thread too, overlapping the next unit's forward
-            pending.append(writer.submit(_write_unit, store, layouts, tensors if keep else {}, states, rows, phase,
-                                         u))
+            # a unit run in one forward writes each layer's chunks as soon as that layer is final, while the
+            # later blocks still run (and on CUDA copies them to the host on a side stream)
+            early = EarlyWrites(store, layouts, rows, writer) if keep and len(rows) <= units.micro_batch else None
+            tensors = _run_unit(model, batch, layouts, rows, units, early)
+            unit = Unit(u, rows, tensors, lengths[rows.start:rows.stop])
+            states = [(r, r.reduce(unit)) for r in reducers]
+            # what was not written early (and the device-to-host copy) happens in the writer thread too,
+            # overlapping the next unit's forward; the done flag comes last, with the manifest of every chunk
+            rest = tensors if keep and (early is None or not early.complete) else {}
+            pending.append(writer.submit(_write_unit, store, layouts, rest, states, rows, phase, u, early))
             bar.update(len(rows))
         for f in pending:
             f.result()
@@ -161,13 +165,16 @@ def _auto_micro_batch(model: LoadedModel, layouts, batch: TokenBatch, unit_bytes
     return int(broadcast_object(world, mb))
 
 
-def _run_unit(model, batch, layouts, rows: range, units: UnitPlan) -> dict[str, torch.Tensor]:
-    """All micro-batches of one unit, concatenated along the sample axis; CUDA OOM halves the batch."""
+def _run_unit(model, batch, layouts, rows: range, units: UnitPlan, early: EarlyWrites | None = None,
+              ) -> dict[str, torch.Tensor]:
+    """All micro-batches of one unit, concatenated along the sample axis; CUDA OOM halves the batch
+    (and gives up writing early: the unit is then written whole after its forwards)."""
     mb = units.micro_batch
     while True:
         try:
             parts: dict[str, list[torch.Tensor]] = {lay.capture.name: [] for lay in layouts}
-            for _, out in capture_batches(model, batch, layouts, rows=rows, micro_batch=mb):
+            on_entry = early.on_entry if early is not None and mb >= len(rows) else None
+            for _, out in capture_batches(model, batch, layouts, rows=rows, micro_batch=mb, on_entry=on_entry):
                 for k, v in out.items():
                     parts[k].append(v)
             return {k: v[0] if len(v) == 1 else torch.cat(v, dim=1) for k, v in parts.items()}
@@ -175,21 +182,100 @@ def _run_unit(model, batch, layouts, rows: range, units: UnitPlan) -> dict[str, 
             if not (is_oom(e) and model.device.type == "cuda" and mb > 1):
                 raise
             parts = {}
+            if early is not None:
+                early.abandon()
             torch.cuda.empty_cache()
             mb = max(1, mb // 2)
             tqdm.write(f"lamina: CUDA out of memory, micro-batch reduced to {mb}")
 
 
 def _write_unit(store: ChunkWriter, layouts, tensors: dict[str, torch.Tensor], states, rows: range, phase: str,
-                u: int):
+                u: int, early: EarlyWrites | None = None):
     """A unit's chunks and reducer states, then its done flag with their manifest (in that order: a flag never
-    lies)."""
+    lies). ``early``: the unit's chunks written during its forward (a failed one raises here; when all were
+    written their manifest joins the flag's, else the whole unit is in ``tensors``)."""
+    if early is not None:
+        early.raise_failures()
     host = {k: v.cpu().numpy() for k, v in tensors.items()}
-    with store.unit(phase, u) as w:
-        for lay in layouts:
-            name = lay.capture.name
-            if name not in host:
-                continue
-            w.write(name, (*lay.capture.prefix, slice(None), slice(rows.start, rows.stop)), host[name])
-        for reducer, state in states:
-            partials.write(w, reducer, u, state)
+    w = early.writes if early is not None and early.complete else UnitWrites(store)
+    for lay in layouts:
+        name = lay.capture.name
+        if name not in host:
+            continue
+        w.write(name, (*lay.capture.prefix, slice(None), slice(rows.start, rows.stop)), host[name])
+    for reducer, state in states:
+        partials.write(w, reducer, u, state)
+    store.mark_done(phase, u, w.chunks)
+
+
+class EarlyWrites:
+    """Writes one unit's layer entries as ``capture_batches`` finishes them (its ``on_entry``), in the writer
+    thread, collecting their manifest; the unit is marked done only by :func:`_write_unit`, after the forward.
+
+    On CUDA each entry is copied to pinned host memory on a side stream, so the copy overlaps the later blocks'
+    kernels; the writer waits for that copy's event before it encodes the chunk. An entry whose forward later
+    fails its finite check is written but never marked done: resume computes the unit again.
+    """
+
+    def __init__(self, store: ChunkWriter, layouts: Sequence[CaptureLayout], rows: range, writer: ThreadPoolExecutor):
+        self.writes = UnitWrites(store)
+        self._layouts = {lay.capture.name: lay for lay in layouts}
+        self._rows = rows
+        self._writer = writer
+        self._futures: list[Future] = []
+        self._entries = sum(lay.n_entries for lay in layouts)
+        self.abandoned = False
+
+    def on_entry(self, name: str, entry: int, samples: range, values: torch.Tensor) -> None:
+        if samples != self._rows:  # a forward over part of the unit: its entries are not whole chunks
+            self.abandon()
+        if self.abandoned:
+            return
+        lay = self._layouts[name]
+        region = (*lay.capture.prefix, slice(entry, entry + 1), slice(self._rows.start, self._rows.stop))
+        host, ready = _to_host(values)
+        self._futures.append(self._writer.submit(self._write, name, region, host, ready))
+
+    def _write(self, name: str, region: tuple, host: torch.Tensor, ready) -> None:
+        if ready is not None:
+            ready.synchronize()
+        self.writes.write(name, region, host.numpy()[None])
+
+    @property
+    def complete(self) -> bool:
+        """Every entry of the unit was handed over (all written once the writer reaches the unit's flag)."""
+        return not self.abandoned and len(self._futures) == self._entries
+
+    def raise_failures(self) -> None:
+        """Raise what an early write raised (they are all done when the writer thread calls this)."""
+        for f in self._futures:
+            f.result()
+
+    def abandon(self) -> None:
+        """Stop writing early (the unit is written whole after its forwards; chunks already written are
+        written again, with the same values)."""
+        self.abandoned = True
+
+
+def _to_host(values: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """``values`` on the host: itself on a CPU; on CUDA a pinned copy made on a side stream, with its event."""
+    if values.device.type != "cuda":
+        return values, None
+    stream = _side_stream(values.device)
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    stream.wait_stream(torch.cuda.current_stream(values.device))
+    with torch.cuda.stream(stream):
+        host.copy_(values, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record(stream)
+    values.record_stream(stream)  # the allocator must not reuse the buffer before the copy has read it
+    return host, ready
+
+
+_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    if device not in _STREAMS:
+        _STREAMS[device] = torch.cuda.Stream(device)
+    return _STREAMS[device]
