@@ -70,5 +70,5 @@ def test_units_of_several_forwards_are_written_after_them(tmp_path, tiny_model, 
     path = _capture(tmp_path, "run", m, batch, captures(m), micro_batch=2, samples_per_chunk=4)
     # units of 4 samples take two forwards (a forward over part of a unit would write partial chunks); the last
     # unit, 1 sample, is one forward
-    assert {a[1] for a in called} == {range(8, 9)}
+    assert {a[2] for a in called} == {range(8, 9)}
     assert open_run(path).complete and verify(str(path)).ok
