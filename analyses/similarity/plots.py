@@ -44,7 +44,8 @@ def plot(run, figdir: str | Path) -> list[Path]:
     names = [runs.get(k, {}).get("label", k.upper()) for k in ("a", "b")]
     labels = labels_of(run)
     attrs = dict(run[CKA].attrs)
-    how = f"{attrs.get('n_tokens', '?')} tokens, {attrs.get('estimator', '?')}"
+    how = f"{attrs.get('n_tokens', '?')} tokens, {attrs.get('estimator', '?')}" + (
+        f" (minibatches of {attrs['minibatch_size']})" if attrs.get("estimator") == "minibatch" else "")
     mats = [run.numpy(CKA), run.numpy(CKA_DEBIASED)]
     ta, tb = np.asarray(run.labels(CKA, "layer_a")), np.asarray(run.labels(CKA, "layer_b"))
     title = f"CKA: A = {names[0]}  vs  B = {names[1]}\n{how}"
