@@ -31,7 +31,7 @@ from lamina.engine.kernels.cka_streaming import merge_moment_states, moment_stat
 from lamina.engine.labelled import Coord, Labelled
 from lamina.engine.reducers import State, StateSpec, Unit
 
-from . import schema
+from .schema import BEST_LAYER, BEST_VALUE, CKA, CKA_DEBIASED, DEPTH_A, DEPTH_B, DIMS, REDUCER
 
 MOMENT_BYTES = 64 << 20  # the exact state is used while one unit's moments stay under 64 MiB
 
@@ -125,7 +125,7 @@ class CKAState:
     include: Tensor
     kind: str
     batch_size: int = 256
-    name: str = schema.REDUCER
+    name: str = REDUCER
 
     def state_specs(self, widths: Mapping[str, tuple[int, int]]) -> dict[str, StateSpec]:
         n_layers, width = widths[self.capture]
@@ -168,15 +168,15 @@ def matrix_results(cka: Tensor, cka_u: Tensor, layers_a, layers_b, attrs: Mappin
     best = np.where(idx.cpu().numpy() >= 0, layer_b[idx.cpu().numpy().clip(0)], -1)
     a_only = {"layer_a": coords["layer_a"]}
     return {
-        schema.DEPTH_A: Labelled(depth(la), ("layer_a",), a_only, {"long_name": "relative depth of A's layer"}),
-        schema.DEPTH_B: Labelled(depth(lb), ("layer_b",), {"layer_b": coords["layer_b"]},
+        DEPTH_A: Labelled(depth(la), ("layer_a",), a_only, {"long_name": "relative depth of A's layer"}),
+        DEPTH_B: Labelled(depth(lb), ("layer_b",), {"layer_b": coords["layer_b"]},
                                  {"long_name": "relative depth of B's layer"}),
-        schema.CKA: Labelled(cka.cpu().numpy(), schema.DIMS, coords, {**common, "long_name": "linear CKA"}),
-        schema.CKA_DEBIASED: Labelled(cka_u.cpu().numpy(), schema.DIMS, coords,
+        CKA: Labelled(cka.cpu().numpy(), DIMS, coords, {**common, "long_name": "linear CKA"}),
+        CKA_DEBIASED: Labelled(cka_u.cpu().numpy(), DIMS, coords,
                                       {**common, "long_name": "linear CKA, unbiased HSIC"}),
-        schema.BEST_LAYER: Labelled(best, ("layer_a",), a_only,
+        BEST_LAYER: Labelled(best, ("layer_a",), a_only,
                                     {"long_name": "layer of B with the highest debiased CKA"
                                      + (" (itself excluded)" if exclude_self else "")}),
-        schema.BEST_VALUE: Labelled(val.cpu().numpy(), ("layer_a",), a_only,
+        BEST_VALUE: Labelled(val.cpu().numpy(), ("layer_a",), a_only,
                                     {"long_name": "its debiased CKA"}),
     }

@@ -116,22 +116,22 @@ def labelled(out: dict[str, Tensor], layers_a, layers_b, attrs: dict, level: flo
     from lamina.engine.labelled import Coord, Labelled
 
     from ..cka.compute import matrix_results
-    from . import schema
+    from .schema import CKA, DIMS, INTERVAL, INTERVAL_DIMS, MINIBATCH, P_FWER, P_VALUE
 
     res = matrix_results(out["cka"], out["cka_debiased"], layers_a, layers_b, attrs, exclude_self=False)
-    coords = dict(res[schema.CKA].coords)
+    coords = dict(res[CKA].coords)
     common = {"coordinates": "depth_a depth_b", "estimator": "minibatch", "batch_size": attrs.get("minibatch_size")}
-    grid = dict(dims=schema.DIMS, coords=coords)
+    grid = dict(dims=DIMS, coords=coords)
     bound = Coord.of(["lo", "hi"], long_name=f"{level:g} percentile interval bound")
     res.update({
-        schema.MINIBATCH: Labelled(out["minibatch"].cpu().numpy(), **grid,
+        MINIBATCH: Labelled(out["minibatch"].cpu().numpy(), **grid,
                                    attrs={**common, "long_name": "minibatch CKA, unbiased HSIC (Nguyen et al. 2021)"}),
-        schema.INTERVAL: Labelled(out["interval"].cpu().numpy(), schema.INTERVAL_DIMS, {**coords, "bound": bound},
+        INTERVAL: Labelled(out["interval"].cpu().numpy(), INTERVAL_DIMS, {**coords, "bound": bound},
                                   {**common, "level": level, "resampled": "minibatches (Poisson(1) weights)",
                                    "long_name": "bootstrap percentile interval of the minibatch CKA"}),
-        schema.P_VALUE: Labelled(out["p"].cpu().numpy(), **grid,
+        P_VALUE: Labelled(out["p"].cpu().numpy(), **grid,
                                  attrs={**common, "long_name": "permutation p-value of the minibatch CKA (per pair)"}),
-        schema.P_FWER: Labelled(out["p_fwer"].cpu().numpy(), **grid,
+        P_FWER: Labelled(out["p_fwer"].cpu().numpy(), **grid,
                                 attrs={**common, "long_name": "permutation p-value, step-down max-statistic corrected "
                                                               "over all layer pairs"}),
     })
