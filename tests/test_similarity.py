@@ -77,6 +77,8 @@ def test_similarity_equals_numpy(pair):
     assert len(rows) == 6 and float(rows[1]["cka"]) == run.numpy("results/cka")[0, 1]
     assert s.report.endswith("report.html") and "similarity_heatmap" in open(s.report).read()
     assert _main("similarity", a.url, b.url, "--out", s.out) == 2  # a complete similarity is not silently redone
+    again = lamina.similarity(a.url, b.url, out=s.out, overwrite=True, options=Options(permutations=3))
+    assert again.table == s.table and again.report == s.report and lamina.open_run(s.out).complete
 
 
 def test_different_tokens_refused_in_one_line(pair, gpt2_dir, capsys):

@@ -110,6 +110,7 @@ def similarity(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *
             "weights": " vs ".join(str(r["weights"]) for r in runs.values()), "seed": options.seed,
             "stimuli_sha256": a.run.attrs.get("stimuli_sha256"), "versions": versions(), "machine": machine()}
     store = RunWriter.open(dest, experiment=schema.EXPERIMENT, key=key, provenance=prov, overwrite=overwrite)
+    staged = store.write_url  # a replacement is built beside the old folder, then swapped in
     try:
         t0 = time.perf_counter()
         acc = Accumulator(kind, batch_size=batch, permutations=options.permutations, seed=options.seed)
@@ -138,10 +139,10 @@ def similarity(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *
         raise
     finally:
         store.close()
-    moved = [p.replace(store.write_url, url) if isinstance(p, str) else str(p) for p in paths]
+    moved = [str(p).replace(staged, url) for p in paths]
     table = next((p for p in moved if p.endswith(".csv")), None)
     return Similarity(url, (a.run.url, b.run.url), tuple(p for p in moved if not p.endswith(".csv")), table,
-                      None if report is None else str(report).replace(store.write_url, url))
+                      None if report is None else str(report).replace(staged, url))
 
 
 def _layers(labels: list) -> list[int]:
