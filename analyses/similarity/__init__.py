@@ -106,7 +106,12 @@ def similarity(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *
     opts = {**dataclasses.asdict(options), "estimator": kind, "batch_size": batch}
     key = {"experiment": schema.EXPERIMENT, "runs": [r["url"] for r in runs.values()], "acts": [a.acts, b.acts],
            "options": opts, "stimuli": a.run.attrs.get("stimuli_sha256")}
-    prov = {"model": {"model": f"{labels[0]} vs {labels[1]}"}, "runs": runs, "options": opts, "device": str(dev),
+    def both(key: str, field: str | None = None) -> str:
+        values = [(s.run.attrs.get(key) or {}).get(field) if field else s.run.attrs.get(key) for s in (a, b)]
+        return str(values[0]) if values[0] == values[1] else f"{values[0]} vs {values[1]}"
+
+    model = {"model": f"{labels[0]} vs {labels[1]}", "architecture": both("model", "architecture")}
+    prov = {"model": model, "runs": runs, "options": opts, "device": str(dev), "dtype": both("dtype"),
             "weights": " vs ".join(str(r["weights"]) for r in runs.values()), "seed": options.seed,
             "stimuli_sha256": a.run.attrs.get("stimuli_sha256"), "versions": versions(), "machine": machine()}
     store = RunWriter.open(dest, experiment=schema.EXPERIMENT, key=key, provenance=prov, overwrite=overwrite)
