@@ -103,3 +103,18 @@ def test_user_files_are_never_touched(pair, capsys):
     (sim / "figures" / "my_plot.png").write_bytes(b"x")
     assert _main("similarity", a.url, b.url, "--out", sim, "--overwrite", "--permutations", "3") == 2
     assert (sim / "figures" / "my_plot.png").read_bytes() == b"x"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_similarity_on_cuda_equals_cpu(pair):
+    import lamina
+    from lamina.analyses.similarity import Options
+
+    root, a, b = pair
+    opts = Options(batch_size=16, permutations=9, resamples=50)
+    runs = [lamina.open_run(lamina.similarity(a.url, b.url, out=root / f"on-{d}", device=d, options=opts,
+                                              figures=False).out) for d in ("cpu", "cuda")]
+    assert runs[1].attrs["device"].startswith("cuda")
+    for name in ("results/cka", "results/cka_debiased", "results/cka_debiased_minibatch"):
+        np.testing.assert_allclose(runs[1].numpy(name), runs[0].numpy(name), rtol=1e-5, atol=1e-7, err_msg=name)
