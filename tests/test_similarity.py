@@ -37,6 +37,12 @@ def pair(tmp_path_factory, gpt2_dir):
     return root, _cka(gpt2_dir, root / "a", text), _cka(other, root / "b", text)
 
 
+def lamina_run(url):
+    from lamina.engine.reader import open_run
+
+    return open_run(url)
+
+
 def _main(*args):
     from lamina.analyses.cli import main
 
@@ -98,6 +104,8 @@ def test_user_files_are_never_touched(pair, capsys):
     (out / "notes.txt").write_text("mine")
     assert _main("similarity", a.url, b.url, "--out", out, "--no-figures") == 2
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and "notes.txt" in capsys.readouterr().err
+    assert _main("similarity", a.url, b.url, "--out", b.url, "--overwrite") == 2  # never replaces an input
+    assert "being compared" in capsys.readouterr().err and (b.folder and lamina_run(b.url).complete)
     sim = root / "sim2"
     assert _main("similarity", a.url, b.url, "--out", sim, "--permutations", "0", "--resamples", "0") == 0
     (sim / "figures" / "my_plot.png").write_bytes(b"x")

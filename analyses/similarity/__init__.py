@@ -67,7 +67,7 @@ REPORT_AS = Analysis(name=schema.EXPERIMENT, title="Linear CKA between the layer
 
 @dataclasses.dataclass(frozen=True)
 class Similarity:
-    """What :func:`similarity` wrote: the folder (open it with ``lamina.open_run`` or xarray), figures, table, report."""
+    """What :func:`similarity` wrote: the folder (``lamina.open_run`` or xarray opens it), figures, table, report."""
 
     out: str
     runs: tuple[str, str]
@@ -91,6 +91,9 @@ def similarity(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *
     dest = dst.check_destination(out, overwrite=overwrite, complete_ok=True)
     check_writable(dest.url)
     a, b = open_pair(run_a, run_b, options.acts_a, options.acts_b)
+    for side in (a, b):
+        if os.path.realpath(str(side.run.url)) == os.path.realpath(dest.url):
+            raise InputError(f"--out {str(out)!r} is the run {side.run.url!r} being compared; give another folder")
     dev = resolve_device(device)
     mask = sample_mask(a, b)
     n_tokens = int(mask.sum())

@@ -18,7 +18,7 @@ from .schema import (BEST_LAYER, BEST_VALUE, CKA, CKA_DEBIASED, FIGURE_BEST, FIG
 
 def labels_of(run) -> tuple[str, str]:
     runs = run.attrs.get("runs", {})
-    return (f"layer of A ({runs.get('a', {}).get('label', 'A')})", f"layer of B ({runs.get('b', {}).get('label', 'B')})")
+    return tuple(f"layer of {k.upper()} ({runs.get(k, {}).get('label', k.upper())})" for k in ("a", "b"))
 
 
 def write_table(run, path: Path) -> Path:
