@@ -21,7 +21,7 @@ def heatmaps(matrices: Sequence[np.ndarray], titles: Sequence[str], labels: tupl
     """One heatmap per matrix [layer_a, layer_b] side by side on one colour scale (rows: A, from the top)."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(matrices), figsize=(5.2 * len(matrices) + 0.8, 5.0), squeeze=False,
+    fig, axes = plt.subplots(1, len(matrices), figsize=(max(5.2 * len(matrices) + 0.8, 8.0), 5.0), squeeze=False,
                              layout="constrained")
     image = None
     for ax, m, title in zip(axes[0], matrices, titles):

@@ -56,9 +56,10 @@ def plot(run, figdir: str | Path) -> list[Path]:
     paths += save_figure(fig, figdir, FIGURE_BEST)
     p = run.numpy(P_FWER)
     if np.isfinite(p).any():
-        n_perm = run.attrs.get("options", {}).get("permutations", "?")
+        n_perm = int(run.attrs.get("options", {}).get("permutations", 0))
+        top = float(np.log10(1 + n_perm)) if n_perm else float(np.nanmax(-np.log10(p))) or 1.0  # smallest p possible
         fig = heatmaps([-np.log10(p)], [f"-log10 p (max-statistic corrected, {n_perm} permutations)"], labels,
-                       title, ta, tb, vmin=0.0, vmax=float(np.nanmax(-np.log10(p))) or 1.0)
+                       title, ta, tb, vmin=0.0, vmax=top)
         fig.axes[-1].set_ylabel("-log10 p")
         paths += save_figure(fig, figdir, FIGURE_P)
     return [*paths, write_table(run, figdir / TABLE)]
