@@ -52,3 +52,14 @@ def minibatch_cka(xa: np.ndarray, xb: np.ndarray, m: int) -> np.ndarray:
         return sum(hsic(x[s] @ x[s].T, y[s] @ y[s].T, True) for s in parts)
 
     return np.array([[total(a, b) / np.sqrt(total(a, a) * total(b, b)) for b in xb] for a in xa])
+
+
+def mutual_knn(x: np.ndarray, y: np.ndarray, k: int) -> float:
+    """Huh et al.'s mutual k-NN alignment of x [n, p] and y [n, q]: mean_i |N_x(i) ∩ N_y(i)| / k (cosine, i excluded)."""
+    def neighbours(z):
+        z = z / np.linalg.norm(z, axis=1, keepdims=True)
+        s = z @ z.T
+        np.fill_diagonal(s, -np.inf)
+        return [set(np.argsort(-row, kind="stable")[:k]) for row in s]
+
+    return float(np.mean([len(a & b) / k for a, b in zip(neighbours(x), neighbours(y))]))

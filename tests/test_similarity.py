@@ -8,7 +8,7 @@ import csv
 import numpy as np
 import pytest
 
-from .cka_reference import cka_matrix, minibatch_cka
+from .cka_reference import cka_matrix, minibatch_cka, mutual_knn
 from .conftest import make_checkpoint
 from .helpers import run_analysis
 
@@ -71,6 +71,9 @@ def test_similarity_equals_numpy(pair):
     mini = run.numpy("results/cka_debiased_minibatch")
     np.testing.assert_allclose(mini, minibatch_cka(xa, xb, 16), rtol=1e-6, atol=1e-8)
     np.testing.assert_array_equal(run.numpy("results/best_layer"), run.numpy("results/cka_debiased").argmax(1))
+    parts = [slice(i, i + 16) for i in range(0, xa.shape[1] - 15, 16)]
+    knn = [[np.mean([mutual_knn(x[s], y[s], 10) for s in parts]) for y in xb] for x in xa]
+    np.testing.assert_allclose(run.numpy("results/mutual_knn"), knn, atol=1e-12)
     p, fwer, ci = run.numpy("results/p_value"), run.numpy("results/p_value_fwer"), run.numpy(
         "results/cka_debiased_minibatch_interval")
     assert ((p >= 1 / 20) & (p <= 1) & (fwer >= p)).all()

@@ -17,6 +17,9 @@ Blocks of tokens come in order (A [La, t, p] and B [Lb, t, q], the same tokens).
   permuted (``permutations`` permutations per minibatch, seeded by (seed, minibatch)). Their sums give Nguyen et
   al.'s minibatch CKA, its permutation null (max-statistic corrected over all pairs) and, with Poisson(1)
   weights per minibatch (:func:`~lamina.engine.kernels.bootstrap.poisson_weights`), its bootstrap replicates.
+
+Per minibatch also the mutual 10-NN alignment of every layer pair (:func:`~lamina.engine.kernels.knn.mutual_knn`,
+neighbours among the minibatch's tokens), averaged over the minibatches.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from lamina.engine.kernels.bootstrap import poisson_weights
 from lamina.engine.kernels.cka import cka_terms
 from lamina.engine.kernels.cka_inference import cka_permutation_terms
 from lamina.engine.kernels.cka_streaming import merge_moment_states, moment_state
+from lamina.engine.kernels.knn import mutual_knn
 
 from ..cka.compute import _ratio, add_states, finish, minibatch_sums
 
@@ -55,6 +59,8 @@ class Accumulator:
         self.per_batch: list[tuple[Tensor, Tensor, Tensor]] = []  # (u_ab, u_a, u_b) of every minibatch
         self.null_ab: Tensor | None = None  # [P, La, Lb] Σ over minibatches of the permuted cross HSIC
         self.tokens = 0
+        self.knn: Tensor | None = None  # [La, Lb] Σ over minibatches of the mutual k-NN alignment
+        self.k = 10
 
     def add(self, xa: Tensor, xb: Tensor) -> None:
         if xa.shape[1] == 0:
@@ -76,6 +82,9 @@ class Accumulator:
         if self.kind == "minibatch":
             self.main = s if self.main is None else add_states(self.main, s)
         self.per_batch.append((s["u_ab"], s["u_a"], s["u_b"]))
+        if xa.shape[1] > self.k:
+            knn = mutual_knn(xa, xb, k=self.k)
+            self.knn = knn if self.knn is None else self.knn + knn
         if self.n_perm:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + len(self.per_batch))
             perms = draw_permutations(xa.shape[1], self.n_perm, generator=g).to(xa.device)
@@ -95,7 +104,7 @@ class Accumulator:
         mini = _ratio(u_ab.sum(0), u_a.sum(0), u_b.sum(0))
         nan = torch.full_like(mini, float("nan"))
         out = {"cka": cka, "cka_debiased": cka_u, "minibatch": mini, "interval": torch.stack([nan, nan]),
-               "p": nan, "p_fwer": nan}
+               "p": nan, "p_fwer": nan, "mutual_knn": nan if self.knn is None else self.knn / len(self.per_batch)}
         m = u_ab.shape[0]
         if m >= 2 and resamples:
             w = poisson_weights(self.seed, range(m), resamples).to(device=u_ab.device, dtype=torch.float64)
@@ -116,7 +125,7 @@ def labelled(out: dict[str, Tensor], layers_a, layers_b, attrs: dict, level: flo
     from lamina.engine.labelled import Coord, Labelled
 
     from ..cka.compute import matrix_results
-    from .schema import CKA, DIMS, INTERVAL, INTERVAL_DIMS, MINIBATCH, P_FWER, P_VALUE
+    from .schema import CKA, DIMS, INTERVAL, INTERVAL_DIMS, MINIBATCH, MUTUAL_KNN, P_FWER, P_VALUE
 
     res = matrix_results(out["cka"], out["cka_debiased"], layers_a, layers_b, attrs, exclude_self=False)
     coords = dict(res[CKA].coords)
@@ -134,5 +143,8 @@ def labelled(out: dict[str, Tensor], layers_a, layers_b, attrs: dict, level: flo
         P_FWER: Labelled(out["p_fwer"].cpu().numpy(), **grid,
                                 attrs={**common, "long_name": "permutation p-value, step-down max-statistic corrected "
                                                               "over all layer pairs"}),
+        MUTUAL_KNN: Labelled(out["mutual_knn"].cpu().numpy(), **grid,
+                             attrs={**common, "k": 10, "long_name": "mutual 10-NN alignment (Huh et al. 2024), mean "
+                                                                    "over minibatches (neighbours within each)"}),
     })
     return res

@@ -13,7 +13,7 @@ import numpy as np
 from ..cka.plots import TITLES, best_layer_figure, heatmaps
 from ..plotting import save_figure, start
 from .schema import (BEST_LAYER, BEST_VALUE, CKA, CKA_DEBIASED, FIGURE_BEST, FIGURE_HEATMAP, FIGURE_P, INTERVAL,
-                     MINIBATCH, P_FWER, P_VALUE, TABLE)
+                     MINIBATCH, MUTUAL_KNN, P_FWER, P_VALUE, TABLE)
 
 
 def labels_of(run) -> tuple[str, str]:
@@ -25,7 +25,8 @@ def write_table(run, path: Path) -> Path:
     """One row per layer pair: every matrix of the folder, the interval and the best match of A's layer."""
     la, lb = run.labels(CKA, "layer_a"), run.labels(CKA, "layer_b")
     cols = {"cka": run.numpy(CKA), "cka_debiased": run.numpy(CKA_DEBIASED), "cka_debiased_minibatch":
-            run.numpy(MINIBATCH), "p_value": run.numpy(P_VALUE), "p_value_fwer": run.numpy(P_FWER)}
+            run.numpy(MINIBATCH), "p_value": run.numpy(P_VALUE), "p_value_fwer": run.numpy(P_FWER),
+            "mutual_knn": run.numpy(MUTUAL_KNN)}
     ci = run.numpy(INTERVAL)
     best = run.numpy(BEST_LAYER)
     with open(path, "w", newline="", encoding="utf-8") as f:

@@ -14,6 +14,7 @@ INTERVAL = "results/cka_debiased_minibatch_interval"  # [bound, layer_a, layer_b
 INTERVAL_DIMS = ("bound", *DIMS)
 P_VALUE = "results/p_value"  # [layer_a, layer_b] permutation p-value of the minibatch CKA, per pair
 P_FWER = "results/p_value_fwer"  # [layer_a, layer_b] the same, max-statistic (step-down) corrected over all pairs
+MUTUAL_KNN = "results/mutual_knn"  # [layer_a, layer_b] mutual 10-NN alignment, mean over the minibatches
 TOKENS = "inputs/tokens"  # compared between the two runs
 INCLUDE = "inputs/include"  # the tokens that are samples (a cka run's; else every real token)
 LENGTHS = "inputs/lengths"
