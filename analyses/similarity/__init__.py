@@ -113,7 +113,8 @@ def similarity(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *
         values = [(s.run.attrs.get(key) or {}).get(field) if field else s.run.attrs.get(key) for s in (a, b)]
         return str(values[0]) if values[0] == values[1] else f"{values[0]} vs {values[1]}"
 
-    model = {"model": f"{labels[0]} vs {labels[1]}", "architecture": both("model", "architecture")}
+    model = {"model": f"{labels[0]} vs {labels[1]}",
+             **{k: both("model", k) for k in ("architecture", "n_layers", "d_model")}}
     prov = {"model": model, "runs": runs, "options": opts, "device": str(dev), "dtype": both("dtype"),
             "weights": " vs ".join(str(r["weights"]) for r in runs.values()), "seed": options.seed,
             "stimuli_sha256": a.run.attrs.get("stimuli_sha256"), "versions": versions(), "machine": machine()}
