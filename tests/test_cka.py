@@ -89,3 +89,18 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, gpt2_dir):
     assert b.complete and b.attrs.get("resumed") and a.arrays() == b.arrays()
     for name in a.arrays():
         np.testing.assert_array_equal(a.numpy(name), b.numpy(name), err_msg=name)
+
+
+def test_other_hook_mlp_pre_equals_numpy(tmp_path, gpt2_dir):
+    import torch
+
+    from lamina.engine.inputs import TokenBatch
+
+    from .reference_hf import hf_reference
+
+    run = _run(gpt2_dir, tmp_path / "pre", hook="blocks.{layer}.mlp.hook_pre", n_seq=3, seq_len=16)
+    tokens = torch.as_tensor(run.numpy("inputs/tokens"), dtype=torch.long)
+    fc = hf_reference(gpt2_dir, TokenBatch(tokens, torch.full((3,), 16), 0))["fc"].astype(np.float64)
+    x = fc.reshape(fc.shape[0], -1, fc.shape[-1])
+    assert run.attrs["options"]["estimator"] == "moments"
+    np.testing.assert_allclose(run.numpy("results/cka_debiased"), cka_matrix(x, x, True), rtol=1e-4, atol=1e-5)

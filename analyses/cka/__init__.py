@@ -74,6 +74,16 @@ class Config:
         return self.n_seq * self.seq_len
 
 
+def hook_width(hook: str, model) -> int | None:
+    """Features of ``hook`` known before the capture (residual stream and block outputs: d_model; MLP: d_mlp);
+    None for other hooks, whose ``auto`` estimator is then the minibatch one."""
+    if hook.endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")):
+        return model.d_model
+    if hook.endswith(("mlp.hook_pre", "mlp.hook_post")):
+        return model.d_mlp
+    return None
+
+
 def spec(cfg: Config, model) -> Spec:
     tok, bos = model.tokenizer, model.bos_token_id
     room = model.n_ctx - (bos is not None)
@@ -88,9 +98,9 @@ def spec(cfg: Config, model) -> Spec:
     include = torch.ones(fed.shape, dtype=torch.bool)
     if bos is not None:
         include[:, 0] = False  # the BOS in front is no corpus token (and its activations are outliers)
-    kind = estimator(model.n_layers, model.d_model, cfg.estimator) if cfg.hook == schema.HOOK else cfg.estimator
-    if kind == "auto":  # another hook's width is known only once captured: exact only when asked
-        kind = "minibatch"
+    width = hook_width(cfg.hook, model)
+    kind = "minibatch" if cfg.estimator == "auto" and width is None else estimator(model.n_layers, width,
+                                                                                   cfg.estimator)
     batch_size = cfg.batch_size or cfg.seq_len
     if kind == "minibatch" and batch_size > cfg.n_tokens:
         raise InputError(f"--batch-size {batch_size} is more than the {cfg.n_tokens} tokens; give a smaller one")
