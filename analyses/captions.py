@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from lamina.engine.labelled import Labelled
 
+from .cka.captions import CAPTIONS as CKA_CAPTIONS
+
 RANDOM_CAPTION = ("RANDOM WEIGHTS: this run's model has random weights, so this figure is scientifically "
                   "meaningless (architecture, plumbing and speed only); the lecture finding below does not apply.")
 
@@ -106,6 +108,7 @@ RUN_CAPTIONS: tuple[Entry, ...] = (
      "Mean covariance, MI and correlation over all pairs and corrcoef(cov, MI), against the hidden state "
      "(0 = embeddings).", lambda g: PUNCT_LECTURE + PUNCT_TREND + " r(cov, MI) ≈ −0.13 at state 1."),
 )
+RUN_CAPTIONS += CKA_CAPTIONS  # cka and similarity figures (analyses/cka/captions.py)
 ORDER = [re.compile(p) for p, *_ in RUN_CAPTIONS]
 
 

@@ -6,6 +6,7 @@
     lamina info STORE [--verify]     provenance, status, progress, arrays, key numbers
     lamina verify STORE              metadata and every chunk against the run's manifest
     lamina plot STORE [FIGURE OPTIONS]   redraw a run's figures
+    lamina similarity RUN_A RUN_B --out FOLDER   layer x layer CKA of two runs on the same tokens
     lamina analyses                  what is registered (built-ins and plugins)
     lamina bench [--quick]           benchmarks side by side
 
@@ -201,6 +202,11 @@ app.add_command(_capture_command(), "capture")
 from .cli_compare import register as _register_compare  # noqa: E402  (lamina compare, lamina report)
 
 _register_compare(app)
+
+from .similarity.cli import command as _similarity  # noqa: E402  (lamina similarity RUN_A RUN_B --out F)
+
+_similarity.context_settings = CONTEXT
+app.add_command(_similarity)
 
 
 def _is_main() -> bool:

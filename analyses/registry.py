@@ -29,6 +29,7 @@ BUILTIN = {  # name -> "module:attribute"; imported on first use
     "length": "lamina.analyses.length:ANALYSIS",
     "punct": "lamina.analyses.punct:ANALYSIS",
     "capture": "lamina.analyses.capture:ANALYSIS",
+    "cka": "lamina.analyses.cka:ANALYSIS",
 }
 COURSE = ("qkv", "rsa", "length", "punct")  # what `lamina run all` runs
 _registered: dict[str, Analysis] = {}

@@ -14,6 +14,7 @@ The promise is these names; everything else is importable but may change.
 - :func:`run` an analysis (built-in or plugin) exactly as ``lamina run NAME`` does;
 - :func:`open_run` / :class:`Run` read a run; :func:`verify` checks every chunk's checksum;
 - :func:`compare` runs of one analysis across models, seeds or dtypes on a relative-depth axis;
+- :func:`similarity` layer × layer CKA of two runs on the same tokens (``lamina similarity A B --out F``);
 - :class:`Analysis`, :func:`register` to add an analysis; :mod:`errors` every error lamina raises.
 """
 
@@ -23,12 +24,14 @@ import importlib
 
 _NAMES = {  # name -> module; imported on first use, so that reading a run does not import torch
     "capture": "lamina.analyses.api", "run": "lamina.analyses.api", "compare": "lamina.analyses.compare",
+    "similarity": "lamina.analyses.similarity",
     "Analysis": "lamina.analyses.protocol", "register": "lamina.analyses.registry", "errors": "lamina.errors",
     "load_model": "lamina.engine.models", "Run": "lamina.engine.reader", "open_run": "lamina.engine.reader",
     "verify": "lamina.engine.verify",
 }
 
-__all__ = ["load_model", "capture", "run", "open_run", "Run", "verify", "compare", "Analysis", "register", "errors"]
+__all__ = ["load_model", "capture", "run", "open_run", "Run", "verify", "compare", "similarity", "Analysis", "register",
+           "errors"]
 
 
 def __getattr__(name: str):

@@ -25,6 +25,7 @@ CASES = {  # analysis -> (its options, unit size)
     "punct": (["--marks", "10"], 2),
     "capture": (["--hook", "blocks.{layer}.attn.hook_q", "--hook", "blocks.{layer}.attn.hook_k", "--positions", "all"],
                 4),
+    "cka": (["--n-seq", "8", "--seq-len", "16"], 1),
 }
 
 
