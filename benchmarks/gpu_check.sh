@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check, under 8 minutes on one GPU (the steps' time limits add up to 475 s), writing ONE JSON:
+# One prepared GPU check, under 8 minutes on one GPU (the steps' time limits add up to 470 s), writing ONE JSON:
 #   1. every test marked `cuda` (tests/, so new paths' CUDA tests join by their marker);
 #   2. the benchmarks on CUDA: capture (MFU, store bandwidth), kernels, scaling, end to end;
 #   3. peers on CUDA: lamina vs nnsight, TransformerLens run_with_cache, HF hooks, the raw body
@@ -49,11 +49,11 @@ if $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; 
   gpu=1
   echo "== GPU: $($PY -c 'import torch; print(torch.cuda.get_device_name(0))')"
   step cuda_tests 100 - $PY -m pytest -m cuda -q -p no:cacheprovider tests/ --junitxml="$OUT/cuda-tests.xml"
-  step bench_cuda 160 "$OUT/bench-cuda.json" \
+  step bench_cuda 140 "$OUT/bench-cuda.json" \
     $PY -m lamina.benchmarks --device cuda --cases capture,kernels,scaling,e2e --out "$OUT/bench-cuda.json"
-  step peers_cuda 55 "$OUT/peers-cuda.json" \
+  step peers_cuda 50 "$OUT/peers-cuda.json" \
     $PY -m lamina.benchmarks --device cuda --cases peers --out "$OUT/peers-cuda.json"
-  step throughput_cuda 60 "$OUT/throughput-cuda.json" \
+  step throughput_cuda 55 "$OUT/throughput-cuda.json" \
     $PY -m lamina.benchmarks --device cuda --cases throughput --out "$OUT/throughput-cuda.json"
   device=cuda
 else
@@ -83,6 +83,15 @@ if [ -f benchmarks/cka_bench.py ] && has_module lamina.engine.kernels.cka; then
   fi
 else
   not_run cka "not available yet (lamina.engine.kernels.cka and benchmarks/cka_bench.py)"
+fi
+if [ "$gpu" = 1 ] && has_module lamina.analyses.similarity; then  # the trained model's layer x layer CKA, and vs its control
+  step smollm2_cka 25 - bash -c "$PY -m lamina.analyses.cli run cka --model smollm2-135m --dtype bfloat16 \
+    --device cuda --out '$OUT/cka-smollm2' --overwrite --no-progress && $PY -m lamina.analyses.cli run cka \
+    --model smollm2-135m --weights random --dtype bfloat16 --device cuda --out '$OUT/cka-smollm2-random' \
+    --overwrite --no-progress && $PY -m lamina.analyses.cli similarity '$OUT/cka-smollm2' '$OUT/cka-smollm2-random' \
+    --device cuda --out '$OUT/similarity-smollm2' --overwrite"
+else
+  not_run smollm2_cka "GPU only (lamina run cka / lamina similarity on SmolLM2-135M; their CPU side is in the tests)"
 fi
 if has_module lamina.engine.kernels.bootstrap; then
   noted bootstrap "timed in the cka step (its bootstrap variant); its CUDA tests ran with the cuda marker"
