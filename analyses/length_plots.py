@@ -1,4 +1,4 @@
-"""Figures of a length run (EXPERIMENTS.md C), drawn from the store alone.
+"""Figures of a length run (docs/analyses.md "length"), drawn from the store alone.
 
 >>> paths = plot(open_run("runs/length-EleutherAI-gpt-neo-125M-random"), Path("figs"))   # doctest: +SKIP
 >>> sorted(p.name for p in paths)[:2]                                                    # doctest: +SKIP

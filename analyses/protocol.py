@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from lamina.engine.errors import AnalysisError
 from lamina.engine.hooks import Capture
 from lamina.engine.inputs import TokenBatch
 from lamina.engine.labelled import Coord, Labelled
@@ -96,14 +97,25 @@ class Data:
     """What compute reads: stored captures (loaded onto the device on first use) and folded reducer states."""
 
     def __init__(self, load: Callable[[str], torch.Tensor], reduced: Mapping[str, State],
-                 widths: Mapping[str, tuple[tuple[int, ...], ...]]):
+                 widths: Mapping[str, tuple[tuple[int, ...], ...]], stored: Sequence[str] | None = None):
         self._load = load
         self._cache: dict[str, torch.Tensor] = {}
         self.reduced = dict(reduced)  # {reducer name: merged state}
         self.widths = dict(widths)  # {capture: per layer entry, the width of each hook concatenated}
+        self.stored = tuple(widths if stored is None else stored)  # the captures acts() can load
 
     def acts(self, name: str) -> torch.Tensor:
-        """The stored capture ``name`` as a float32 tensor on the device ([*outer, layer, sample, (pos,) feature])."""
+        """The stored capture ``name`` as a float32 tensor on the device ([*outer, layer, sample, (pos,) feature]).
+
+        >>> Data(lambda n: torch.zeros(1), {}, {}, stored=["acts/a"]).acts("acts/b")
+        Traceback (most recent call last):
+        ...
+        lamina.engine.errors.AnalysisError: data.acts('acts/b'): no such capture; the stored captures are: acts/a
+        """
+        if name not in self.stored:
+            have = ", ".join(self.stored) or "none (every Pass has keep=False)"
+            reducers = f" (reducer states are in data.reduced: {', '.join(self.reduced)})" if self.reduced else ""
+            raise AnalysisError(f"data.acts({name!r}): no such capture; the stored captures are: {have}{reducers}")
         if name not in self._cache:
             self._cache[name] = self._load(name)
         return self._cache[name]

@@ -1,4 +1,4 @@
-"""Figures of a punct run (EXPERIMENTS.md D), drawn from the store alone.
+"""Figures of a punct run (docs/analyses.md "punct"), drawn from the store alone.
 
 >>> paths = plot(open_run("runs/punct-gpt2-medium-random"), Path("figs"), state=1)   # doctest: +SKIP
 >>> sorted(p.name for p in paths)[:2]                                           # doctest: +SKIP

@@ -1,4 +1,4 @@
-"""Figures of a qkv run (EXPERIMENTS.md A), drawn from the store alone.
+"""Figures of a qkv run (docs/analyses.md "qkv"), drawn from the store alone.
 
 >>> paths = plot(open_run("runs/qkv-gpt2-random"), Path("figs"), layer=6)   # doctest: +SKIP
 >>> sorted(p.name for p in paths)[:2]                                  # doctest: +SKIP

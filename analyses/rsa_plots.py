@@ -1,4 +1,4 @@
-"""Figures of an rsa run (EXPERIMENTS.md B), drawn from the store alone.
+"""Figures of an rsa run (docs/analyses.md "rsa"), drawn from the store alone.
 
 >>> paths = plot(open_run("runs/rsa-gpt2-large-random"), Path("figs"))   # doctest: +SKIP
 >>> sorted(p.name for p in paths)[:2]                                    # doctest: +SKIP

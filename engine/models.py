@@ -52,7 +52,7 @@ RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: results are scientifically meaningless
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """One row of the model table in EXPERIMENTS.md (the six GPT-2-BPE names lamina started with)."""
+    """One row of lamina's model table (docs/models.md) (the six GPT-2-BPE names lamina started with)."""
 
     name: str
     family: Literal["gpt2", "gpt_neo"]

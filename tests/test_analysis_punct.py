@@ -1,4 +1,4 @@
-"""``lamina run punct`` (EXPERIMENTS.md D) against an independent NumPy loop on plain-HF hidden states.
+"""``lamina run punct`` (docs/analyses.md "punct") against an independent NumPy loop on plain-HF hidden states.
 
 The reference here never uses lamina's kernels or capture: marks are found by a separate Python
 scan over the HuggingFace tokenizer's output, hidden states come from HF ``output_hidden_states``

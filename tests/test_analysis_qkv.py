@@ -1,6 +1,6 @@
-"""`lamina run qkv` (EXPERIMENTS.md A) against a plain NumPy reference on plain-HuggingFace activations.
+"""`lamina run qkv` (docs/analyses.md "qkv") against a plain NumPy reference on plain-HuggingFace activations.
 
-The reference below is written from EXPERIMENTS.md alone: first occurrence of the target
+The reference below is written from docs/analyses.md "qkv" alone: first occurrence of the target
 token, the token before it, column normalisation, C = Xnᵀ Xn, np.triu_indices masks,
 np.histogram(bins=100, range=(-1, 1)), np.var(ddof=0). No lamina kernel is used.
 

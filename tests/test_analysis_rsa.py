@@ -1,4 +1,4 @@
-"""``lamina run rsa`` (EXPERIMENTS.md B) against a plain NumPy/SciPy reference on plain-HF activations."""
+"""``lamina run rsa`` (docs/analyses.md "rsa") against a plain NumPy/SciPy reference on plain-HF activations."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from .reference_hf import hf_reference
 PERMUTATIONS = 500
 
 
-# ---- independent reference (NumPy / SciPy only, written from EXPERIMENTS.md B) ---------------
+# ---- independent reference (NumPy / SciPy only, written from docs/analyses.md "rsa") ---------------
 
 
 def read_words(path):

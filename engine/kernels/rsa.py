@@ -1,4 +1,4 @@
-"""Representational similarity: RSMs, category selectivity, RSA (EXPERIMENTS.md B).
+"""Representational similarity: RSMs, category selectivity, RSA (docs/analyses.md "rsa").
 
 >>> import torch
 >>> x = torch.tensor([[1.0, 0.0], [2.0, 0.1], [0.0, 1.0], [0.1, 3.0]])  # (item, feature)
@@ -128,7 +128,7 @@ def selectivity_index(rsm: Tensor, labels: Tensor | Sequence[int]) -> Tensor:
     ...
     lamina.engine.errors.InputError: categories [2] have a single item, so they have no within-category pair; every category needs at least 2 items
 
-    EXPERIMENTS.md B: ``SI = mean_a(mean RSM[G == a·a]) / mean_{a<b}(mean RSM[G == a·b])``
+    docs/analyses.md "rsa": ``SI = mean_a(mean RSM[G == a·a]) / mean_{a<b}(mean RSM[G == a·b])``
     over the strict upper triangle, each category (and each pair of categories)
     weighted equally whatever its size. Cells are keyed by label pairs, not
     products (see the module docstring), which is the same for labels 1, 2, 3.
