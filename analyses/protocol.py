@@ -20,14 +20,16 @@ The parts (see README "Writing an analysis"):
 - ``compute(data, spec, cfg, ctx) -> {path: Labelled}``: pure; tensors in (``data.acts(name)``,
   ``data.reduced[reducer]``), labelled results out.
 - ``summary(results, spec, cfg) -> dict``: the key numbers ``lamina info`` prints.
-- ``plot``: ``"module:function"`` drawing ``(run, folder, **figure_options) -> [paths]`` from the run
-  alone; ``PlotOptions`` (a dataclass) holds the figure-only choices, which are not part of the key.
+- ``plot``: a callable drawing ``(run, folder, **figure_options) -> [paths]`` from the run alone (import
+  matplotlib inside it); ``PlotOptions`` (a dataclass) holds the figure-only choices, not part of the key.
+- ``curves``: a callable ``(run) -> {name: Labelled}`` of per-layer curves for ``lamina compare``.
+- ``captions``: ``(pattern, title, shows, found)`` per figure stem, for the report
+  (:mod:`lamina.analyses.captions`); ``schema``: the module declaring every :class:`Result`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -39,7 +41,8 @@ from lamina.engine.inputs import TokenBatch
 from lamina.engine.labelled import Coord, Labelled
 from lamina.engine.reducers import Reducer, State
 
-__all__ = ["Analysis", "Context", "Data", "Pass", "REQUIRED", "Spec", "option", "option_help", "batch_inputs"]
+__all__ = ["Analysis", "Context", "Data", "Pass", "REQUIRED", "Result", "Spec", "option", "option_help",
+           "batch_inputs"]
 
 REQUIRED: Any = dataclasses.MISSING  # option(REQUIRED, "...") : a field without a default (a required --option)
 
@@ -55,6 +58,41 @@ def option(default: Any, help: str, *, flags: Sequence[str] = (), cli: bool = Tr
 
 def option_help(f: dataclasses.Field) -> str:
     return str(f.metadata.get("help", ""))
+
+
+class Result(str):
+    """One array an analysis stores, declared once in its ``schema`` module: the path in the run (the string
+    itself, so it keys results and reads runs: ``run.numpy(schema.MEAN)``), its dims, the dims that carry
+    coordinates, and its units. The runner checks every result compute returns against it.
+
+    >>> MEAN = Result("results/mean", ("layer", "feature"), units="1", coords=("layer",))
+    >>> MEAN, MEAN.dims, {MEAN: 0}
+    ('results/mean', ('layer', 'feature'), {'results/mean': 0})
+    """
+
+    dims: tuple[str, ...]
+    units: str | None
+    coords: tuple[str, ...]
+
+    def __new__(cls, path: str, dims: Sequence[str], *, units: str | None = None, coords: Sequence[str] = ()):
+        self = super().__new__(cls, path)
+        self.dims, self.units, self.coords = tuple(dims), units, tuple(coords)
+        return self
+
+    def __reduce__(self):  # pickles (and copies) as the plain path
+        return (str, (str(self),))
+
+
+def results_of(schema: Any) -> dict[str, Result]:
+    """{path: Result} of every Result a schema module (or mapping) declares, nested dicts included."""
+    items = schema.items() if isinstance(schema, Mapping) else vars(schema).items()
+    out: dict[str, Result] = {}
+    for _, v in items:
+        if isinstance(v, Result):
+            out[str(v)] = v
+        elif isinstance(v, Mapping):
+            out.update({str(r): r for r in v.values() if isinstance(r, Result)})
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,25 +204,27 @@ class Analysis:
     spec: Callable[..., Spec]
     compute: Callable[..., Mapping[str, Labelled]]
     summary: Callable[..., Mapping[str, Any]] = lambda results, spec, cfg: {}
-    plot: str | Callable | None = None
+    plot: Callable[..., Sequence[Any]] | None = None
     PlotOptions: type | None = None
     default_model: str = "gpt2"
-    curves: str | Callable | None = None  # "module:function" (run) -> per-layer curves for `lamina compare`
+    curves: Callable[..., Mapping[str, Labelled]] | None = None  # (run) -> per-layer curves for `lamina compare`
+    captions: Sequence[tuple[str, str, str, Any]] = ()  # (stem pattern, title, shows, found) per figure
+    schema: Any = None  # the module (or mapping) declaring every Result the analysis stores
+
+    def __post_init__(self):
+        for part in ("spec", "compute", "summary", "plot", "curves"):
+            value = getattr(self, part)
+            if value is not None and not callable(value):
+                raise TypeError(f"Analysis {self.name!r}: {part} must be a callable, not {type(value).__name__} "
+                                f"{value!r}")
 
     def plot_function(self) -> Callable | None:
-        """The plot callable (imported on first use: figures need matplotlib, compute does not)."""
-        return _resolve(self.plot)
+        """The plot callable (None: the analysis draws no figures)."""
+        return self.plot
 
     def curves_function(self) -> Callable | None:
         """The per-layer curves callable of ``lamina compare`` (None: the analysis cannot be compared)."""
-        return _resolve(self.curves)
-
-
-def _resolve(target: str | Callable | None) -> Callable | None:
-    if target is None or callable(target):
-        return target
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+        return self.curves
 
 
 def batch_inputs(batch: TokenBatch, **attrs: Any) -> dict[str, Labelled]:

@@ -45,7 +45,7 @@ from .model_info import inspect
 from .options import RunOptions
 from .protocol import Analysis, Context, Data, Spec
 from .report import write_report
-from .stages import check_spec, stage_call
+from .stages import check_results, check_spec, stage_call
 
 _REFUSED = (InputError, HookError, NonFiniteError)  # a command refused for its input: its new run is removed
 
@@ -190,6 +190,7 @@ def _fill(analysis, cfg, opts, spec: Spec, model, store: ChunkWriter, world: Wor
     t = time.perf_counter()
     results = stage_call(analysis.name, "compute", analysis.compute, data, spec, cfg, ctx)
     timings["compute_s"] = time.perf_counter() - t
+    check_results(analysis, results)
     t = time.perf_counter()
     for path, value in results.items():
         store.put_labelled(path, value)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from lamina.engine.errors import AnalysisError, LaminaError, PluginError
 
-from .protocol import Pass, Spec
+from .protocol import Pass, Spec, results_of
 
 T = TypeVar("T")
 
@@ -60,11 +60,27 @@ def check_spec(name: str, spec: Any) -> None:
     def once(kind: str, value: str, i: int, fix: str) -> None:
         key = f"{kind}:{value}"
         if key in seen:
-            raise PluginError(f"{name} spec: passes {seen[key][1]} and {i} share the {kind} {value!r}; {fix}"
-                              if seen[key][1] != i else f"{name} spec: pass {i} has two {kind}s {value!r}; {fix}")
+            raise PluginError(
+                f"{name} spec: passes {seen[key][1]} and {i} share the {kind} {value!r}; {fix}"
+                if seen[key][1] != i
+                else f"{name} spec: pass {i} has two {kind}s {value!r}; {fix}"
+            )
         seen[key] = (kind, i)
 
     for i, p in enumerate(spec.passes):
         once("phase", p.phase, i, "give each Pass its own phase=")
         for r in p.reducers:
             once("reducer name", r.name, i, "give each reducer its own name")
+
+
+def check_results(analysis: Any, results: Any) -> None:
+    """compute's results against the analysis' schema (when it declares one): every declared path with its
+    declared dims. PluginError (one line) otherwise."""
+    if getattr(analysis, "schema", None) is None:
+        return
+    declared = results_of(analysis.schema)
+    for path, value in results.items():
+        want = declared.get(str(path))
+        if want is not None and tuple(value.dims) != want.dims:
+            raise PluginError(f"{analysis.name} compute: {path} has dims {tuple(value.dims)}, its schema says "
+                              f"{want.dims}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lamina.analyses import qkv_plots
+from lamina.analyses.qkv import plots as qkv_plots
 from lamina.analyses.cli import main as cli_main
 from lamina.engine.reader import open_run
 

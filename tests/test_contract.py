@@ -13,8 +13,19 @@ import pytest
 import lamina
 from lamina.analyses import runner
 from lamina.analyses.cli import main as cli_main
-from lamina.analyses.kit import (Capture, Labelled, MeanVar, Pass, Selector, Spec, batch_inputs, encode_texts,
-                                 index_coord, layer_hooks, option)
+from lamina.analyses.kit import (
+    Capture,
+    Labelled,
+    MeanVar,
+    Pass,
+    Selector,
+    Spec,
+    batch_inputs,
+    encode_texts,
+    index_coord,
+    layer_hooks,
+    option,
+)
 from lamina.engine.errors import AnalysisError, PluginError, StoreExistsError
 
 WORDS = "a long road runs past the old mill then north rivers bend twice under grey skies".split()
@@ -37,8 +48,9 @@ def analysis(kind: str) -> lamina.Analysis:
 
     def spec(cfg, model):
         batch = _batch(model, cfg.n)
-        cap = Capture("acts/resid", layer_hooks("blocks.{layer}.hook_resid_post", range(model.n_layers)),
-                      Selector.every())
+        cap = Capture(
+            "acts/resid", layer_hooks("blocks.{layer}.hook_resid_post", range(model.n_layers)), Selector.every()
+        )
         if kind == "phase":
             passes = (Pass(batch, (cap,)), Pass(batch, (Capture("acts/other", cap.hooks, Selector.every()),)))
         elif kind == "reducer":
@@ -55,8 +67,9 @@ def analysis(kind: str) -> lamina.Analysis:
         x = data.acts("acts/resid").flatten(1).mean(1).cpu().numpy()
         return {"results/mean": Labelled(x, ("layer",), {"layer": index_coord(len(x))})}
 
-    return lamina.register(lamina.Analysis(name=f"contract_{kind}_{next(_ids)}", title=kind, Config=Config,
-                                           spec=spec, compute=compute))
+    return lamina.register(
+        lamina.Analysis(name=f"contract_{kind}_{next(_ids)}", title=kind, Config=Config, spec=spec, compute=compute)
+    )
 
 
 @pytest.fixture
@@ -69,8 +82,9 @@ def no_model_load(monkeypatch):
     monkeypatch.setattr(runner, "load_model", refuse)
 
 
-@pytest.mark.parametrize("kind, needle", [("phase", "share the phase 'capture'"),
-                                          ("reducer", "two reducer names 'meanvar'")])
+@pytest.mark.parametrize(
+    "kind, needle", [("phase", "share the phase 'capture'"), ("reducer", "two reducer names 'meanvar'")]
+)
 def test_a_bad_spec_is_refused_before_any_capture(kind, needle, gpt2_dir, tmp_path, no_model_load, capsys):
     a = analysis(kind)
     with pytest.raises(PluginError, match=needle) as e:
@@ -114,8 +128,9 @@ def test_data_acts_lists_the_captures_that_exist(gpt2_dir, tmp_path):
     a = analysis("acts")
     with pytest.raises(AnalysisError) as e:
         lamina.run(a.name, model=str(gpt2_dir), out=str(tmp_path / "run"), progress=False, figures=False)
-    assert str(e.value) == (f"{a.name} compute: data.acts('acts/typo'): no such capture; the stored captures "
-                            "are: acts/resid")
+    assert str(e.value) == (
+        f"{a.name} compute: data.acts('acts/typo'): no such capture; the stored captures are: acts/resid"
+    )
 
 
 def test_an_existing_run_names_overwrite_as_its_caller_spells_it(gpt2_dir, tmp_path, capsys):

@@ -19,7 +19,8 @@ import pytest
 import zarr
 
 import lamina
-from lamina.analyses import qkv, qkv_plots, runner
+from lamina.analyses import qkv, runner
+from lamina.analyses.qkv import plots as qkv_plots
 from lamina.analyses.cli import main as cli_main
 from lamina.analyses.options import RunOptions
 from lamina.engine import destination as dst

@@ -19,7 +19,8 @@ import pytest
 import zarr
 
 import lamina
-from lamina.analyses import qkv_plots, runner
+from lamina.analyses import runner
+from lamina.analyses.qkv import plots as qkv_plots
 from lamina.analyses.cli import main as cli_main
 from lamina.engine import destination as dst
 from lamina.engine.errors import InputError, RunCorruptError

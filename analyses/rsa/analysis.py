@@ -19,17 +19,30 @@ from typing import Optional
 
 import numpy as np
 import torch
-
 from lamina.engine.errors import InputError
-from lamina.engine.hooks import Capture, qkv_hooks
-from lamina.engine.inputs import Selector
-from lamina.engine.kernels.rsa import (check_permutations, row_cosine_rsm, rsa_pearson, selectivity_index,
-                                       selectivity_permutation_pvalue)
-from lamina.engine.labelled import Labelled, index_coord, labels
+from lamina.engine.kernels.rsa import (
+    check_permutations,
+    row_cosine_rsm,
+    rsa_pearson,
+    selectivity_index,
+    selectivity_permutation_pvalue,
+)
 
-from .categories import read_category_prompts, stimulus_path
-from .plotting import shown_blocks
-from .protocol import Analysis, Pass, Spec, batch_inputs, option
+from ..categories import read_category_prompts, stimulus_path
+from ..kit import (
+    Capture,
+    Labelled,
+    Pass,
+    Selector,
+    Spec,
+    batch_inputs,
+    index_coord,
+    labels,
+    option,
+    qkv_hooks,
+)
+from ..plotting import shown_blocks
+from . import schema
 
 DEFAULT_TEMPLATE = "The next word is {w}"
 COMPONENTS = ("Q", "K", "V")
@@ -65,14 +78,14 @@ def spec(cfg: Config, model) -> Spec:
     stim = read_category_prompts(cfg.words or stimulus_path("categories.tsv"), cfg.template, model.tokenizer,
                                  n_ctx=model.n_ctx, bos_token_id=model.bos_token_id)
     check_permutations(cfg.permutations, len(stim.words))  # before the model loads
-    cap = Capture("acts/final", qkv_hooks(range(model.n_layers)), Selector.last(), sample_dim="item")
+    cap = Capture(schema.ACTS_FINAL, qkv_hooks(range(model.n_layers)), Selector.last(), sample_dim="item")
     inputs = {**batch_inputs(stim.batch),
-              "inputs/labels": Labelled(stim.labels, ("item",), {"item": labels(stim.words)},
+              schema.INPUTS_LABELS: Labelled(stim.labels, ("item",), {"item": labels(stim.words)},
                                         {"categories": list(stim.categories), "words": list(stim.words),
                                          "prompts": list(stim.prompts), "template": cfg.template,
                                          "word_tokens": list(stim.word_tokens),
                                          "long_name": "category index of each item"}),
-              "inputs/category": Labelled(np.array(stim.categories, dtype=object), ("category",),
+              schema.INPUTS_CATEGORY: Labelled(np.array(stim.categories, dtype=object), ("category",),
                                           attrs={"long_name": "category names"})}
     return Spec(passes=(Pass(stim.batch, (cap,)),), stimuli_sha256=stim.sha256, inputs=inputs,
                 options={"words": stim.path, "layers": list(range(model.n_layers))}, state=stim)
@@ -111,8 +124,8 @@ def rsa_statistics(acts: torch.Tensor, item_labels: torch.Tensor, *, permutation
 
 def compute(data, spec: Spec, cfg: Config, ctx) -> dict[str, Labelled]:
     stim = spec.state
-    hook_widths = tuple(data.widths["acts/final"][0])
-    res = rsa_statistics(data.acts("acts/final"), torch.as_tensor(stim.labels, dtype=torch.long),
+    hook_widths = tuple(data.widths[schema.ACTS_FINAL][0])
+    res = rsa_statistics(data.acts(schema.ACTS_FINAL), torch.as_tensor(stim.labels, dtype=torch.long),
                          permutations=cfg.permutations, generator=ctx.generator(_PVALUE_SEED_OFFSET),
                          widths=hook_widths if len(set(hook_widths)) > 1 else None)
     res = {k: v.to("cpu", torch.float32).numpy() for k, v in res.items()}
@@ -121,25 +134,25 @@ def compute(data, spec: Spec, cfg: Config, ctx) -> dict[str, Labelled]:
     c = {"layer": index_coord(n_layers, long_name="block"), "component": labels(COMPONENTS), "pair": labels(PAIRS)}
     test = "one-sided, labels shuffled: (1 + #{SI_perm >= SI}) / (1 + permutations)"
     return {
-        "results/rsm": Labelled(res["rsm"], ("layer", "component", "item_a", "item_b"),
+        schema.RSM: Labelled(res["rsm"], ("layer", "component", "item_a", "item_b"),
                                 {"layer": c["layer"], "component": c["component"], "item_a": words, "item_b": words},
                                 {"long_name": "cosine between items (rows to unit L2 norm)"}),
-        "results/selectivity": Labelled(res["selectivity"], ("component", "layer"),
+        schema.SELECTIVITY: Labelled(res["selectivity"], ("component", "layer"),
                                         {k: c[k] for k in ("component", "layer")},
                                         {"long_name": "selectivity index (within / between category means)"}),
-        "results/selectivity_pvalue": Labelled(res["selectivity_pvalue"], ("component", "layer"),
+        schema.SELECTIVITY_PVALUE: Labelled(res["selectivity_pvalue"], ("component", "layer"),
                                                {k: c[k] for k in ("component", "layer")},
                                                {"long_name": "permutation p-value of SI",
                                                 "permutations": cfg.permutations, "test": test}),
-        "results/rsa": Labelled(res["rsa"], ("pair", "layer"), {k: c[k] for k in ("pair", "layer")},
+        schema.RSA: Labelled(res["rsa"], ("pair", "layer"), {k: c[k] for k in ("pair", "layer")},
                                 {"long_name": "Pearson r of the RSMs' strict upper triangles"}),
     }
 
 
 def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
     stim = spec.state
-    si, p = results["results/selectivity"].numpy(), results["results/selectivity_pvalue"].numpy()
-    rsa = results["results/rsa"].numpy()
+    si, p = results[schema.SELECTIVITY].numpy(), results[schema.SELECTIVITY_PVALUE].numpy()
+    rsa = results[schema.RSA].numpy()
     out: dict = {"items": len(stim.words),
                  "categories": {c: int((stim.labels == i).sum()) for i, c in enumerate(stim.categories)}}
     split = [f"{w} ({k})" for w, k in zip(stim.words, stim.word_tokens) if k > 1]
@@ -152,10 +165,3 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
     for i, pair in enumerate(PAIRS):
         out[f"RSA_{pair} min/mean/max"] = [round(float(f(rsa[i])), 4) for f in (np.min, np.mean, np.max)]
     return out
-
-
-ANALYSIS = Analysis(
-    name="rsa", title="B: RSA between Q, K, V and category selectivity of a final word, at every block",
-    Config=Config, spec=spec, compute=compute, summary=summary, plot="lamina.analyses.rsa_plots:plot",
-    default_model="gpt2-large",
-    curves="lamina.analyses.rsa_curves:curves")
