@@ -8,10 +8,40 @@ from lamina.engine.inputs import Selector, TokenBatch, encode_texts, from_token_
 from lamina.engine.labelled import Coord, Labelled, bins_coord, index_coord, labels
 from lamina.engine.reducers import GroupHistogram, MeanVar, Reducer, StateSpec, TokenPearson, Unit
 
-from .protocol import REQUIRED, Analysis, Context, Data, Pass, Result, Spec, batch_inputs, option
+from .protocol import REQUIRED, Analysis, Context, Data, Pass, Result, Spec, batch_inputs, check_options, option
 from .textfiles import read_lines, read_text_file
 
-__all__ = ["Analysis", "Capture", "Context", "Coord", "Data", "GroupHistogram", "Labelled", "MeanVar", "Pass",
-           "REQUIRED", "Reducer", "Result", "Selector", "Spec", "StateSpec", "TokenBatch", "TokenPearson", "Unit",
-           "batch_inputs", "bins_coord", "encode_texts", "from_token_ids", "hidden_state_hooks", "index_coord",
-           "labels", "layer_hooks", "normalize_hooks", "option", "qkv_hooks", "read_lines", "read_text_file"]
+__all__ = [
+    "Analysis",
+    "Capture",
+    "Context",
+    "Coord",
+    "Data",
+    "GroupHistogram",
+    "Labelled",
+    "MeanVar",
+    "Pass",
+    "REQUIRED",
+    "Reducer",
+    "Result",
+    "Selector",
+    "Spec",
+    "StateSpec",
+    "TokenBatch",
+    "TokenPearson",
+    "Unit",
+    "batch_inputs",
+    "bins_coord",
+    "check_options",
+    "encode_texts",
+    "from_token_ids",
+    "hidden_state_hooks",
+    "index_coord",
+    "labels",
+    "layer_hooks",
+    "normalize_hooks",
+    "option",
+    "qkv_hooks",
+    "read_lines",
+    "read_text_file",
+]

@@ -30,34 +30,90 @@ The parts (see README "Writing an analysis"):
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from lamina.engine.errors import AnalysisError
+from lamina.engine.errors import AnalysisError, InputError
 from lamina.engine.hooks import Capture
 from lamina.engine.inputs import TokenBatch
 from lamina.engine.labelled import Coord, Labelled
 from lamina.engine.reducers import Reducer, State
 
-__all__ = ["Analysis", "Context", "Data", "Pass", "REQUIRED", "Result", "Spec", "option", "option_help",
-           "batch_inputs"]
+__all__ = ["Analysis", "Context", "Data", "Pass", "REQUIRED", "Result", "Spec", "batch_inputs", "check_options",
+           "option", "option_help"]
 
 REQUIRED: Any = dataclasses.MISSING  # option(REQUIRED, "...") : a field without a default (a required --option)
 
 
-def option(default: Any, help: str, *, flags: Sequence[str] = (), cli: bool = True, **metadata: Any):
+def option(default: Any, help: str, *, flags: Sequence[str] = (), cli: bool = True, min: float | None = None,
+           max: float | None = None, choices: Sequence[Any] | None = None, **metadata: Any):
     """A Config field with its command-line help (``flags``: extra names such as ``-m``; ``cli=False``:
-    Python-only, e.g. in-memory texts; ``REQUIRED`` as the default: the option must be given)."""
+    Python-only, e.g. in-memory texts; ``REQUIRED`` as the default: the option must be given).
+
+    ``min`` / ``max`` (inclusive) and ``choices`` bound the value: shown in ``--help``, and enforced the same
+    way from the command line and from Python by :func:`check_options` (the runner calls it; a Config's
+    ``__post_init__`` may too, to refuse at construction). None passes (an ``Optional`` field left out)."""
     meta = {"help": help, "flags": tuple(flags), "cli": cli, **metadata}
+    meta.update({k: v for k, v in (("min", min), ("max", max)) if v is not None})
+    if choices is not None:
+        meta["choices"] = tuple(choices)
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple (immutable) as the default of a Config field")
     return dataclasses.field(default=default, metadata=meta)
 
 
 def option_help(f: dataclasses.Field) -> str:
-    return str(f.metadata.get("help", ""))
+    """The field's help, with its bounds (``--help`` shows this).
+
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class C:
+    ...     n: int = option(250, "samples per class", min=2)
+    >>> option_help(dataclasses.fields(C)[0])
+    'samples per class (>= 2)'
+    """
+    bounds = option_bounds(f)
+    return str(f.metadata.get("help", "")) + (f" ({bounds})" if bounds else "")
+
+
+def option_bounds(f: dataclasses.Field) -> str:
+    """``>= 2``, ``<= 9``, ``1 to 1024`` or ``one of a, b``: what the field accepts, in words ('' if anything)."""
+    lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
+    if choices is not None:
+        return "one of " + ", ".join(map(str, choices))
+    if lo is not None and hi is not None:
+        return f"{lo} to {hi}"
+    return f">= {lo}" if lo is not None else (f"<= {hi}" if hi is not None else "")
+
+
+def check_options(obj: Any) -> None:
+    """Every field of the dataclass instance ``obj`` against its :func:`option` bounds; one InputError naming
+    the parameter as its caller spells it (``marks=1`` / ``--marks 1``) otherwise.
+
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class C:
+    ...     marks: int = option(250, "marks per class", min=2)
+    >>> check_options(C(marks=1))
+    Traceback (most recent call last):
+    ...
+    lamina.engine.errors.InputError: marks=1: must be >= 2
+    """
+    for f in dataclasses.fields(obj):
+        lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
+        v = getattr(obj, f.name)
+        if v is None or (lo is None and hi is None and choices is None):
+            continue
+        params = {f.name: v}
+        if choices is not None:
+            if v not in choices:
+                raise InputError(f"{{{f.name}}}: must be {option_bounds(f)}", params=params)
+            continue
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise InputError(f"{{{f.name}}}: must be a number ({option_bounds(f)})", params=params)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise InputError(f"{{{f.name}}}: must be {option_bounds(f)}", params=params)
 
 
 class Result(str):

@@ -43,7 +43,7 @@ from lamina.engine.store import RunWriter
 from . import registry
 from .model_info import inspect
 from .options import RunOptions
-from .protocol import Analysis, Context, Data, Spec
+from .protocol import Analysis, Context, Data, Spec, check_options
 from .report import write_report
 from .stages import check_results, check_spec, stage_call
 
@@ -71,6 +71,9 @@ def execute(
     if not isinstance(cfg, analysis.Config):
         raise TypeError(f"{analysis.name}: cfg must be a {analysis.Config.__qualname__}, not {type(cfg).__name__}")
     figs = figure_settings(analysis, figure_options or {})
+    for declared in (cfg, opts, figs):  # every option's bounds, the same from the CLI and from Python
+        if declared is not None:
+            check_options(declared)
     if model is not None:
         opts = dataclasses.replace(opts, model=model.name, weights="random" if model.is_random else "pretrained",
                                    dtype=str(model.dtype).removeprefix("torch."), device=str(model.device))

@@ -24,8 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from .errors import (InputError, NotARunError, RunCorruptError, StoreExistsError, StoreMismatchError,
-                     StoreURLError)
+from .errors import InputError, NotARunError, RunCorruptError, StoreExistsError, StoreMismatchError, StoreURLError
 from .manifest import NODE as MANIFEST_NODE
 from .manifest import Manifest, consolidated_nodes, read_manifest, read_metadata
 from .urls import check_url, is_local, local_path, scheme

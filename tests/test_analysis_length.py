@@ -357,7 +357,7 @@ def test_block_out_of_range_and_bad_options(ckpt, corpus, tmp_path, no_model):
         run_analysis("length", length.Config(text=str(corpus), n_seq=2, seq_len=8), _opts(ckpt, tmp_path / "out"))
     with pytest.raises(InputError, match="not both"):
         length.Config(text="a.txt", dataset="wikitext")
-    with pytest.raises(InputError, match="--seq-len must be a positive integer"):
+    with pytest.raises(InputError, match="seq_len=0: must be >= 1"):
         length.Config(seq_len=0)
     assert not (tmp_path / "out").exists()
 

@@ -35,10 +35,11 @@ _ids = itertools.count()
 @dataclasses.dataclass(frozen=True)
 class Config:
     n: int = option(4, "texts", min=1)
+    edges: tuple[int, ...] = option((0, 1), "bucket edges (a typed list: --edges 0,1,4,16)")
 
 
-def _batch(model, n):
-    rng = np.random.default_rng()
+def _batch(model, n, seed=None):
+    rng = np.random.default_rng(seed)
     texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 9)))) for _ in range(n)]
     return encode_texts(model.tokenizer, texts, n_ctx=model.n_ctx, bos_token_id=model.bos_token_id)
 
@@ -47,7 +48,7 @@ def analysis(kind: str) -> lamina.Analysis:
     """A plugin-style analysis whose spec or compute breaks the contract in way ``kind``."""
 
     def spec(cfg, model):
-        batch = _batch(model, cfg.n)
+        batch = _batch(model, cfg.n, seed=0 if kind == "fixed" else None)
         cap = Capture(
             "acts/resid", layer_hooks("blocks.{layer}.hook_resid_post", range(model.n_layers)), Selector.every()
         )
@@ -146,3 +147,34 @@ def test_an_existing_run_names_overwrite_as_its_caller_spells_it(gpt2_dir, tmp_p
     err = capsys.readouterr().err
     assert ex.value.code == 2 and "pass --overwrite" in err and f"--out {str(out)!r}" in err
     assert "overwrite=" not in err
+
+
+def test_option_bounds_are_in_help_and_enforced_the_same_from_cli_and_python(gpt2_dir, tmp_path, capsys):
+    a = analysis("ok")
+    try:
+        cli_main(["run", a.name, "--help"])
+    except SystemExit as e:
+        assert e.code in (0, None)
+    assert "texts (>= 1)" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(lamina.errors.InputError) as e:
+        lamina.run(a.name, model=str(gpt2_dir), out=str(tmp_path / "py"), n=0)
+    assert str(e.value) == "n=0: must be >= 1"
+    with pytest.raises(SystemExit) as ex:
+        cli_main(["run", a.name, "--model", str(gpt2_dir), "--out", str(tmp_path / "cli"), "--n", "0"])
+    assert ex.value.code == 2 and capsys.readouterr().err.strip() == "lamina: error: --n 0: must be >= 1"
+    assert not (tmp_path / "py").exists() and not (tmp_path / "cli").exists()
+
+
+def test_a_typed_list_option_gives_one_resume_key_from_cli_and_python(gpt2_dir, tmp_path, capsys):
+    a = analysis("fixed")
+    edges = sorted(int(v) for v in np.random.default_rng().choice(50, size=4, replace=False))
+    py = lamina.run(a.name, model=str(gpt2_dir), out=str(tmp_path / "py"), edges=list(edges), progress=False,
+                    figures=False)
+    cli_main(["run", a.name, "--model", str(gpt2_dir), "--out", str(tmp_path / "cli"), "--no-progress",
+              "--no-figures", "--edges", ",".join(map(str, edges))])
+    capsys.readouterr()
+    cli = lamina.open_run(str(tmp_path / "cli"))
+    assert py.attrs["key"] == cli.attrs["key"] and f'"edges": {edges}' in py.attrs["key"]
+    with pytest.raises(SystemExit) as ex:
+        cli_main(["run", a.name, "--model", str(gpt2_dir), "--out", str(tmp_path / "bad"), "--edges", "1,x"])
+    assert ex.value.code == 2 and "comma-separated list of ints" in capsys.readouterr().err

@@ -11,7 +11,6 @@ from . import schema
 from .analysis import *  # noqa: F403  (the names lamina.analyses.capture held before it was a folder)
 from .analysis import Config, compute, spec, summary
 
-
 ANALYSIS = Analysis(
     name="capture",
     title="Capture named hooks for every text into a run (no statistics)",

@@ -1,6 +1,7 @@
 """C. MLP pre-activations against token length, streamed over any corpus: ``lamina run length``.
 
->>> run = lamina.run("length", model="EleutherAI/gpt-neo-125M", weights="random", n_seq=4, seq_len=128)  # doctest: +SKIP
+>>> run = lamina.run("length", model="EleutherAI/gpt-neo-125M", weights="random",  # doctest: +SKIP
+...                  n_seq=4, seq_len=128)
 >>> run.datatree()["results"].corr.sel(layer=0)                                                         # doctest: +SKIP
 
 Definitions (docs/analyses.md, "length"): a corpus (a text file tokenised whole, or a
@@ -20,11 +21,12 @@ from typing import Optional
 
 import numpy as np
 import torch
+from torch import Tensor
+
 from lamina.engine.errors import InputError
 from lamina.engine.kernels.correlation import StreamingPearson
 from lamina.engine.kernels.histogram import histogram_edges, uniform_histogram
 from lamina.engine.token_text import token_texts
-from torch import Tensor
 
 from ..corpus import corpus_tokens, cut
 from ..kit import (
@@ -38,6 +40,7 @@ from ..kit import (
     TokenPearson,
     batch_inputs,
     bins_coord,
+    check_options,
     index_coord,
     labels,
     layer_hooks,
@@ -66,23 +69,18 @@ class Config:
                                        "shipped with lamina.")
     dataset: Optional[str] = option(None, "HuggingFace data set NAME[:split] (or NAME:config:split) streamed instead "
                                           "of --text; needs `datasets` and network.")
-    n_seq: int = option(16, "Number of sequences the corpus is cut into.")
-    seq_len: int = option(512, "Tokens per sequence (at most the model's context).")
-    block: int = option(4, "Block of the median-split histograms.")
+    n_seq: int = option(16, "Number of sequences the corpus is cut into.", min=1)
+    seq_len: int = option(512, "Tokens per sequence (at most the model's context).", min=1)
+    block: int = option(4, "Block of the median-split histograms.", min=0)
     store_acts: Optional[bool] = option(None, "Also store acts/mlp_pre (layer, sample, pos, neuron). Default: only "
                                               "when n-seq x seq-len <= 65536.")
-    unit_tokens: int = option(256, "Minimum tokens per work unit (the resume / multi-rank granularity).")
+    unit_tokens: int = option(256, "Minimum tokens per work unit (the resume / multi-rank granularity).", min=1)
 
     def __post_init__(self):
-        for name in ("n_seq", "seq_len", "unit_tokens"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        check_options(self)
         if self.n_seq * self.seq_len < 3:
             raise InputError(f"--n-seq {self.n_seq} x --seq-len {self.seq_len} = {self.n_tokens} tokens; a "
                              "correlation needs at least 3")
-        if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 0:
-            raise InputError(f"--block must be a block index >= 0, got {self.block!r}")
         if self.text is not None and self.dataset is not None:
             raise InputError("give either --text FILE or --dataset NAME[:split], not both")
 
@@ -202,7 +200,8 @@ def correlations(pearson: StreamingPearson, split_counts: Tensor) -> dict[str, T
     return {"corr": corr, "partial_corr": partial,
             "corr_hist": uniform_histogram(corr, bins=CORR_BINS, lo=CORR_LO, hi=CORR_HI, density=True),
             "partial_corr_hist": uniform_histogram(partial, bins=CORR_BINS, lo=CORR_LO, hi=CORR_HI, density=True),
-            "median_split_counts": split_counts, "median_split_hist": split_counts.to(torch.float64) / widths / in_range,
+            "median_split_counts": split_counts,
+            "median_split_hist": split_counts.to(torch.float64) / widths / in_range,
             "constant": pearson.constant_mask, "r_length_logfreq": r_xz}
 
 

@@ -11,6 +11,7 @@ neurons are NaN there and left out); ``corr_density``: ``results/corr_hist`` as 
 from __future__ import annotations
 
 import numpy as np
+
 from lamina.engine.reader import Run
 
 from ..curves import curve, heatmap, nan_mean_rows, nan_sd_rows

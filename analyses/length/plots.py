@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from lamina.engine.reader import Run
 
 from ..plotting import bin_centres, depth_colours, save_figure, start

@@ -20,6 +20,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+
 from lamina.engine.errors import InputError
 from lamina.engine.kernels.pairs import all_pairs_mi_cov_corr
 
@@ -31,6 +32,7 @@ from ..kit import (
     Selector,
     Spec,
     TokenBatch,
+    check_options,
     hidden_state_hooks,
     index_coord,
     labels,
@@ -52,27 +54,22 @@ class Config:
     """Options of ``lamina run punct`` (defaults are the lecture's)."""
 
     text: Optional[str] = option(None, "Text file, tokenised whole as one document. Default: the shipped corpus.")
-    marks: int = option(250, "Marks per class: the first MARKS commas and the first MARKS periods.")
-    skip: int = option(400, "Scan token positions from this one on.")
-    before: int = option(20, "Window tokens before the mark (the mark's index).")
+    marks: int = option(250, "Marks per class: the first MARKS commas and the first MARKS periods (pairs of "
+                             "sequences are compared).", min=2)
+    skip: int = option(400, "Scan token positions from this one on.", min=0)
+    before: int = option(20, "Window tokens before the mark (the mark's index).", min=0)
     after: int = option(11, "Window = tokens loc-BEFORE up to (not including) loc+AFTER: the mark plus AFTER-1 "
-                            "tokens.")
-    bins: int = option(15, "MI histogram bins per axis.")
+                            "tokens.", min=1)
+    bins: int = option(15, "MI histogram bins per axis (a pair's joint histogram has bins^2 cells).", min=1,
+                       max=MAX_BINS)
     z_max: float = option(5.0, "Outlier rule: drop dimensions where |z| > Z_MAX in either vector (z with ddof 1).")
     full_window: bool = option(False, "Feed all BEFORE+AFTER tokens, not just up to the mark (same states: the "
                                       "model is causal; 1/3 slower).")
 
     def __post_init__(self):
-        for name, low, what in (("marks", 2, "pairs of sequences are compared"), ("skip", 0, ""), ("before", 0, ""),
-                                ("after", 1, "the window ends after the mark"), ("bins", 1, "")):
-            v = getattr(self, name)
-            if isinstance(v, bool) or v < low:
-                raise InputError(f"--{name} must be >= {low}" + (f" ({what})" if what else "") + f", got {v}")
+        check_options(self)
         if not self.z_max > 0:
-            raise InputError(f"--z-max must be > 0, got {self.z_max}")
-        if self.bins > MAX_BINS:  # the joint histogram of a pair has (bins + 2)^2 cells, counted in int32 codes
-            raise InputError(f"--bins must be at most {MAX_BINS} (a pair's joint histogram has bins^2 cells), got "
-                             f"{self.bins}")
+            raise InputError("{z_max}: must be > 0", params={"z_max": self.z_max})
 
     @property
     def window(self) -> int:
@@ -87,11 +84,10 @@ class Config:
 @dataclasses.dataclass(frozen=True)
 class PlotOptions:
     state: int = option(1, "Hidden state of the matrix, histogram and scatter figures (0 = embeddings; clipped to "
-                           "the last state).")
+                           "the last state).", min=0)
 
     def __post_init__(self):
-        if self.state < 0:
-            raise InputError(f"--state must be >= 0 (0 = embeddings), got {self.state}")
+        check_options(self)
 
 
 def spec(cfg: Config, model) -> Spec:

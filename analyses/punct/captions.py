@@ -24,8 +24,8 @@ CAPTIONS = (
     (
         r"punct_matrices_state(?P<s>\d+)",
         "Pairwise MI, covariance and correlation at state {s}",
-        "MI, covariance and correlation of every pair of sequences at hidden state {s} as upper triangles, internal (,) "
-        "and terminal (.) marks.",
+        "MI, covariance and correlation of every pair of sequences at hidden state {s} as upper triangles, "
+        "internal (,) and terminal (.) marks.",
         _punct_state,
     ),
     (

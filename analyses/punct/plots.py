@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+
 from lamina.engine.reader import Run
 
 from ..plotting import save_figure, start

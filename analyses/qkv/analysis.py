@@ -22,6 +22,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+
 from lamina.engine.errors import InputError
 from lamina.engine.kernels.histogram import histogram_edges
 from lamina.engine.kernels.moments import component_mean_variance
@@ -36,6 +37,7 @@ from ..kit import (
     Spec,
     batch_inputs,
     bins_coord,
+    check_options,
     index_coord,
     labels,
     option,
@@ -74,11 +76,10 @@ class Config:
 
 @dataclasses.dataclass(frozen=True)
 class PlotOptions:
-    layer: int = option(6, "Block of the single-block figure (clipped to the model's last block).")
+    layer: int = option(6, "Block of the single-block figure (clipped to the model's last block).", min=0)
 
     def __post_init__(self):
-        if self.layer < 0:
-            raise InputError(f"--layer must be >= 0 (a block index), got {self.layer}")
+        check_options(self)
 
 
 def spec(cfg: Config, model) -> Spec:

@@ -12,6 +12,7 @@ of [-1, -0.9) and [0.9, 1]); the sd is that of the binned values (bin centres, w
 from __future__ import annotations
 
 import numpy as np
+
 from lamina.engine.reader import Run
 
 from ..curves import curve

@@ -5,7 +5,8 @@
 
 Definitions (docs/analyses.md, "rsa"): each word of a category list ends a prompt
 (``"The next word is {w}"``); the prompt's final token - the word's last token, when a
-tokenizer splits the word (lamina's extension) - has its Q, K and V captured at every block. Per block and component: RSM = cosine between items (rows to unit L2
+tokenizer splits the word (lamina's extension) - has its Q, K and V captured at every block.
+Per block and component: RSM = cosine between items (rows to unit L2
 norm); the selectivity index SI = mean of the per-category within-category means of the
 strict upper triangle / mean of the per-category-pair between means; RSA = Pearson r of
 the strict upper triangles of two RSMs (QK, QV, KV). Beyond the lecture: user word lists
@@ -19,6 +20,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+
 from lamina.engine.errors import InputError
 from lamina.engine.kernels.rsa import (
     check_permutations,
@@ -36,6 +38,7 @@ from ..kit import (
     Selector,
     Spec,
     batch_inputs,
+    check_options,
     index_coord,
     labels,
     option,
@@ -59,7 +62,7 @@ class Config:
                                         "Default: the shipped 34 words in 3 categories.")
     template: str = option(DEFAULT_TEMPLATE, "Prompt ending with the '{w}' placeholder; the word's last token is the "
                                              "prompt's final token (words of several tokens are fine).")
-    permutations: int = option(1000, "Label shuffles of the SI permutation test (seeded by --seed).")
+    permutations: int = option(1000, "Label shuffles of the SI permutation test (seeded by --seed).", min=1)
 
     def __post_init__(self):
         n = self.template.count("{w}")
@@ -69,8 +72,7 @@ class Config:
         if not self.template.endswith("{w}"):
             raise InputError(f"--template {self.template!r} must end with '{{w}}': the word has to be the final "
                              f"token of the prompt, e.g. {DEFAULT_TEMPLATE!r}")
-        if isinstance(self.permutations, bool) or self.permutations < 1:
-            raise InputError(f"--permutations must be >= 1, got {self.permutations}")
+        check_options(self)
 
 
 def spec(cfg: Config, model) -> Spec:

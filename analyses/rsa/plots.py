@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from lamina.engine.reader import Run
 
 from ..plotting import save_figure, shown_blocks, start

@@ -126,7 +126,8 @@ def selectivity_index(rsm: Tensor, labels: Tensor | Sequence[int]) -> Tensor:
     >>> selectivity_index(rsm.expand(2, 3, 3).clone(), torch.tensor([1, 1, 2])).shape
     Traceback (most recent call last):
     ...
-    lamina.engine.errors.InputError: categories [2] have a single item, so they have no within-category pair; every category needs at least 2 items
+    lamina.engine.errors.InputError: categories [2] have a single item, so they have no within-category pair;
+    every category needs at least 2 items
 
     docs/analyses.md "rsa": ``SI = mean_a(mean RSM[G == a·a]) / mean_{a<b}(mean RSM[G == a·b])``
     over the strict upper triangle, each category (and each pair of categories)
@@ -244,7 +245,9 @@ def rsa_pearson(rsm_a: Tensor, rsm_b: Tensor) -> Tensor:
     n = _check_square(rsm_a, "rsm_a")
     m = _check_square(rsm_b, "rsm_b")
     if n != m:
-        raise InputError(f"rsm_a and rsm_b must have the same items, got shapes {tuple(rsm_a.shape)} and {tuple(rsm_b.shape)}")
+        raise InputError(
+            f"rsm_a and rsm_b must have the same items, got shapes {tuple(rsm_a.shape)} and {tuple(rsm_b.shape)}"
+        )
     if n < 3:
         raise InputError(f"RSA needs at least 3 items (2 pairs), got shape {tuple(rsm_a.shape)}")
     try:

@@ -259,7 +259,7 @@ def qkv_block_values(x: Tensor, *, center: bool = False, widths: Widths | None =
     xn = _unit_columns(x, center=center)
     pieces = _pieces(widths, _piece_elements(x.device))
     out = {}
-    for block, (name, (r, c, triangle)) in enumerate(zip(QKV_BLOCKS, _BLOCK_SPEC)):
+    for name, (r, c, triangle) in zip(QKV_BLOCKS, _BLOCK_SPEC):
         n = widths[c] * (widths[c] - 1) // 2 if triangle else widths[r] * widths[c]
         out[name] = torch.empty(n, dtype=xn.dtype, device=x.device)
 
