@@ -82,5 +82,6 @@ def check_results(analysis: Any, results: Any) -> None:
     for path, value in results.items():
         want = declared.get(str(path))
         if want is not None and tuple(value.dims) != want.dims:
-            raise PluginError(f"{analysis.name} compute: {path} has dims {tuple(value.dims)}, its schema says "
-                              f"{want.dims}")
+            raise PluginError(
+                f"{analysis.name} compute: {path} has dims {tuple(value.dims)}, its schema says {want.dims}"
+            )

@@ -289,7 +289,7 @@ def _copy_into(flat: torch.Tensor, ops: list[_Copy], width: int) -> None:
             rows = flat
             dst = op.buf[op.entry, :, :width, op.dst]
         else:
-            rows = gathered.get(id(op.pos))
+            rows = gathered.get(id(op.pos))  # type: ignore[assignment]
             if rows is None:
                 rows = gathered[id(op.pos)] = flat.reshape(-1, flat.shape[-1]).index_select(0, op.pos)
             dst = op.buf[op.entry, :, op.dst]

@@ -170,7 +170,7 @@ class Twin:
         elif kinds == {"gpt_neo"}:
             for block in bridge.blocks:
                 hf_attn = self.clone_of(block.attn.original_component)
-                hf_attn._attn = types.MethodType(gpt_neo_sdpa, hf_attn)
+                hf_attn._attn = types.MethodType(gpt_neo_sdpa, hf_attn)  # type: ignore[assignment]
         elif kinds != {None}:
             raise _Unsupported(f"mixed attention kernels {sorted(map(str, kinds))}")
 

@@ -150,7 +150,7 @@ class LoadedModel:
             if self.tokenizer is not None:
                 out.update({f"tokenizer_{k}": v for k, v in tokenizer_facts(self.tokenizer).items()})
             if i.gguf:
-                out["gguf"] = dict(i.gguf)
+                out["gguf"] = dict(i.gguf)  # type: ignore[assignment]
         blocks = sdpa_blocks(self.bridge)
         out["attention"] = "sdpa" if all(blocks) else "eager" if not any(blocks) else "mixed"
         if self.is_random:

@@ -240,7 +240,7 @@ class RunWriter(ChunkWriter):
                 crc = _has_crc(arr)
                 for coords, s in sums.items():
                     key = f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}"
-                    expected[key], owner[key] = (s, crc), (unit, array, coords)
+                    expected[key], owner[key] = (s, crc), (unit, array, coords)  # type: ignore[assignment]
         problems = check_chunks(self._recorder, {k: v for k, v in expected.items() if not k.endswith("zarr.json")})
         problems.update({k: owner[k][2] for k in expected if k.endswith("zarr.json")})
         bad = sorted({owner[k][0] for k in problems})

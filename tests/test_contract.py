@@ -168,10 +168,23 @@ def test_option_bounds_are_in_help_and_enforced_the_same_from_cli_and_python(gpt
 def test_a_typed_list_option_gives_one_resume_key_from_cli_and_python(gpt2_dir, tmp_path, capsys):
     a = analysis("fixed")
     edges = sorted(int(v) for v in np.random.default_rng().choice(50, size=4, replace=False))
-    py = lamina.run(a.name, model=str(gpt2_dir), out=str(tmp_path / "py"), edges=list(edges), progress=False,
-                    figures=False)
-    cli_main(["run", a.name, "--model", str(gpt2_dir), "--out", str(tmp_path / "cli"), "--no-progress",
-              "--no-figures", "--edges", ",".join(map(str, edges))])
+    py = lamina.run(
+        a.name, model=str(gpt2_dir), out=str(tmp_path / "py"), edges=list(edges), progress=False, figures=False
+    )
+    cli_main(
+        [
+            "run",
+            a.name,
+            "--model",
+            str(gpt2_dir),
+            "--out",
+            str(tmp_path / "cli"),
+            "--no-progress",
+            "--no-figures",
+            "--edges",
+            ",".join(map(str, edges)),
+        ]
+    )
     capsys.readouterr()
     cli = lamina.open_run(str(tmp_path / "cli"))
     assert py.attrs["key"] == cli.attrs["key"] and f'"edges": {edges}' in py.attrs["key"]
