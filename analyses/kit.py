@@ -8,24 +8,43 @@ from lamina.engine.inputs import Selector, TokenBatch, encode_texts, from_token_
 from lamina.engine.labelled import Coord, Labelled, bins_coord, index_coord, labels
 from lamina.engine.reducers import GroupHistogram, MeanVar, Reducer, StateSpec, TokenPearson, Unit
 
-from .protocol import REQUIRED, Analysis, Context, Data, Pass, Result, Spec, batch_inputs, check_options, option
+from .protocol import (
+    REQUIRED,
+    Analysis,
+    Compute,
+    Context,
+    Data,
+    ModelInfo,
+    Pass,
+    Result,
+    Results,
+    Spec,
+    SpecFunction,
+    batch_inputs,
+    check_options,
+    option,
+)
 from .textfiles import read_lines, read_text_file
 
 __all__ = [
     "Analysis",
     "Capture",
+    "Compute",
     "Context",
     "Coord",
     "Data",
     "GroupHistogram",
     "Labelled",
     "MeanVar",
+    "ModelInfo",
     "Pass",
     "REQUIRED",
     "Reducer",
     "Result",
+    "Results",
     "Selector",
     "Spec",
+    "SpecFunction",
     "StateSpec",
     "TokenBatch",
     "TokenPearson",

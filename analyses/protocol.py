@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -40,10 +40,11 @@ from lamina.engine.errors import AnalysisError, InputError
 from lamina.engine.hooks import Capture
 from lamina.engine.inputs import TokenBatch
 from lamina.engine.labelled import Coord, Labelled
+from lamina.engine.model_info import ModelInfo
 from lamina.engine.reducers import Reducer, State
 
-__all__ = ["Analysis", "Context", "Data", "Pass", "REQUIRED", "Result", "Spec", "batch_inputs", "check_options",
-           "option", "option_help"]
+__all__ = ["Analysis", "Compute", "Context", "Data", "ModelInfo", "Pass", "REQUIRED", "Result", "Results", "Spec",
+           "SpecFunction", "batch_inputs", "check_options", "option", "option_help"]
 
 REQUIRED: Any = dataclasses.MISSING  # option(REQUIRED, "...") : a field without a default (a required --option)
 
@@ -245,6 +246,23 @@ class Context:
         return step
 
 
+Results = Mapping[str, Labelled]  # what compute returns: {path (a schema Result): labelled array}
+
+
+class SpecFunction(Protocol):
+    """``spec(cfg, model) -> Spec``: stimuli to token batches, captures and reducers; every input error raised
+    here, before the model loads (``model``: the tokenizer and the architecture's sizes, no weights)."""
+
+    def __call__(self, cfg: Any, model: ModelInfo, /) -> Spec: ...
+
+
+class Compute(Protocol):
+    """``compute(data, spec, cfg, ctx) -> Results``: pure; tensors in (``data.acts``, ``data.reduced``),
+    labelled results out, on ``ctx.device``."""
+
+    def __call__(self, data: Data, spec: Spec, cfg: Any, ctx: Context, /) -> Results: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Analysis:
     """One registered analysis (see the module docstring for the parts, README "Writing an analysis").
@@ -257,8 +275,8 @@ class Analysis:
     name: str
     title: str
     Config: type
-    spec: Callable[..., Spec]
-    compute: Callable[..., Mapping[str, Labelled]]
+    spec: SpecFunction
+    compute: Compute
     summary: Callable[..., Mapping[str, Any]] = lambda results, spec, cfg: {}
     plot: Callable[..., Sequence[Any]] | None = None
     PlotOptions: type | None = None

@@ -68,8 +68,21 @@ def analysis(kind: str) -> lamina.Analysis:
         x = data.acts("acts/resid").flatten(1).mean(1).cpu().numpy()
         return {"results/mean": Labelled(x, ("layer",), {"layer": index_coord(len(x))})}
 
+    def plot(run, folder):  # reads only the run
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots()
+        ax.plot(run.numpy("results/mean"))
+        fig.savefig(folder / "resid_mean.png")
+        plt.close(fig)
+        return [folder / "resid_mean.png"]
+
+    captions = ((r"resid_mean", "Mean of the residual stream", f"The {kind} caption: mean over tokens.", "Nothing."),)
+    figures = {"plot": plot, "captions": captions} if kind == "figure" else {}
     return lamina.register(
-        lamina.Analysis(name=f"contract_{kind}_{next(_ids)}", title=kind, Config=Config, spec=spec, compute=compute)
+        lamina.Analysis(
+            name=f"contract_{kind}_{next(_ids)}", title=kind, Config=Config, spec=spec, compute=compute, **figures
+        )
     )
 
 
@@ -191,3 +204,11 @@ def test_a_typed_list_option_gives_one_resume_key_from_cli_and_python(gpt2_dir, 
     with pytest.raises(SystemExit) as ex:
         cli_main(["run", a.name, "--model", str(gpt2_dir), "--out", str(tmp_path / "bad"), "--edges", "1,x"])
     assert ex.value.code == 2 and "comma-separated list of ints" in capsys.readouterr().err
+
+
+def test_a_plugin_s_captions_are_in_its_report(gpt2_dir, tmp_path):
+    a = analysis("figure")
+    run = lamina.run(a.name, model=str(gpt2_dir), out=str(tmp_path / "run"), progress=False)
+    page = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert run.status == "complete" and "Mean of the residual stream" in page
+    assert "The figure caption: mean over tokens." in page and "does not describe it" not in page

@@ -20,7 +20,7 @@ from lamina.engine.hooks import Capture, normalize_hooks, parse_layers
 from ..kit import Selector, TokenBatch, encode_texts
 from lamina.engine.provenance import sha256_texts
 
-from ..kit import Analysis, Pass, Spec, batch_inputs, option
+from ..kit import Context, Data, ModelInfo, Pass, Results, Spec, batch_inputs, option
 from ..textfiles import read_lines
 from . import schema
 
@@ -71,7 +71,7 @@ def array_name(template: str) -> str:
     return "acts/" + template.replace("blocks.{layer}.", "")
 
 
-def spec(cfg: Config, model) -> Spec:
+def spec(cfg: Config, model: ModelInfo) -> Spec:
     if cfg.tokens is not None:
         batch, stimuli = cfg.tokens, cfg.tokens.sha256()
     else:
@@ -111,7 +111,7 @@ def _labels(hooks) -> tuple[int, ...]:
     return tuple(int(m.group(1)) if (m := _BLOCK.match(g[0])) else -1 for g in hooks)
 
 
-def compute(data, spec: Spec, cfg: Config, ctx) -> dict:
+def compute(data: Data, spec: Spec, cfg: Config, ctx: Context) -> Results:
     return {}
 
 

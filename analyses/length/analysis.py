@@ -31,9 +31,13 @@ from lamina.engine.token_text import token_texts
 from ..corpus import corpus_tokens, cut
 from ..kit import (
     Capture,
+    Context,
+    Data,
     GroupHistogram,
     Labelled,
+    ModelInfo,
     Pass,
+    Results,
     Selector,
     Spec,
     TokenBatch,
@@ -150,7 +154,7 @@ def read_corpus(cfg: Config, model) -> Corpus:
     return Corpus(batch, length, unigram_counts(rows), float(np.median(length)), source)
 
 
-def spec(cfg: Config, model) -> Spec:
+def spec(cfg: Config, model: ModelInfo) -> Spec:
     corpus = read_corpus(cfg, model)
     offset = corpus.batch.max_len - cfg.seq_len  # 1 with a BOS in front, else 0
 
@@ -205,7 +209,7 @@ def correlations(pearson: StreamingPearson, split_counts: Tensor) -> dict[str, T
             "constant": pearson.constant_mask, "r_length_logfreq": r_xz}
 
 
-def compute(data, spec: Spec, cfg: Config, ctx) -> dict[str, Labelled]:
+def compute(data: Data, spec: Spec, cfg: Config, ctx: Context) -> Results:
     corpus = spec.state
     res = correlations(StreamingPearson.from_state_dict(data.reduced["pearson"]),
                        data.reduced["median_split"]["counts"])

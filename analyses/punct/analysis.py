@@ -27,8 +27,12 @@ from lamina.engine.kernels.pairs import all_pairs_mi_cov_corr
 from ..corpus import DEFAULT_CORPUS
 from ..kit import (
     Capture,
+    Context,
+    Data,
     Labelled,
+    ModelInfo,
     Pass,
+    Results,
     Selector,
     Spec,
     TokenBatch,
@@ -90,7 +94,7 @@ class PlotOptions:
         check_options(self)
 
 
-def spec(cfg: Config, model) -> Spec:
+def spec(cfg: Config, model: ModelInfo) -> Spec:
     """The marks' windows (with the model's BOS in front when its tokenizer adds one) and the hidden states."""
     path = cfg.text or stimulus_path(DEFAULT_CORPUS)
     bos = model.bos_token_id
@@ -146,7 +150,7 @@ def pair_statistics(acts: torch.Tensor, *, bins: int = 15, z_max: float = 5.0, s
     return out
 
 
-def compute(data, spec: Spec, cfg: Config, ctx) -> dict[str, Labelled]:
+def compute(data: Data, spec: Spec, cfg: Config, ctx: Context) -> Results:
     hidden = data.acts(schema.ACTS_HIDDEN)  # [class, state, sample, feature]
     steps = ctx.progress(hidden.shape[0] * hidden.shape[1], "pairs (class x state)")
     res = {k: v.cpu().numpy() for k, v in pair_statistics(hidden, bins=cfg.bins, z_max=cfg.z_max, step=steps).items()}

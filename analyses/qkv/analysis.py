@@ -31,8 +31,12 @@ from lamina.engine.provenance import sha256_texts
 
 from ..kit import (
     Capture,
+    Context,
+    Data,
     Labelled,
+    ModelInfo,
     Pass,
+    Results,
     Selector,
     Spec,
     batch_inputs,
@@ -82,7 +86,7 @@ class PlotOptions:
         check_options(self)
 
 
-def spec(cfg: Config, model) -> Spec:
+def spec(cfg: Config, model: ModelInfo) -> Spec:
     """The sentences, validated with the model's tokenizer, and the Q|K|V captures at both positions."""
     path = cfg.sentences or stimulus_path("her_sentences.txt")
     stim = read_target_sentences(path, cfg.target_text, model.tokenizer, n_ctx=model.n_ctx,
@@ -137,7 +141,7 @@ def histograms(x_target: torch.Tensor, x_nontarget: torch.Tensor, *, generator: 
     return out
 
 
-def compute(data, spec: Spec, cfg: Config, ctx) -> dict[str, Labelled]:
+def compute(data: Data, spec: Spec, cfg: Config, ctx: Context) -> Results:
     """Run :func:`histograms` on the stored captures and label the results."""
     hook_widths = data.widths[schema.ACTS_TARGET][0]  # (d_q, d_k, d_v) of block 0
     widths = tuple(hook_widths) if len(set(hook_widths)) > 1 else None

@@ -33,8 +33,12 @@ from lamina.engine.kernels.rsa import (
 from ..categories import read_category_prompts, stimulus_path
 from ..kit import (
     Capture,
+    Context,
+    Data,
     Labelled,
+    ModelInfo,
     Pass,
+    Results,
     Selector,
     Spec,
     batch_inputs,
@@ -75,7 +79,7 @@ class Config:
         check_options(self)
 
 
-def spec(cfg: Config, model) -> Spec:
+def spec(cfg: Config, model: ModelInfo) -> Spec:
     """The prompts, validated with the model's tokenizer, and Q|K|V of the final token at every block."""
     stim = read_category_prompts(cfg.words or stimulus_path("categories.tsv"), cfg.template, model.tokenizer,
                                  n_ctx=model.n_ctx, bos_token_id=model.bos_token_id)
@@ -124,7 +128,7 @@ def rsa_statistics(acts: torch.Tensor, item_labels: torch.Tensor, *, permutation
     return {"rsm": rsm, "selectivity": si.T, "selectivity_pvalue": pvalue.T, "rsa": rsa}
 
 
-def compute(data, spec: Spec, cfg: Config, ctx) -> dict[str, Labelled]:
+def compute(data: Data, spec: Spec, cfg: Config, ctx: Context) -> Results:
     stim = spec.state
     hook_widths = tuple(data.widths[schema.ACTS_FINAL][0])
     res = rsa_statistics(data.acts(schema.ACTS_FINAL), torch.as_tensor(stim.labels, dtype=torch.long),
