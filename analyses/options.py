@@ -50,13 +50,9 @@ class RunOptions:
     progress: bool = option(True, "Progress bars.")
 
     def __post_init__(self):
-        if self.weights not in ("pretrained", "random"):
-            raise InputError(f"--weights must be 'pretrained' or 'random', not {self.weights!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise InputError(f"--dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
-        check_options(self)
+        check_options(self)  # bounds, and weights / dtype among their Literal values
         if self.model is not None and not str(self.model).strip():
-            raise InputError("--model is empty; give a model name or a checkpoint folder")
+            raise InputError("{model:name} is empty; give a model name or a checkpoint folder", params={"model": ""})
         if str(self.device).strip().lower().split(":")[0] == "meta":
             raise InputError("--device meta builds a model's shapes without memory (lamina.load_model(..., "
                              "device='meta')); it cannot run an analysis or a capture: use --device cpu, cuda or auto")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -89,6 +90,21 @@ def option_bounds(f: dataclasses.Field) -> str:
     return f">= {lo}" if lo is not None else (f"<= {hi}" if hi is not None else "")
 
 
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve: no Literal choices from it
+        return {}
+
+
+def _literal(hints: Mapping[str, Any], f: dataclasses.Field) -> tuple[Any, ...] | None:
+    """The values of a ``Literal[...]`` (or ``Optional[Literal[...]]``) field: its choices."""
+    tp = hints.get(f.name)
+    args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) is typing.Union else [tp]
+    tp = args[0] if len(args) == 1 else tp
+    return typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
+
+
 def check_options(obj: Any) -> None:
     """Every field of the dataclass instance ``obj`` against its :func:`option` bounds; one InputError naming
     the parameter as its caller spells it (``marks=1`` / ``--marks 1``) otherwise.
@@ -101,15 +117,16 @@ def check_options(obj: Any) -> None:
     ...
     lamina.engine.errors.InputError: marks=1: must be >= 2
     """
+    hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
-        lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
+        lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices", _literal(hints, f))
         v = getattr(obj, f.name)
         if v is None or (lo is None and hi is None and choices is None):
             continue
         params = {f.name: v}
         if choices is not None:
             if v not in choices:
-                raise InputError(f"{{{f.name}}}: must be {option_bounds(f)}", params=params)
+                raise InputError(f"{{{f.name}}}: must be one of {', '.join(map(str, choices))}", params=params)
             continue
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise InputError(f"{{{f.name}}}: must be a number ({option_bounds(f)})", params=params)

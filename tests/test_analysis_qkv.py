@@ -257,9 +257,9 @@ def test_error_missing_file_and_bad_config(gpt2_dir, tmp_path):
     opts = RunOptions(model=str(gpt2_dir), out=str(tmp_path / "out"))
     with pytest.raises(InputError, match="does not exist"):
         spec_of("qkv", qkv.Config(sentences=str(tmp_path / "nope.txt")), opts)
-    with pytest.raises(InputError, match="--layer"):
+    with pytest.raises(InputError, match="layer=-1: must be >= 0"):
         qkv.PlotOptions(layer=-1)
-    with pytest.raises(InputError, match="--target"):
+    with pytest.raises(InputError, match="target="):
         qkv.Config(target="  ")
 
 

@@ -70,7 +70,7 @@ class Config:
 
     def __post_init__(self):
         if not isinstance(self.target, str) or not self.target.strip():
-            raise InputError(f"--target must be a word, got {self.target!r}")
+            raise InputError("{target}: must be a word", params={"target": self.target})
 
     @property
     def target_text(self) -> str:

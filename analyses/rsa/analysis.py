@@ -71,11 +71,11 @@ class Config:
     def __post_init__(self):
         n = self.template.count("{w}")
         if n != 1:
-            raise InputError(f"--template {self.template!r} must contain the placeholder '{{w}}' exactly once "
-                             f"(found {n}), e.g. {DEFAULT_TEMPLATE!r}")
+            raise InputError(f"{{template}} must contain the placeholder '{{w}}' exactly once "
+                             f"(found {n}), e.g. {DEFAULT_TEMPLATE!r}", params={"template": self.template})
         if not self.template.endswith("{w}"):
-            raise InputError(f"--template {self.template!r} must end with '{{w}}': the word has to be the final "
-                             f"token of the prompt, e.g. {DEFAULT_TEMPLATE!r}")
+            raise InputError(f"{{template}} must end with '{{w}}': the word has to be the final "
+                             f"token of the prompt, e.g. {DEFAULT_TEMPLATE!r}", params={"template": self.template})
         check_options(self)
 
 
