@@ -218,3 +218,12 @@ def test_runner_pipeline_and_partials_write_only_through_the_store():
     for rel in ("engine/store.py", "engine/chunk_writer.py"):
         text = (ROOT / rel).read_text(encoding="utf-8")
         assert "self.rank" not in text and not re.search(r"\brank\s*[!=<>]", text) and "is_main" not in text, rel
+
+
+def test_every_analysis_folder_is_an_installed_package():
+    """A folder under analyses/ with an __init__.py is listed in pyproject's packages (else a wheel lacks it)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {f"lamina.analyses.{p.parent.name}" for p in (ROOT / "analyses").glob("*/__init__.py")}
+    assert folders <= listed, sorted(folders - listed)
