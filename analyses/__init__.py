@@ -1,1 +1,1 @@
-"""The five layer analyses of EXPERIMENTS.md and the lamina CLI."""
+"""lamina's layer analyses (definitions: docs/analyses.md) and the lamina CLI."""

@@ -191,10 +191,10 @@ def list_analyses():
              add_help_option=False)
 @click.pass_context
 def bench(ctx):
-    """Benchmarks (same as ``python -m lamina.benchmarks``); ``lamina bench --help`` for options."""
-    from lamina.benchmarks.__main__ import main as bench_main
+    """Benchmarks (runs ``python -m lamina.benchmarks``); ``lamina bench --help`` for options."""
+    import subprocess
 
-    bench_main(list(ctx.args))
+    sys.exit(subprocess.call([sys.executable, "-m", "lamina.benchmarks", *ctx.args]))
 
 
 app.add_command(_capture_command(), "capture")
@@ -217,11 +217,13 @@ def _is_main() -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one clear line and exit 2 (no traceback); Ctrl-C exits 130."""
+    from . import cli_errors
+
     _quiet_asyncio()
     try:
-        app.main(args=argv, prog_name="lamina", standalone_mode=False)
+        app.main(args=cli_errors.take_debug(argv), prog_name="lamina", standalone_mode=False)
     except LaminaError as e:
-        click.secho(f"lamina: error: {e}", err=True, fg="red")
+        cli_errors.show(e)
         sys.exit(2)
     except click.exceptions.NoArgsIsHelpError as e:
         click.echo(e.ctx.get_help() if e.ctx else str(e), err=True)

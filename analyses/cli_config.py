@@ -2,7 +2,9 @@
 
 Field type -> option: ``bool`` -> ``--name/--no-name``; ``int``, ``float``, ``str`` as such;
 ``Optional[X]`` -> X with default None; ``Literal[...]`` -> a choice; ``tuple[str, ...]`` ->
-a repeatable option. The help is the field's :func:`~lamina.analyses.protocol.option` help.
+a repeatable option; ``tuple[int, ...]`` / ``tuple[float, ...]`` -> one comma-separated list
+(``--bucket-edges 0,1,4,16``), parsed to the same typed tuple Python passes (so both give one resume
+key). The help is the field's :func:`~lamina.analyses.protocol.option` help with its bounds.
 
 >>> import dataclasses
 >>> from lamina.analyses.protocol import option
@@ -14,6 +16,8 @@ a repeatable option. The help is the field's :func:`~lamina.analyses.protocol.op
 [['--n'], ['--full']]
 >>> build(C, {"n": 3, "full": True})
 C(n=3, full=True)
+>>> NumberList(int).convert("0,1,4,16", None, None)
+(0, 1, 4, 16)
 """
 
 from __future__ import annotations
@@ -27,8 +31,25 @@ from collections.abc import Mapping
 from typing import Any, Literal, Union
 
 import click
-
 from lamina.engine.errors import InputError
+
+from .protocol import option_help
+
+
+class NumberList(click.ParamType):
+    """A comma-separated list of ``kind`` (int or float) -> a tuple of them."""
+
+    def __init__(self, kind: type):
+        self.kind = kind
+        self.name = f"{kind.__name__},..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(self.kind(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of {self.kind.__name__}s", param, ctx)
 
 
 def _unwrap(tp) -> tuple[Any, bool]:
@@ -53,7 +74,7 @@ def click_options(cls) -> list[click.Option]:
         flags = [*f.metadata.get("flags", ()), name]
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         default = None if required else f.default
-        help_ = str(f.metadata.get("help", ""))
+        help_ = option_help(f)
         kw: dict[str, Any] = {"default": default, "help": help_, "show_default": default not in (None, ()),
                               "required": required}
         if tp is bool:
@@ -62,6 +83,9 @@ def click_options(cls) -> list[click.Option]:
             continue
         if typing.get_origin(tp) is Literal:
             kw["type"] = click.Choice([str(a) for a in typing.get_args(tp)])
+        elif typing.get_origin(tp) is tuple and _element(tp) in (int, float):
+            kw.update(type=NumberList(_element(tp)), default=default,
+                      show_default=",".join(map(str, default)) if default else False)
         elif typing.get_origin(tp) is tuple:
             kw.update(multiple=True, type=str, default=default or (), show_default=False)
         elif tp in (int, float, str):
@@ -70,6 +94,12 @@ def click_options(cls) -> list[click.Option]:
             kw["type"] = str
         out.append(click.Option([*flags, f.name], **kw))
     return out
+
+
+def _element(tp) -> Any:
+    """X of ``tuple[X, ...]`` (None for other tuples)."""
+    args = typing.get_args(tp)
+    return args[0] if len(args) == 2 and args[1] is Ellipsis else None
 
 
 def check_values(cls, values: Mapping[str, Any], where: str) -> None:
@@ -95,7 +125,8 @@ def _fits(value, tp) -> bool:
     if tp is str:
         return isinstance(value, (str, os.PathLike))
     if typing.get_origin(tp) is tuple:
-        return isinstance(value, (tuple, list))
+        kind = _element(tp)
+        return isinstance(value, (tuple, list)) and (kind not in (int, float) or all(_fits(v, kind) for v in value))
     return True  # anything else: the dataclass' own checks
 
 

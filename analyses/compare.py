@@ -38,6 +38,7 @@ from .compare_table import key_numbers, write_csv
 from .curves import depth_dim
 from .protocol import Analysis
 from .report import COMPARISON_DATA as DATA, write_comparison_report
+from .stages import stage_call
 
 TABLE = "key_numbers.csv"
 
@@ -74,7 +75,7 @@ def compare(runs: Sequence[str | os.PathLike | Run], *, out: str | os.PathLike,
         raise StoreNotWritableError(f"cannot create --out {str(out)!r}: {e.strerror or e}; choose a writable "
                                     "folder") from None
     fn = analysis.curves_function()
-    per_run = [dict(fn(run)) for run in opened]
+    per_run = [dict(stage_call(analysis.name, "curves", fn, run)) for run in opened]
     labels = run_labels(opened)
     try:
         figures = draw_comparison(per_run, labels, folder / dst.FIGURES, experiment=analysis.name,

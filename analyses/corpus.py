@@ -6,7 +6,7 @@
 >>> cut(ids, n_seq=16, seq_len=512, source=source).shape
 (16, 512)
 
-Two sources, both "no BOS, no separators" (EXPERIMENTS.md C):
+Two sources, both "no BOS, no separators" (docs/analyses.md "length"):
 
 - a text file (default: the original corpus shipped in ``stimuli/corpus.txt``),
   tokenised WHOLE as one document;

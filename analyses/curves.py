@@ -1,6 +1,6 @@
 """Per-layer curves: what ``lamina compare`` overlays, and the helpers the analyses' curve modules share.
 
-An analysis' ``curves`` (``Analysis.curves``, e.g. ``"lamina.analyses.qkv_curves:curves"``) maps a
+An analysis' ``curves`` (``Analysis.curves``, e.g. :func:`lamina.analyses.qkv.curves.curves`) maps a
 complete run ALONE to ``{name: Labelled}``: each curve has one depth dimension (``layer``, or
 ``state`` for hidden states) as its LAST dimension, and any number of label dimensions before it
 (role, block, component, class ...). Attributes say how to show it:

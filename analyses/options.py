@@ -15,7 +15,7 @@ from typing import Literal, Optional
 
 from lamina.engine.errors import InputError
 
-from .protocol import option
+from .protocol import check_options, option
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +35,7 @@ class RunOptions:
     tokenizer: Optional[str] = option(None, "Tokenizer instead of the model's own: gpt2 (the bundled GPT-2 BPE), a "
                                             "folder of tokenizer files, or a .gguf file. Needed for a checkpoint "
                                             "folder saved without one.")
-    seed: int = option(0, "Seed of random weights, baselines and permutations.")
+    seed: int = option(0, "Seed of random weights, baselines and permutations.", min=0, max=2**63 - 1)
     device: str = option("auto", "auto (cuda when available), cpu, cuda, cuda:1 ...")
     dtype: Literal["float32", "bfloat16", "float16"] = option(
         "float32", "Model dtype; statistics always accumulate in float32/float64.")
@@ -43,25 +43,16 @@ class RunOptions:
                                       "(s3://...). Default: runs/ANALYSIS-MODEL[-random].", flags=("-o",))
     overwrite: bool = option(False, "Replace the run at --out: the new run is built beside it and swapped in "
                                     "only when complete.")
-    micro_batch: Optional[int] = option(None, "Samples per forward pass (default: fits the device).")
+    micro_batch: Optional[int] = option(None, "Samples per forward pass (default: fits the device).", min=1)
     unit_samples: Optional[int] = option(None, "Samples per work unit, the resume and multi-rank granularity "
-                                               "(default: whole store chunks of >= 1 MiB).")
+                                               "(default: whole store chunks of >= 1 MiB).", min=1)
     figures: bool = option(True, "Draw PNG and PDF figures into OUT/figures.")
     progress: bool = option(True, "Progress bars.")
 
     def __post_init__(self):
-        if self.weights not in ("pretrained", "random"):
-            raise InputError(f"--weights must be 'pretrained' or 'random', not {self.weights!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise InputError(f"--dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
-        if isinstance(self.seed, int) and not 0 <= self.seed < 2**63:
-            raise InputError(f"--seed must be between 0 and 2**63 - 1 (it seeds 64-bit generators), got {self.seed}")
-        if self.micro_batch is not None and (isinstance(self.micro_batch, bool) or self.micro_batch < 1):
-            raise InputError(f"--micro-batch must be >= 1, got {self.micro_batch}")
-        if self.unit_samples is not None and (isinstance(self.unit_samples, bool) or self.unit_samples < 1):
-            raise InputError(f"--unit-samples must be >= 1, got {self.unit_samples}")
+        check_options(self)  # bounds, and weights / dtype among their Literal values
         if self.model is not None and not str(self.model).strip():
-            raise InputError("--model is empty; give a model name or a checkpoint folder")
+            raise InputError("{model:name} is empty; give a model name or a checkpoint folder", params={"model": ""})
         if str(self.device).strip().lower().split(":")[0] == "meta":
             raise InputError("--device meta builds a model's shapes without memory (lamina.load_model(..., "
                              "device='meta')); it cannot run an analysis or a capture: use --device cpu, cuda or auto")

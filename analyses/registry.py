@@ -23,7 +23,7 @@ from lamina.engine.errors import InputError, PluginError
 from .protocol import Analysis
 
 GROUP = "lamina.analyses"
-BUILTIN = {  # name -> "module:attribute"; imported on first use
+BUILTIN = {  # name -> "module:attribute" (a folder analyses/NAME/ holding ANALYSIS); imported on first use
     "qkv": "lamina.analyses.qkv:ANALYSIS",
     "rsa": "lamina.analyses.rsa:ANALYSIS",
     "length": "lamina.analyses.length:ANALYSIS",

@@ -91,7 +91,7 @@ def render_run(analysis: Analysis, run: Run, *, status: str | None = None) -> st
     """The report of ``run`` as HTML text (``status``: shown instead of the run's own)."""
     a = {**run.attrs, **({"status": status} if status else {})}
     model = a.get("model") or {}
-    figures = [_figure(stem, pdf, a) for stem, pdf in _figure_stems(run)]
+    figures = [_figure(stem, pdf, a, analysis.captions) for stem, pdf in _figure_stems(run, analysis.captions)]
     return _env().get_template("run_report.html.j2").render(
         **_common(), page_title=f"lamina {analysis.name}: {Path(str(model.get('model', '?'))).name}",
         warning=(model.get("warning") or RANDOM) if a.get("weights") == "random" else None, status=a.get("status"),
@@ -218,7 +218,7 @@ def _weights(a: Mapping[str, Any]) -> str:
     return kind
 
 
-def _figure_stems(run: Run) -> list[tuple[str, bool]]:
+def _figure_stems(run: Run, captions=()) -> list[tuple[str, bool]]:
     """(stem, has a PDF) of every PNG in RUN/figures, in the plot modules' order."""
     if dst.is_local(run.url):
         folder = Path(run.folder) / dst.FIGURES
@@ -229,13 +229,13 @@ def _figure_stems(run: Run) -> list[tuple[str, bool]]:
         fs, root = fsspec.core.url_to_fs(run.url)
         target = f"{root.rstrip('/')}/{dst.FIGURES}"
         names = [Path(p).name for p in fs.ls(target, detail=False)] if fs.exists(target) else []
-    stems = sorted({n[:-4] for n in names if n.endswith(".png")}, key=figure_order)
+    stems = sorted({n[:-4] for n in names if n.endswith(".png")}, key=figure_order(captions))
     return [(s, f"{s}.pdf" in names) for s in stems]
 
 
-def _figure(stem: str, has_pdf: bool, attrs: Mapping) -> dict:
+def _figure(stem: str, has_pdf: bool, attrs: Mapping, captions=()) -> dict:
     return {"stem": stem, "png": f"{dst.FIGURES}/{stem}.png", "pdf": f"{dst.FIGURES}/{stem}.pdf" if has_pdf else None,
-            "caption": run_caption(stem, attrs)}
+            "caption": run_caption(stem, attrs, captions)}
 
 
 def _analysis_of(run: Run) -> Analysis:

@@ -43,8 +43,9 @@ from lamina.engine.store import RunWriter
 from . import registry
 from .model_info import inspect
 from .options import RunOptions
-from .protocol import Analysis, Context, Data, Spec
+from .protocol import Analysis, Context, Data, Spec, check_options
 from .report import write_report
+from .stages import check_results, check_spec, stage_call
 
 _REFUSED = (InputError, HookError, NonFiniteError)  # a command refused for its input: its new run is removed
 
@@ -70,6 +71,9 @@ def execute(
     if not isinstance(cfg, analysis.Config):
         raise TypeError(f"{analysis.name}: cfg must be a {analysis.Config.__qualname__}, not {type(cfg).__name__}")
     figs = figure_settings(analysis, figure_options or {})
+    for declared in (cfg, opts, figs):  # every option's bounds, the same from the CLI and from Python
+        if declared is not None:
+            check_options(declared)
     if model is not None:
         opts = dataclasses.replace(opts, model=model.name, weights="random" if model.is_random else "pretrained",
                                    dtype=str(model.dtype).removeprefix("torch."), device=str(model.device))
@@ -80,7 +84,8 @@ def execute(
     if model is None:
         _check_device(world, opts)
     info = inspect(opts, model)
-    spec = analysis.spec(cfg, info)  # every input error before the model loads
+    spec = stage_call(analysis.name, "spec", analysis.spec, cfg, info)  # every input error before the model loads
+    check_spec(analysis.name, spec)
     _check_bounds(spec, opts)
     key = run_key(analysis, cfg, opts, spec)
     mode = _on_main(world, lambda: _mode(dest, key, opts, echo))
@@ -182,16 +187,18 @@ def _fill(analysis, cfg, opts, spec: Spec, model, store: ChunkWriter, world: Wor
         return
     reduced = {r.name: partials.fold(store, r, _n_units(store, p.phase), model.device)
                for p in spec.passes for r in p.reducers}
-    data = Data(lambda name: torch.from_numpy(store.read(name)).to(model.device), reduced, widths)
+    stored = [n for p in spec.passes if p.keep for n in dict.fromkeys(c.name for c in p.captures)]
+    data = Data(lambda name: torch.from_numpy(store.read(name)).to(model.device), reduced, widths, stored=stored)
     ctx = Context(model.device, opts.seed, opts.progress)
     t = time.perf_counter()
-    results = analysis.compute(data, spec, cfg, ctx)
+    results = stage_call(analysis.name, "compute", analysis.compute, data, spec, cfg, ctx)
     timings["compute_s"] = time.perf_counter() - t
+    check_results(analysis, results)
     t = time.perf_counter()
     for path, value in results.items():
         store.put_labelled(path, value)
     timings["write_s"] = time.perf_counter() - t
-    summary = analysis.summary(results, spec, cfg)
+    summary = stage_call(analysis.name, "summary", analysis.summary, results, spec, cfg)
     store.finalise(drawing=opts.figures, summary=dict(summary), timings={k: round(v, 3) for k, v in timings.items()})
 
 
@@ -249,7 +256,7 @@ def draw(analysis: Analysis, run: Run, figs=None, *, publish: Callable | None = 
         figs = analysis.PlotOptions()
     kwargs = dataclasses.asdict(figs) if figs is not None else {}
     publish = publish or (lambda drawer: publish_figures(run.url, drawer))
-    return publish(lambda folder: fn(run, folder, **kwargs))
+    return publish(lambda folder: stage_call(analysis.name, "plot", fn, run, folder, **kwargs))
 
 
 # ---- ranks ---------------------------------------------------------------------------------

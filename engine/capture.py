@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from .errors import InputError, NonFiniteError
-from .fastpath import hook_points, fast_route, hook_value, split_part
+from .fastpath import fast_route, hook_points, hook_value, split_part
 from .hooks import Capture, validate_hooks
 from .inputs import TokenBatch
 from .models import LoadedModel
@@ -289,7 +289,7 @@ def _copy_into(flat: torch.Tensor, ops: list[_Copy], width: int) -> None:
             rows = flat
             dst = op.buf[op.entry, :, :width, op.dst]
         else:
-            rows = gathered.get(id(op.pos))
+            rows = gathered.get(id(op.pos))  # type: ignore[assignment]
             if rows is None:
                 rows = gathered[id(op.pos)] = flat.reshape(-1, flat.shape[-1]).index_select(0, op.pos)
             dst = op.buf[op.entry, :, op.dst]
@@ -405,7 +405,8 @@ def capture_arrays(
 ) -> dict[str, torch.Tensor]:
     """In-memory capture (no store): {name: [layer, sample, (pos,) feature] float32 on the device}.
 
-    >>> out = capture_arrays(m, batch, [Capture("q", layer_hooks("blocks.{layer}.attn.hook_q", [0]), Selector.last())])  # doctest: +SKIP
+    >>> q = Capture("q", layer_hooks("blocks.{layer}.attn.hook_q", [0]), Selector.last())  # doctest: +SKIP
+    >>> out = capture_arrays(m, batch, [q])  # doctest: +SKIP
     """
     layouts = plan(model, captures)
     mb = micro_batch or auto_micro_batch(model, batch.max_len, len(batch))

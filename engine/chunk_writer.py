@@ -71,7 +71,7 @@ class ChunkWriter:
         missing = [k for k, v in seen.items() if v is None]
         if missing:  # not seen being written (another handle?): take the checksum from the stored chunk
             seen.update({k: None if raw is None else checksum(raw) for k, raw in read_chunks(self._recorder, missing)})
-        return {arr.path: {c: seen[k] for c, k in keys.items()}}
+        return {arr.path: {c: seen[k] for c, k in keys.items()}}  # type: ignore[misc]
 
     @contextlib.contextmanager
     def unit(self, phase: str, unit: int) -> Iterator[UnitWrites]:

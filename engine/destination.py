@@ -24,8 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from .errors import (InputError, NotARunError, RunCorruptError, StoreExistsError, StoreMismatchError,
-                     StoreURLError)
+from .errors import InputError, NotARunError, RunCorruptError, StoreExistsError, StoreMismatchError, StoreURLError
 from .manifest import NODE as MANIFEST_NODE
 from .manifest import Manifest, consolidated_nodes, read_manifest, read_metadata
 from .urls import check_url, is_local, local_path, scheme
@@ -218,7 +217,7 @@ def check_destination(url: str | os.PathLike, *, overwrite: bool = False, allow_
         url = str(path)
         recover(url)
         if path.exists() and not path.is_dir():
-            raise NotARunError(f"--out {given!r} is a file, not a folder; give a new or empty folder")
+            raise NotARunError("{out} is a file, not a folder; give a new or empty folder", params={"out": given})
         if not path.exists():
             return Destination(url, "new", given=given)
     root = read_metadata(url)
@@ -230,20 +229,20 @@ def check_destination(url: str | os.PathLike, *, overwrite: bool = False, allow_
         if not entries:
             return Destination(url, "empty", given=given)
         shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
-        raise NotARunError(f"--out {given!r} is a folder with {len(entries)} entries lamina did not write "
+        raise NotARunError(f"{{out}} is a folder with {len(entries)} entries lamina did not write "
                            f"({shown}); lamina writes only into a new or empty folder or one of its own runs: "
-                           "choose another --out")
+                           "choose another {out:name}", params={"out": given})
     if root.state != "ok":
         if manifest is None:
-            raise NotARunError(f"--out {given!r} holds a Zarr group whose root zarr.json is {root.error} and no "
+            raise NotARunError(f"{{out}} holds a Zarr group whose root zarr.json is {root.error} and no "
                                "lamina manifest: lamina cannot tell whose it is and neither writes into nor deletes "
-                               "it; choose another --out")
+                               "it; choose another {out:name}", params={"out": given})
         dest = Destination(url, "damaged", manifest=manifest, given=given,
                            damage="missing" if root.state == "absent" else root.error)
     else:
         if not is_run(root.attrs):
-            raise NotARunError(f"--out {given!r} holds a Zarr group that lamina did not write; choose another --out "
-                               "(lamina never writes into or deletes someone else's data)")
+            raise NotARunError("{out} holds a Zarr group that lamina did not write; choose another {out:name} "
+                               "(lamina never writes into or deletes someone else's data)", params={"out": given})
         dest = Destination(url, "run", root.attrs, manifest=manifest, given=given)
         if dest.complete and not overwrite and not complete_ok:
             raise exists_error(dest)
@@ -253,9 +252,10 @@ def check_destination(url: str | os.PathLike, *, overwrite: bool = False, allow_
 
 
 def exists_error(dest: Destination) -> StoreExistsError:
-    return StoreExistsError(f"--out {dest.given or dest.url!r} already holds {dest.describe()} (created "
-                            f"{(dest.attrs or {}).get('created', '?')}); pass --overwrite to replace it once the new "
-                            "run is complete, or choose another --out")
+    return StoreExistsError(f"{{out}} already holds {dest.describe()} (created "
+                            f"{(dest.attrs or {}).get('created', '?')}); pass {{overwrite}} to replace it once the "
+                            "new run is complete, or choose another {out:name}",
+                            params={"out": dest.given or dest.url, "overwrite": True})
 
 
 def _real_path(url: str, given: str) -> Path:
@@ -263,7 +263,7 @@ def _real_path(url: str, given: str) -> Path:
     exist or it lies inside another run."""
     real = local_path(url).resolve()
     if not real.name:
-        raise InputError(f"--out {given!r} is the filesystem root; give a folder for the run")
+        raise InputError("{out} is the filesystem root; give a folder for the run", params={"out": given})
     try:
         limit = os.pathconf(next((p for p in (real.parent, *real.parent.parents) if p.exists()), Path("/")),
                             "PC_NAME_MAX")
@@ -271,13 +271,14 @@ def _real_path(url: str, given: str) -> Path:
         limit = 255
     staged = len(f".{real.name}.lamina-new".encode())
     if staged > limit:
-        raise InputError(f"--out {given!r}: the folder name is {len(real.name.encode())} bytes; lamina needs "
+        raise InputError(f"{{out}}: the folder name is {len(real.name.encode())} bytes; lamina needs "
                          f"{staged} for the staging folder .NAME.lamina-new beside it, at most {limit}: choose a "
-                         "shorter name")
+                         "shorter name", params={"out": given})
     above = enclosing_group(real)
     if above is not None:
         what = "the lamina run" if is_run(read_attrs(str(above))) else "the Zarr group"
-        raise NotARunError(f"--out {given!r} is inside {what} {str(above)!r}; give a folder outside any run")
+        raise NotARunError(f"{{out}} is inside {what} {str(above)!r}; give a folder outside any run",
+                           params={"out": given})
     return real
 
 
@@ -293,14 +294,15 @@ def _check_replaceable(dest: Destination) -> None:
     if dest.state not in ("run", "damaged"):
         return
     if not is_local(dest.url):
-        raise StoreURLError(f"--overwrite of the run at {dest.url!r} is not supported on object stores (no atomic "
-                            "rename); choose a new --out, or delete the old run with your storage tools first")
+        raise StoreURLError(f"{{overwrite}} of the run at {dest.url!r} is not supported on object stores (no atomic "
+                            "rename); choose a new {out:name}, or delete the old run with your storage tools first",
+                            params={"overwrite": True, "out": dest.url})
     path = Path(dest.url)
     cwd = Path.cwd().resolve()
     if cwd == path or path in cwd.parents:
-        raise InputError(f"--out {dest.given or dest.url!r} is the current directory (or holds it): --overwrite moves "
+        raise InputError("{out} is the current directory (or holds it): {overwrite} moves "
                          "the old run aside, which cannot be done to the folder you are in; run the command from "
-                         "outside it (cd ..)")
+                         "outside it (cd ..)", params={"out": dest.given or dest.url, "overwrite": True})
     for kind in ("new", "old"):
         s = Path(sibling(dest.url, kind))
         if s.is_symlink() or (s.exists() and not _ours(s)):
@@ -308,9 +310,10 @@ def _check_replaceable(dest: Destination) -> None:
                                "make what is there; move it away, then run again")
     foreign = foreign_entries(path)
     if foreign:
-        raise NotARunError(f"--out {dest.given or dest.url!r} holds {dest.describe()} plus entries lamina did not "
+        raise NotARunError(f"{{out}} holds {dest.describe()} plus entries lamina did not "
                            f"write ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); move them out "
-                           "before --overwrite (lamina deletes only what it wrote)")
+                           "before {overwrite} (lamina deletes only what it wrote)",
+                           params={"out": dest.given or dest.url, "overwrite": True})
 
 
 Mode = Literal["create", "resume", "complete", "repair", "stage"]
@@ -332,9 +335,9 @@ def check_resumable(dest: Destination, key_json: str, *, overwrite: bool) -> Mod
             return "repair"
         if overwrite:
             return "stage"
-        raise RunCorruptError(f"--out {dest.given or dest.url!r} holds {dest.describe()}, made by a different "
-                              "command; pass --overwrite to replace it once the new run is complete, or choose "
-                              "another --out")
+        raise RunCorruptError(f"{{out}} holds {dest.describe()}, made by a different "
+                              "command; pass {overwrite} to replace it once the new run is complete, or choose "
+                              "another {out:name}", params={"out": dest.given or dest.url, "overwrite": True})
     if same and not dest.complete:
         return "resume"
     if same and not overwrite:
@@ -344,9 +347,10 @@ def check_resumable(dest: Destination, key_json: str, *, overwrite: bool) -> Mod
     if dest.complete:
         raise exists_error(dest)
     raise StoreMismatchError(
-        f"--out {dest.given or dest.url!r} holds {dest.describe()} made by a different command; it cannot be "
-        "resumed with these options. Run that command again to finish it, pass --overwrite to replace it once "
-        "the new run is complete, or choose another --out")
+        f"{{out}} holds {dest.describe()} made by a different command; it cannot be "
+        "resumed with these options. Run that command again to finish it, pass {overwrite} to replace it once "
+        "the new run is complete, or choose another {out:name}",
+        params={"out": dest.given or dest.url, "overwrite": True})
 
 
 # ---- replacing a run ---------------------------------------------------------------------

@@ -25,7 +25,8 @@ a ``LinearBridge``'s ``hook_out`` (the wrapped projection's output), a block's
 GPT-2 and GPT-NeoX (whose separate q/k/v the bridge makes itself) by their HF attention
 class. Everything else - ``hook_z``, ``hook_resid_mid``, norms' inner hooks, ... - is not
 mapped, and a capture that asks for one runs on the bridge (attention scores and patterns,
-which have no value per token position, are refused by ``capture.plan`` on either path) (``capture.py``'s general path), as does any family not in :data:`FAMILIES`, a
+which have no value per token position, are refused by ``capture.plan`` on either path)
+(``capture.py``'s general path), as does any family not in :data:`FAMILIES`, a
 bridge carrying hooks of its own, a bridge in training mode, a bridge whose weights changed
 after :func:`remember_weights` (edited in place, replaced, reloaded: the bridge keeps its own
 copies of some, e.g. GPT-NeoX's split q/k/v, so the two would disagree), or ``LAMINA_FASTPATH=0``.
@@ -169,7 +170,7 @@ class Twin:
         elif kinds == {"gpt_neo"}:
             for block in bridge.blocks:
                 hf_attn = self.clone_of(block.attn.original_component)
-                hf_attn._attn = types.MethodType(gpt_neo_sdpa, hf_attn)
+                hf_attn._attn = types.MethodType(gpt_neo_sdpa, hf_attn)  # type: ignore[assignment]
         elif kinds != {None}:
             raise _Unsupported(f"mixed attention kernels {sorted(map(str, kinds))}")
 

@@ -30,8 +30,8 @@ import json
 import os
 from pathlib import Path
 
-from .errors import InputError, ModelNotFoundError
 from .chatter import quiet  # noqa: F401  (re-exported: engine modules silence loading with it)
+from .errors import InputError, ModelNotFoundError
 from .gguf import dequantised_folder, is_gguf_name
 from .model_configs import SHIPPED_CONFIGS, shipped_name
 from .model_support import check_architecture

@@ -52,7 +52,7 @@ RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: results are scientifically meaningless
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """One row of the model table in EXPERIMENTS.md (the six GPT-2-BPE names lamina started with)."""
+    """One row of lamina's model table (docs/models.md) (the six GPT-2-BPE names lamina started with)."""
 
     name: str
     family: Literal["gpt2", "gpt_neo"]
@@ -150,7 +150,7 @@ class LoadedModel:
             if self.tokenizer is not None:
                 out.update({f"tokenizer_{k}": v for k, v in tokenizer_facts(self.tokenizer).items()})
             if i.gguf:
-                out["gguf"] = dict(i.gguf)
+                out["gguf"] = dict(i.gguf)  # type: ignore[assignment]
         blocks = sdpa_blocks(self.bridge)
         out["attention"] = "sdpa" if all(blocks) else "eager" if not any(blocks) else "mixed"
         if self.is_random:

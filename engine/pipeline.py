@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,12 +30,12 @@ from tqdm.auto import tqdm
 
 from . import partials
 from .capture import CaptureLayout, auto_micro_batch, capture_batches, is_oom, plan
+from .chunk_writer import ChunkWriter, UnitWrites
 from .distributed import World, barrier, broadcast_object
 from .hooks import Capture
 from .inputs import TokenBatch
 from .models import LoadedModel
 from .reducers import Reducer, Unit
-from .chunk_writer import ChunkWriter, UnitWrites
 from .store import MiB, RunWriter
 
 

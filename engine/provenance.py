@@ -1,7 +1,7 @@
 """Provenance recorded with every run: versions, machine, stimuli hash.
 
 >>> sorted(versions())[:3]
-['einops', 'lamina', 'numpy']
+['lamina', 'numpy', 'python']
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import importlib.metadata as md
 import platform
 from collections.abc import Iterable
 
-_PACKAGES = ("lamina", "torch", "transformers", "transformer-lens", "zarr", "numpy", "einops")
+_PACKAGES = ("lamina", "torch", "transformers", "transformer-lens", "zarr", "numpy")
 
 
 def versions() -> dict[str, str]:

@@ -61,7 +61,7 @@ def publish_figures(url: str, draw: Callable[[Path], Sequence[str | Path]]) -> l
     import fsspec
 
     with tempfile.TemporaryDirectory(prefix="lamina-figures-") as tmp:
-        paths = draw(Path(tmp))
+        paths = draw(Path(tmp))  # type: ignore[assignment]
         fs, root = fsspec.core.url_to_fs(url)
         out = []
         for p in paths:

@@ -42,10 +42,10 @@ from . import destination as dst
 from .chunk_store import check_chunks, delete_keys, not_writable
 from .chunk_writer import WRITE_EMPTY, ChunkWriter, open_group
 from .destination import Destination
-from .run_folder import acquire_lock, check_writable, publish_figures, publish_file, release
 from .labelled import Coord, Labelled
 from .manifest import NODE as MANIFEST_NODE
 from .manifest import Manifest, read_manifest, read_metadata
+from .run_folder import acquire_lock, check_writable, publish_figures, publish_file, release
 
 MiB = 1 << 20
 CHECKSUM = True  # crc32c on every chunk; the checksum benchmark turns it off to measure its cost
@@ -240,7 +240,7 @@ class RunWriter(ChunkWriter):
                 crc = _has_crc(arr)
                 for coords, s in sums.items():
                     key = f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}"
-                    expected[key], owner[key] = (s, crc), (unit, array, coords)
+                    expected[key], owner[key] = (s, crc), (unit, array, coords)  # type: ignore[assignment]
         problems = check_chunks(self._recorder, {k: v for k, v in expected.items() if not k.endswith("zarr.json")})
         problems.update({k: owner[k][2] for k in expected if k.endswith("zarr.json")})
         bad = sorted({owner[k][0] for k in problems})
@@ -445,7 +445,7 @@ def _fill(dtype: np.dtype):
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _jsonable(obj):

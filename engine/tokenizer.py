@@ -81,7 +81,7 @@ def gpt2_tokenizer():
 
 
 def configure_padding(tok):
-    """Right padding with EOS as the pad token, as EXPERIMENTS.md A batches sentences."""
+    """Right padding with EOS as the pad token, as the qkv analysis batches sentences (docs/analyses.md "qkv")."""
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"

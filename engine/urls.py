@@ -43,7 +43,8 @@ def check_url(url: str | os.PathLike, *, allow_memory: bool = False, write: bool
     """
     s = str(url)
     if not s.strip():
-        raise InputError("--out is empty; give a folder or URL for the run, or leave --out out for the default")
+        raise InputError("{out:name} is empty; give a folder or URL for the run, or leave it out for the default",
+                         params={"out": ""})
     sch = scheme(s)
     if not sch:
         if s.startswith("file://"):
@@ -56,10 +57,11 @@ def check_url(url: str | os.PathLike, *, allow_memory: bool = False, write: bool
     if sch == "memory":
         if allow_memory:
             return s
-        raise StoreURLError(f"--out {s!r}: a memory:// store is gone when lamina exits, so the run would be lost; "
-                            "give a folder or a persistent URL (s3://, gs://, ...)")
+        raise StoreURLError("{out}: a memory:// store is gone when lamina exits, so the run would be lost; "
+                            "give a folder or a persistent URL (s3://, gs://, ...)", params={"out": s})
     if write and sch in _READ_ONLY_SCHEMES:
-        raise StoreURLError(f"--out {s!r}: {sch}:// is read-only; give a folder or a writable URL (s3://, gs://, ...)")
+        raise StoreURLError(f"{{out}}: {sch}:// is read-only; give a folder or a writable URL (s3://, gs://, ...)",
+                            params={"out": s})
     try:
         import fsspec
 

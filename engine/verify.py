@@ -141,7 +141,7 @@ def _node_problem(url: str, path: str, kind: str, cons: dict | None) -> tuple[st
     meta = None
     if own.state == "ok" and own.doc.get("node_type") == "array":
         try:
-            meta = ArrayV3Metadata.from_dict(dict(own.doc))
+            meta = ArrayV3Metadata.from_dict(dict(own.doc))  # type: ignore[arg-type]
         except Exception as e:  # noqa: BLE001 - any field zarr cannot use (a changed data_type) is damage
             return f"its zarr.json is damaged ({_first_line(e)})", _from_consolidated(cons, path)
     if own.state == "absent":

@@ -6,11 +6,25 @@ True
 """
 
 
-from lamina.engine.errors import (HookError, InputError, LaminaError, ModelNotFoundError, NonFiniteError,  # noqa: F401
-                                  NotARunError, OfflineError, PluginError, RunCorruptError, RunNotFoundError,
-                                  StoreExistsError, StoreLockedError, StoreMismatchError, StoreNotWritableError,
-                                  StoreURLError)
+from lamina.engine.errors import (  # noqa: F401
+    AnalysisError,
+    HookError,
+    InputError,
+    LaminaError,
+    ModelNotFoundError,
+    NonFiniteError,
+    NotARunError,
+    OfflineError,
+    PluginError,
+    RunCorruptError,
+    RunNotFoundError,
+    StoreExistsError,
+    StoreLockedError,
+    StoreMismatchError,
+    StoreNotWritableError,
+    StoreURLError,
+)
 
 __all__ = ["LaminaError", "InputError", "ModelNotFoundError", "HookError", "RunNotFoundError", "StoreExistsError",
            "StoreLockedError", "StoreMismatchError", "StoreNotWritableError", "NotARunError", "StoreURLError",
-           "RunCorruptError", "NonFiniteError", "OfflineError", "PluginError"]
+           "RunCorruptError", "NonFiniteError", "OfflineError", "PluginError", "AnalysisError"]

@@ -1,4 +1,4 @@
-"""`lamina run length` (EXPERIMENTS.md C) against a plain NumPy reference on plain-HuggingFace activations.
+"""`lamina run length` (docs/analyses.md "length") against a plain NumPy reference on plain-HuggingFace activations.
 
 The checkpoint is the tiny GPT-Neo of conftest with its MLP input weights scaled up (so the
 pre-activations spread over the [-8, 5] histogram range) and three neurons of block 1 made
@@ -91,7 +91,7 @@ def reference(ckpt):
 
 
 def np_statistics(acts, block_acts, lengths, logf):
-    """EXPERIMENTS.md C in plain NumPy: acts [layer, token, neuron], block_acts [sample, pos, neuron]."""
+    """docs/analyses.md "length" in plain NumPy: acts [layer, token, neuron], block_acts [sample, pos, neuron]."""
     n_layers, n, n_neurons = acts.shape
     corr = np.full((n_layers, n_neurons), np.nan)
     partial = np.full((n_layers, n_neurons), np.nan)
@@ -357,7 +357,7 @@ def test_block_out_of_range_and_bad_options(ckpt, corpus, tmp_path, no_model):
         run_analysis("length", length.Config(text=str(corpus), n_seq=2, seq_len=8), _opts(ckpt, tmp_path / "out"))
     with pytest.raises(InputError, match="not both"):
         length.Config(text="a.txt", dataset="wikitext")
-    with pytest.raises(InputError, match="--seq-len must be a positive integer"):
+    with pytest.raises(InputError, match="seq_len=0: must be >= 1"):
         length.Config(seq_len=0)
     assert not (tmp_path / "out").exists()
 

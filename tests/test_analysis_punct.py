@@ -1,4 +1,4 @@
-"""``lamina run punct`` (EXPERIMENTS.md D) against an independent NumPy loop on plain-HF hidden states.
+"""``lamina run punct`` (docs/analyses.md "punct") against an independent NumPy loop on plain-HF hidden states.
 
 The reference here never uses lamina's kernels or capture: marks are found by a separate Python
 scan over the HuggingFace tokenizer's output, hidden states come from HF ``output_hidden_states``
@@ -265,11 +265,11 @@ def test_missing_text_file_cli(gpt2_dir, tmp_path, capsys):
 
 def test_bad_options(gpt2_dir, text_file):
     opts = RunOptions(model=str(gpt2_dir))
-    with pytest.raises(InputError, match="--marks must be >= 2"):
+    with pytest.raises(InputError, match="marks=1: must be >= 2"):
         punct.Config(marks=1)
-    with pytest.raises(InputError, match="--after must be >= 1"):
+    with pytest.raises(InputError, match="after=0: must be >= 1"):
         punct.Config(after=0)
-    with pytest.raises(InputError, match="--state must be >= 0"):
+    with pytest.raises(InputError, match="state=-1: must be >= 0"):
         punct.PlotOptions(state=-1)
     with pytest.raises(InputError, match="130 tokens is longer than the context.*128"):
         spec_of("punct", punct.Config(text=str(text_file), marks=N, skip=SKIP, before=100, after=30), opts)

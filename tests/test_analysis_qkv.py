@@ -1,6 +1,6 @@
-"""`lamina run qkv` (EXPERIMENTS.md A) against a plain NumPy reference on plain-HuggingFace activations.
+"""`lamina run qkv` (docs/analyses.md "qkv") against a plain NumPy reference on plain-HuggingFace activations.
 
-The reference below is written from EXPERIMENTS.md alone: first occurrence of the target
+The reference below is written from docs/analyses.md "qkv" alone: first occurrence of the target
 token, the token before it, column normalisation, C = Xnᵀ Xn, np.triu_indices masks,
 np.histogram(bins=100, range=(-1, 1)), np.var(ddof=0). No lamina kernel is used.
 
@@ -257,9 +257,9 @@ def test_error_missing_file_and_bad_config(gpt2_dir, tmp_path):
     opts = RunOptions(model=str(gpt2_dir), out=str(tmp_path / "out"))
     with pytest.raises(InputError, match="does not exist"):
         spec_of("qkv", qkv.Config(sentences=str(tmp_path / "nope.txt")), opts)
-    with pytest.raises(InputError, match="--layer"):
+    with pytest.raises(InputError, match="layer=-1: must be >= 0"):
         qkv.PlotOptions(layer=-1)
-    with pytest.raises(InputError, match="--target"):
+    with pytest.raises(InputError, match="target="):
         qkv.Config(target="  ")
 
 

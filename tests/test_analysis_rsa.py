@@ -1,4 +1,4 @@
-"""``lamina run rsa`` (EXPERIMENTS.md B) against a plain NumPy/SciPy reference on plain-HF activations."""
+"""``lamina run rsa`` (docs/analyses.md "rsa") against a plain NumPy/SciPy reference on plain-HF activations."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from .reference_hf import hf_reference
 PERMUTATIONS = 500
 
 
-# ---- independent reference (NumPy / SciPy only, written from EXPERIMENTS.md B) ---------------
+# ---- independent reference (NumPy / SciPy only, written from docs/analyses.md "rsa") ---------------
 
 
 def read_words(path):
@@ -180,7 +180,7 @@ def test_pvalue_identical_for_same_seed(gpt2_run, gpt2_dir, tmp_path):
     labels = torch.from_numpy(gpt2_run.numpy("inputs/labels")).long()
 
     def pvalue(seed):
-        g = torch.Generator().manual_seed(seed + rsa._PVALUE_SEED_OFFSET)
+        g = torch.Generator().manual_seed(seed + rsa.analysis._PVALUE_SEED_OFFSET)
         return rsa.rsa_statistics(acts, labels, permutations=PERMUTATIONS, generator=g)["selectivity_pvalue"].float().numpy()
 
     np.testing.assert_array_equal(pvalue(3), p)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lamina.analyses import qkv_plots
+from lamina.analyses.qkv import plots as qkv_plots
 from lamina.analyses.cli import main as cli_main
 from lamina.engine.reader import open_run
 
@@ -40,7 +40,7 @@ def test_usage_errors_are_one_line_exit_2(gpt2_dir, tmp_path):
     one_line_error(lamina("run", "qkv", "--bogus", "3"), "No such option '--bogus'", "lamina run qkv --help")
     one_line_error(lamina("run", "qkvv"), "No such command 'qkvv'")
     one_line_error(lamina("run", "qkv", "--micro-batch", "abc"), "--micro-batch", "'abc' is not a valid integer")
-    one_line_error(lamina("run", "qkv", "--micro-batch", "0", "--model", gpt2_dir), "--micro-batch must be >= 1")
+    one_line_error(lamina("run", "qkv", "--micro-batch", "0", "--model", gpt2_dir), "--micro-batch 0: must be >= 1")
     one_line_error(lamina("run", "qkv", "--dtype", "float8"), "--dtype")
     one_line_error(lamina("frobnicate"), "No such command 'frobnicate'")
 

@@ -19,7 +19,8 @@ import pytest
 import zarr
 
 import lamina
-from lamina.analyses import qkv, qkv_plots, runner
+from lamina.analyses import qkv, runner
+from lamina.analyses.qkv import plots as qkv_plots
 from lamina.analyses.cli import main as cli_main
 from lamina.analyses.options import RunOptions
 from lamina.engine import destination as dst
@@ -215,13 +216,13 @@ def test_overwrite_failing_in_the_kernels_then_resumed(gpt2_dir, old_qkv, monkey
         raise RuntimeError("kernel failure")
 
     real = qkv.histograms
-    monkeypatch.setattr(qkv, "histograms", boom)
+    monkeypatch.setattr(qkv.analysis, "histograms", boom)
     with pytest.raises(RuntimeError, match="kernel failure"):
         run_analysis("qkv", qkv.Config(), opts)
     _intact(out, before)
     staged = Path(dst.sibling(str(out), "new"))
     assert staged.exists() and open_run(staged).status == "running"
-    monkeypatch.setattr(qkv, "histograms", real)
+    monkeypatch.setattr(qkv.analysis, "histograms", real)
     new = run_analysis("qkv", qkv.Config(), opts)  # the same command: continues the staged run, then swaps
     assert new.complete and new.attrs["seed"] == 2 and "resumed" in new.attrs and verify(new).ok
     assert not staged.exists() and not Path(dst.sibling(str(out), "old")).exists()

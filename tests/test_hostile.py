@@ -19,7 +19,8 @@ import pytest
 import zarr
 
 import lamina
-from lamina.analyses import qkv_plots, runner
+from lamina.analyses import runner
+from lamina.analyses.qkv import plots as qkv_plots
 from lamina.analyses.cli import main as cli_main
 from lamina.engine import destination as dst
 from lamina.engine.errors import InputError, RunCorruptError
@@ -132,10 +133,10 @@ def test_3_resume_recomputes_a_done_unit_whose_chunk_is_bad(gpt2_dir, clean, tmp
 
     out = tmp_path / f"damaged-interrupted-{how}"
     real = qkv.histograms
-    monkeypatch.setattr(qkv, "histograms", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(qkv.analysis, "histograms", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     code, _, _ = lamina_cli(capsys, *qkv_args(gpt2_dir, out))  # interrupted after every unit is done
     assert code == 130 and open_run(out).progress()["capture"] == (7, 7)
-    monkeypatch.setattr(qkv, "histograms", real)
+    monkeypatch.setattr(qkv.analysis, "histograms", real)
     chunk = out / "acts" / "target" / "c" / "1" / "2" / "0"
     if how == "deleted":
         chunk.unlink()
@@ -213,7 +214,7 @@ def test_6_numeric_options_and_destinations_are_refused_before_loading(gpt2_dir,
          "--unit-samples 99999999999 is more than the 54 samples"),
         (["capture", "--model", gpt2_dir, "--hook", "blocks.{layer}.attn.hook_q", "--text-file", texts,
           "--chunk-samples", "1000000000000", "--out", tmp_path / "e"], "--chunk-samples"),
-        (["run", "punct", "--model", gpt2_dir, "--bins", "100000", "--out", tmp_path / "f"], "--bins must be at most"),
+        (["run", "punct", "--model", gpt2_dir, "--bins", "100000", "--out", tmp_path / "f"], "--bins 100000: must"),
         (qkv_args(gpt2_dir, tmp_path / ("x" * 250)), "staging folder"),
         (qkv_args(gpt2_dir, clean / "acts" / "sub"), "is inside the lamina run"),
         (qkv_args(gpt2_dir, "file://relative/run"), "absolute path"),

@@ -1,4 +1,4 @@
-"""Per-neuron Pearson / partial correlation kernels against plain NumPy loops (EXPERIMENTS.md C)."""
+"""Per-neuron Pearson / partial correlation kernels against plain NumPy loops (docs/analyses.md "length")."""
 
 from __future__ import annotations
 

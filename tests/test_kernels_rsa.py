@@ -1,4 +1,4 @@
-"""RSM, selectivity index, its permutation p-value, and RSA (EXPERIMENTS.md B).
+"""RSM, selectivity index, its permutation p-value, and RSA (docs/analyses.md "rsa").
 
 The SI reference is the lecture's literal label-product mask: G = triu(g gᵀ, 1),
 within-category codes 1, 4, 9 and between-category codes 2, 3, 6.
@@ -32,7 +32,7 @@ def ref_rsm(x: np.ndarray) -> np.ndarray:
 
 
 def ref_si_products(rsm: np.ndarray, g: np.ndarray) -> float:
-    """EXPERIMENTS.md B verbatim, for labels 1, 2, 3."""
+    """docs/analyses.md "rsa" verbatim, for labels 1, 2, 3."""
     G = np.triu(np.outer(g, g), 1)
     within = np.mean([np.mean(rsm[G == c]) for c in (1, 4, 9)])
     between = np.mean([np.mean(rsm[G == c]) for c in (2, 3, 6)])

@@ -1,4 +1,4 @@
-"""Feature cosine / correlation, the six Q/K/V blocks, their histograms and the moments (EXPERIMENTS.md A).
+"""Feature cosine / correlation, the six Q/K/V blocks, their histograms and the moments (docs/analyses.md "qkv").
 
 References are plain NumPy loops over feature pairs written from the text, not the kernels.
 """
@@ -44,7 +44,7 @@ def ref_cosine(x: np.ndarray, center: bool = False) -> np.ndarray:
 
 
 def ref_blocks(x: np.ndarray, center: bool = False) -> dict[str, np.ndarray]:
-    """The six blocks of EXPERIMENTS.md A from the full cosine matrix, with explicit loops."""
+    """The six blocks of docs/analyses.md "qkv" from the full cosine matrix, with explicit loops."""
     c = ref_cosine(x, center)
     d = x.shape[1] // 3
     comp = {"Q": 0, "K": 1, "V": 2}
@@ -180,7 +180,7 @@ def test_random_baseline_vs_loop(center):
     rng = np.random.default_rng(14)
     x = torch.from_numpy(rng.normal(size=(11, 9)))
     got = random_baseline_values(x, torch.Generator().manual_seed(5), center=center)
-    # the reference reproduces the permutation EXPERIMENTS.md A specifies: randperm of all elements
+    # the reference reproduces the permutation docs/analyses.md "qkv" specifies: randperm of all elements
     perm = torch.randperm(x.numel(), generator=torch.Generator().manual_seed(5)).numpy()
     shuffled = x.numpy().reshape(-1)[perm].reshape(x.shape)
     c = ref_cosine(shuffled, center)

@@ -80,7 +80,7 @@ def test_complete_run_is_refused_unless_overwrite(tmp_path):
     s.put("results/x", np.arange(3.0), dims=("i",))
     s.finalise()
     s.close()
-    with pytest.raises(StoreExistsError, match="--overwrite"):
+    with pytest.raises(StoreExistsError, match="overwrite=True"):
         open_store(tmp_path / "run")
     assert open_run(tmp_path / "run").numpy("results/x").tolist() == [0.0, 1.0, 2.0]  # untouched
     s = open_store(tmp_path / "run", overwrite=True)

@@ -27,8 +27,8 @@ from lamina.engine.inputs import Selector, TokenBatch
 from lamina.engine.labelled import Labelled
 
 from ..corpus import corpus_tokens, cut
-from ..protocol import Analysis, Pass, Spec, batch_inputs, option
-from . import schema
+from ..kit import Analysis, Pass, Spec, batch_inputs, option
+from . import captions, schema
 from .compute import CKAState, estimator, finish, matrix_results
 
 _UNIT_BYTES = 1 << 30
@@ -141,7 +141,14 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
             "best_layer": [int(v) for v in results[schema.BEST_LAYER].numpy()]}
 
 
+def _plot(run, folder, **figure_options):
+    """The figures of a cka run (:func:`.plots.plot`; matplotlib loads on first use)."""
+    from . import plots
+
+    return plots.plot(run, folder, **figure_options)
+
+
 ANALYSIS = Analysis(
     name="cka", title="Layer x layer linear CKA (biased and debiased), streamed over a corpus",
-    Config=Config, spec=spec, compute=compute, summary=summary, plot="lamina.analyses.cka.plots:plot",
+    Config=Config, spec=spec, compute=compute, summary=summary, plot=_plot, captions=captions.CAPTIONS,
     default_model="gpt2")

@@ -27,6 +27,7 @@ from lamina.engine.run_folder import check_writable
 from lamina.engine.store import RunWriter
 
 from ..protocol import Analysis, option
+from ..cka.captions import CAPTIONS as CKA_CAPTIONS
 from . import schema
 from .compute import Accumulator, estimator, labelled
 from .reading import open_pair, sample_mask, token_blocks
@@ -60,9 +61,16 @@ def _not_runnable(*args, **kwargs):
     raise TypeError("similarity is made by lamina.similarity(), not by lamina run")
 
 
+def _plot(run, folder, **figure_options):
+    """The figures of a similarity folder (:func:`.plots.plot`; matplotlib loads on first use)."""
+    from . import plots
+
+    return plots.plot(run, folder, **figure_options)
+
+
 REPORT_AS = Analysis(name=schema.EXPERIMENT, title="Linear CKA between the layers of two runs on the same tokens",
-                     Config=Options, spec=_not_runnable, compute=_not_runnable,
-                     plot="lamina.analyses.similarity.plots:plot")
+                     Config=Options, spec=_not_runnable, compute=_not_runnable, plot=_plot,
+                     captions=CKA_CAPTIONS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -263,7 +263,8 @@ def percentile_interval(replicates: Tensor, level: float = DEFAULT_LEVEL) -> Ten
     """
     _check_level(level)
     if not isinstance(replicates, Tensor) or replicates.ndim < 1 or replicates.shape[0] < 1:
-        raise InputError(f"replicates must be a tensor [resample, ...], got {getattr(replicates, 'shape', replicates)!r}")
+        got = getattr(replicates, "shape", replicates)
+        raise InputError(f"replicates must be a tensor [resample, ...], got {got!r}")
     x = replicates if replicates.is_floating_point() else replicates.double()
     q = torch.tensor([(1.0 - level) / 2.0, (1.0 + level) / 2.0], dtype=x.dtype, device=x.device)
     flat = x.reshape(x.shape[0], -1)
@@ -293,7 +294,8 @@ def interval(estimate: Tensor, replicates: Tensor, level: float = DEFAULT_LEVEL)
 
 def _weights(weights: Tensor, units: int, device: torch.device) -> Tensor:
     if not isinstance(weights, Tensor) or weights.ndim != 2 or weights.shape[1] != units:
-        raise InputError(f"weights must be a tensor [resample, {units} units], got {getattr(weights, 'shape', weights)!r}")
+        got = getattr(weights, "shape", weights)
+        raise InputError(f"weights must be a tensor [resample, {units} units], got {got!r}")
     w = weights.to(device=device, dtype=torch.float64)
     if not (bool((w >= 0).all()) and bool(torch.isfinite(w.sum()))):  # NaN fails >= 0; then inf shows in the sum
         raise InputError("weights must be finite and non-negative")

@@ -122,7 +122,9 @@ def _short_fraction(x: float) -> Fraction:
     return Fraction(repr(x))
 
 
-def _arith_thresholds(work: torch.dtype, bins: int, lo: float, hi: float, expected: Tensor) -> tuple[int, int, int] | None:
+def _arith_thresholds(
+    work: torch.dtype, bins: int, lo: float, hi: float, expected: Tensor
+) -> tuple[int, int, int] | None:
     """(A, B, C) with fl((A j + B) / C) == expected[j] for j = 0..bins in ``work``, or None.
 
     Evaluated with exactly the ops :func:`bucket_codes` runs (exact integer

@@ -112,7 +112,8 @@ def cka_permutation_test(xa: Tensor, xb: Tensor | None = None, *, permutations: 
         debiased: test the debiased CKA instead.
     """
     if not isinstance(permutations, Tensor) or permutations.ndim != 2:
-        raise InputError(f"permutations must be a tensor [permutation, sample], got {getattr(permutations, 'shape', None)}")
+        got = getattr(permutations, "shape", None)
+        raise InputError(f"permutations must be a tensor [permutation, sample], got {got}")
     identity = torch.arange(permutations.shape[1], device=permutations.device)[None]
     values = cka_permutation_terms(xa, xb, permutations=torch.cat([identity, permutations.long()])).cka(
         debiased=debiased)

@@ -44,8 +44,8 @@ from lamina.engine.errors import InputError
 from lamina.engine.kernels.bucketing import (
     _check_range,
     _linspace64,
-    _plan,
     _Plan,
+    _plan,
     bucket_codes,
     clamp_free,
     count_equal_hi,

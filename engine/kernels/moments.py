@@ -1,4 +1,4 @@
-"""Mean and variance of Q, K and V features across samples (EXPERIMENTS.md A).
+"""Mean and variance of Q, K and V features across samples (docs/analyses.md "qkv").
 
 >>> import torch
 >>> x = torch.tensor([[0.0, 2.0, 1.0, 1.0, 4.0, 0.0],

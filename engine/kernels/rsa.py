@@ -1,4 +1,4 @@
-"""Representational similarity: RSMs, category selectivity, RSA (EXPERIMENTS.md B).
+"""Representational similarity: RSMs, category selectivity, RSA (docs/analyses.md "rsa").
 
 >>> import torch
 >>> x = torch.tensor([[1.0, 0.0], [2.0, 0.1], [0.0, 1.0], [0.1, 3.0]])  # (item, feature)
@@ -126,9 +126,10 @@ def selectivity_index(rsm: Tensor, labels: Tensor | Sequence[int]) -> Tensor:
     >>> selectivity_index(rsm.expand(2, 3, 3).clone(), torch.tensor([1, 1, 2])).shape
     Traceback (most recent call last):
     ...
-    lamina.engine.errors.InputError: categories [2] have a single item, so they have no within-category pair; every category needs at least 2 items
+    lamina.engine.errors.InputError: categories [2] have a single item, so they have no within-category pair;
+    every category needs at least 2 items
 
-    EXPERIMENTS.md B: ``SI = mean_a(mean RSM[G == a·a]) / mean_{a<b}(mean RSM[G == a·b])``
+    docs/analyses.md "rsa": ``SI = mean_a(mean RSM[G == a·a]) / mean_{a<b}(mean RSM[G == a·b])``
     over the strict upper triangle, each category (and each pair of categories)
     weighted equally whatever its size. Cells are keyed by label pairs, not
     products (see the module docstring), which is the same for labels 1, 2, 3.
@@ -244,7 +245,9 @@ def rsa_pearson(rsm_a: Tensor, rsm_b: Tensor) -> Tensor:
     n = _check_square(rsm_a, "rsm_a")
     m = _check_square(rsm_b, "rsm_b")
     if n != m:
-        raise InputError(f"rsm_a and rsm_b must have the same items, got shapes {tuple(rsm_a.shape)} and {tuple(rsm_b.shape)}")
+        raise InputError(
+            f"rsm_a and rsm_b must have the same items, got shapes {tuple(rsm_a.shape)} and {tuple(rsm_b.shape)}"
+        )
     if n < 3:
         raise InputError(f"RSA needs at least 3 items (2 pairs), got shape {tuple(rsm_a.shape)}")
     try:

@@ -1,4 +1,4 @@
-"""Cosine similarity between features across samples, and its Q/K/V blocks (EXPERIMENTS.md A).
+"""Cosine similarity between features across samples, and its Q/K/V blocks (docs/analyses.md "qkv").
 
 >>> import torch
 >>> x = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 2.0]])  # (sample, feature)
@@ -227,7 +227,7 @@ class _Scratch:
 
 
 def qkv_block_values(x: Tensor, *, center: bool = False, widths: Widths | None = None) -> dict[str, Tensor]:
-    """The cosine values of the six Q/K/V blocks, with the masks of EXPERIMENTS.md A.
+    """The cosine values of the six Q/K/V blocks, with the masks of docs/analyses.md "qkv".
 
     >>> import torch
     >>> v = qkv_block_values(torch.randn(54, 3 * 4))
@@ -259,7 +259,7 @@ def qkv_block_values(x: Tensor, *, center: bool = False, widths: Widths | None =
     xn = _unit_columns(x, center=center)
     pieces = _pieces(widths, _piece_elements(x.device))
     out = {}
-    for block, (name, (r, c, triangle)) in enumerate(zip(QKV_BLOCKS, _BLOCK_SPEC)):
+    for name, (r, c, triangle) in zip(QKV_BLOCKS, _BLOCK_SPEC):
         n = widths[c] * (widths[c] - 1) // 2 if triangle else widths[r] * widths[c]
         out[name] = torch.empty(n, dtype=xn.dtype, device=x.device)
 

@@ -7,10 +7,11 @@
 
 from __future__ import annotations
 
-from lamina.engine.labelled import Labelled, labels
 from lamina.engine.reader import Run
 
-from .curves import curve
+from ..curves import curve
+from ..kit import Labelled, labels
+from . import schema
 
 FINDING_SI = ("Lecture (GPT-2 large): SI is highest in early blocks for Q and K and declines with depth; V's SI "
               "rises again in the deepest third.")
@@ -19,7 +20,7 @@ FINDING_RSA = "Lecture: RSA stays high (about 0.84–0.96) at every depth for al
 
 def curves(run: Run) -> dict[str, Labelled]:
     """``selectivity`` (component, layer) and ``rsa`` (pair, layer)."""
-    si, rsa = "results/selectivity", "results/rsa"
+    si, rsa = schema.SELECTIVITY, schema.RSA
     return {
         "selectivity": curve(run.numpy(si), ("component", "layer"),
                              {"component": labels(run.labels(si, "component"))},

@@ -22,16 +22,30 @@ import numpy as np
 import torch
 
 from lamina.engine.errors import InputError
-from lamina.engine.hooks import Capture, hidden_state_hooks
-from lamina.engine.inputs import Selector, TokenBatch
 from lamina.engine.kernels.pairs import all_pairs_mi_cov_corr
-from lamina.engine.labelled import Labelled, index_coord, labels
 
-from .corpus import DEFAULT_CORPUS
-from .marks import CLASSES, MARKS, read_mark_windows
-from .protocol import Analysis, Pass, Spec, option
-from .punct_stats import state_stats
-from .textfiles import stimulus_path
+from ..corpus import DEFAULT_CORPUS
+from ..kit import (
+    Capture,
+    Context,
+    Data,
+    Labelled,
+    ModelInfo,
+    Pass,
+    Results,
+    Selector,
+    Spec,
+    TokenBatch,
+    check_options,
+    hidden_state_hooks,
+    index_coord,
+    labels,
+    option,
+)
+from ..marks import CLASSES, MARKS, read_mark_windows
+from ..textfiles import stimulus_path
+from . import schema
+from .stats import state_stats
 
 STATS = ("mi", "cov", "corr")  # the stat axis of results/mean
 
@@ -44,27 +58,22 @@ class Config:
     """Options of ``lamina run punct`` (defaults are the lecture's)."""
 
     text: Optional[str] = option(None, "Text file, tokenised whole as one document. Default: the shipped corpus.")
-    marks: int = option(250, "Marks per class: the first MARKS commas and the first MARKS periods.")
-    skip: int = option(400, "Scan token positions from this one on.")
-    before: int = option(20, "Window tokens before the mark (the mark's index).")
+    marks: int = option(250, "Marks per class: the first MARKS commas and the first MARKS periods (pairs of "
+                             "sequences are compared).", min=2)
+    skip: int = option(400, "Scan token positions from this one on.", min=0)
+    before: int = option(20, "Window tokens before the mark (the mark's index).", min=0)
     after: int = option(11, "Window = tokens loc-BEFORE up to (not including) loc+AFTER: the mark plus AFTER-1 "
-                            "tokens.")
-    bins: int = option(15, "MI histogram bins per axis.")
+                            "tokens.", min=1)
+    bins: int = option(15, "MI histogram bins per axis (a pair's joint histogram has bins^2 cells).", min=1,
+                       max=MAX_BINS)
     z_max: float = option(5.0, "Outlier rule: drop dimensions where |z| > Z_MAX in either vector (z with ddof 1).")
     full_window: bool = option(False, "Feed all BEFORE+AFTER tokens, not just up to the mark (same states: the "
                                       "model is causal; 1/3 slower).")
 
     def __post_init__(self):
-        for name, low, what in (("marks", 2, "pairs of sequences are compared"), ("skip", 0, ""), ("before", 0, ""),
-                                ("after", 1, "the window ends after the mark"), ("bins", 1, "")):
-            v = getattr(self, name)
-            if isinstance(v, bool) or v < low:
-                raise InputError(f"--{name} must be >= {low}" + (f" ({what})" if what else "") + f", got {v}")
+        check_options(self)
         if not self.z_max > 0:
-            raise InputError(f"--z-max must be > 0, got {self.z_max}")
-        if self.bins > MAX_BINS:  # the joint histogram of a pair has (bins + 2)^2 cells, counted in int32 codes
-            raise InputError(f"--bins must be at most {MAX_BINS} (a pair's joint histogram has bins^2 cells), got "
-                             f"{self.bins}")
+            raise InputError("{z_max}: must be > 0", params={"z_max": self.z_max})
 
     @property
     def window(self) -> int:
@@ -79,14 +88,13 @@ class Config:
 @dataclasses.dataclass(frozen=True)
 class PlotOptions:
     state: int = option(1, "Hidden state of the matrix, histogram and scatter figures (0 = embeddings; clipped to "
-                           "the last state).")
+                           "the last state).", min=0)
 
     def __post_init__(self):
-        if self.state < 0:
-            raise InputError(f"--state must be >= 0 (0 = embeddings), got {self.state}")
+        check_options(self)
 
 
-def spec(cfg: Config, model) -> Spec:
+def spec(cfg: Config, model: ModelInfo) -> Spec:
     """The marks' windows (with the model's BOS in front when its tokenizer adds one) and the hidden states."""
     path = cfg.text or stimulus_path(DEFAULT_CORPUS)
     bos = model.bos_token_id
@@ -101,22 +109,22 @@ def spec(cfg: Config, model) -> Spec:
     for c, name in enumerate(CLASSES):
         batch = TokenBatch(torch.from_numpy(tokens[c, :, :fed].astype(np.int64)), torch.full((cfg.marks,), fed),
                            stim.batches[c].pad_id)
-        cap = Capture("acts/hidden", hooks, Selector.at([mark] * cfg.marks), layer_dim="state", prefix=(c,),
+        cap = Capture(schema.ACTS_HIDDEN, hooks, Selector.at([mark] * cfg.marks), layer_dim="state", prefix=(c,),
                       outer=(("class", len(CLASSES)),))
         passes.append(Pass(batch, (cap,), phase=name, samples_per_chunk=cfg.marks))
     classes = {"class": labels(CLASSES)}
     marks = {"marks": [MARKS[c] for c in CLASSES]}
     inputs = {
-        "inputs/tokens": Labelled(tokens, ("class", "sample", "pos"), classes,
+        schema.INPUTS_TOKENS: Labelled(tokens, ("class", "sample", "pos"), classes,
                                   {**marks, "mark_index": mark, "long_name": "token windows"}),
-        "inputs/lengths": Labelled(np.full((len(CLASSES), cfg.marks), tokens.shape[2], dtype=np.int32),
+        schema.INPUTS_LENGTHS: Labelled(np.full((len(CLASSES), cfg.marks), tokens.shape[2], dtype=np.int32),
                                    ("class", "sample"), classes),
-        "inputs/locations": Labelled(stim.locations, ("class", "sample"), classes,
+        schema.INPUTS_LOCATIONS: Labelled(stim.locations, ("class", "sample"), classes,
                                      {**marks, "n_text_tokens": stim.n_text_tokens, "skip": cfg.skip,
                                       "long_name": "token position of each mark in the text"}),
     }
     return Spec(passes=tuple(passes), stimuli_sha256=stim.text_sha256, inputs=inputs,
-                coords={"acts/class": labels(CLASSES)}, options={"text": stim.text_path, "tokens_fed": fed},
+                coords={schema.ACTS_CLASS: labels(CLASSES)}, options={"text": stim.text_path, "tokens_fed": fed},
                 state=stim)
 
 
@@ -142,8 +150,8 @@ def pair_statistics(acts: torch.Tensor, *, bins: int = 15, z_max: float = 5.0, s
     return out
 
 
-def compute(data, spec: Spec, cfg: Config, ctx) -> dict[str, Labelled]:
-    hidden = data.acts("acts/hidden")  # [class, state, sample, feature]
+def compute(data: Data, spec: Spec, cfg: Config, ctx: Context) -> Results:
+    hidden = data.acts(schema.ACTS_HIDDEN)  # [class, state, sample, feature]
     steps = ctx.progress(hidden.shape[0] * hidden.shape[1], "pairs (class x state)")
     res = {k: v.cpu().numpy() for k, v in pair_statistics(hidden, bins=cfg.bins, z_max=cfg.z_max, step=steps).items()}
     mean, r = state_stats(res["mi"], res["cov"], res["corr"])
@@ -152,20 +160,20 @@ def compute(data, spec: Spec, cfg: Config, ctx) -> dict[str, Labelled]:
     units = {"mi": "bits", "cov": "activation^2", "corr": "1"}
     names = {"mi": "mutual information", "cov": "covariance", "corr": "Pearson r"}
     dims = ("class", "state", "pair")
-    out = {f"results/{k}": Labelled(res[k], dims, {d: coords[d] for d in dims[:2]},
+    out = {schema.BY_STAT[k]: Labelled(res[k], dims, {d: coords[d] for d in dims[:2]},
                                     {"units": units[k], "long_name": f"{names[k]} of each pair of sequences",
                                      "pairs": "numpy.triu_indices(n, 1) order, see results/pairs", "bins": cfg.bins,
                                      "z_max": cfg.z_max}) for k in STATS}
-    out["results/pairs"] = Labelled(np.stack(np.triu_indices(cfg.marks, 1), axis=1).astype(np.int32), ("pair", "end"),
+    out[schema.PAIRS] = Labelled(np.stack(np.triu_indices(cfg.marks, 1), axis=1).astype(np.int32), ("pair", "end"),
                                     attrs={"long_name": "the (i, j) samples of each pair"})
-    out["results/mean"] = Labelled(mean, ("class", "state", "stat"), coords, {"long_name": "mean over the pairs"})
-    out["results/r_cov_mi"] = Labelled(r, ("class", "state"), {k: coords[k] for k in ("class", "state")},
+    out[schema.MEAN] = Labelled(mean, ("class", "state", "stat"), coords, {"long_name": "mean over the pairs"})
+    out[schema.R_COV_MI] = Labelled(r, ("class", "state"), {k: coords[k] for k in ("class", "state")},
                                        {"long_name": "Pearson r between covariance and MI over the pairs"})
     return out
 
 
 def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
-    mean, r = results["results/mean"].numpy(), results["results/r_cov_mi"].numpy()
+    mean, r = results[schema.MEAN].numpy(), results[schema.R_COV_MI].numpy()
 
     def rounded(v):
         return [float(f"{x:.4g}") if np.isfinite(x) else None for x in np.asarray(v, dtype=float)]
@@ -177,10 +185,3 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
         out[f"{name} mean corr per state"] = rounded(mean[c, :, 2])
         out[f"{name} r(cov, MI) per state"] = rounded(r[c])
     return out
-
-
-ANALYSIS = Analysis(
-    name="punct", title="D: internal (,) vs terminal (.) marks: MI, covariance and correlation of all pairs, per "
-                        "hidden state", Config=Config, spec=spec, compute=compute, summary=summary,
-    plot="lamina.analyses.punct_plots:plot", PlotOptions=PlotOptions, default_model="gpt2-medium",
-    curves="lamina.analyses.punct_curves:curves")

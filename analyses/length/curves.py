@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from lamina.engine.labelled import Labelled
 from lamina.engine.reader import Run
 
-from .curves import curve, heatmap, nan_mean_rows, nan_sd_rows
+from ..curves import curve, heatmap, nan_mean_rows, nan_sd_rows
+from ..kit import Labelled
+from . import schema
 
 FINDING_MEAN = ("Lecture (GPT-Neo 125M vs 1.3B): block 0 has positive r, most later blocks weakly negative r; "
                 "both models have a first block unlike the rest.")
@@ -26,9 +27,9 @@ FINDING_DENSITY = ("Lecture: block 0 positive, most later blocks weakly negative
 
 def curves(run: Run) -> dict[str, Labelled]:
     """``corr_mean``, ``corr_sd`` (layer) and ``corr_density`` (layer, corr_bin)."""
-    r = run.numpy("results/corr")  # (layer, neuron)
-    hist = run.numpy("results/corr_hist")  # (layer, corr_bin)
-    edges = run.numpy("results/corr_bin_edges").astype(np.float64)
+    r = run.numpy(schema.CORR)  # (layer, neuron)
+    hist = run.numpy(schema.CORR_HIST)  # (layer, corr_bin)
+    edges = run.numpy(schema.CORR_BIN_EDGES).astype(np.float64)
     bounds = np.stack([edges[:-1], edges[1:]], axis=1)
     return {
         "corr_mean": curve(nan_mean_rows(r), ("layer",), {}, long_name="mean r(MLP pre-activation, token length)",

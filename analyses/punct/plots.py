@@ -1,4 +1,4 @@
-"""Figures of a punct run (EXPERIMENTS.md D), drawn from the store alone.
+"""Figures of a punct run (docs/analyses.md "punct"), drawn from the store alone.
 
 >>> paths = plot(open_run("runs/punct-gpt2-medium-random"), Path("figs"), state=1)   # doctest: +SKIP
 >>> sorted(p.name for p in paths)[:2]                                           # doctest: +SKIP
@@ -22,8 +22,9 @@ import numpy as np
 
 from lamina.engine.reader import Run
 
-from .plotting import save_figure, start
-from .punct_stats import pearson
+from ..plotting import save_figure, start
+from . import schema
+from .stats import pearson
 
 COLORS = {"internal": "tab:blue", "terminal": "tab:orange"}
 LABELS = {"mi": "MI (bits)", "cov": "covariance", "corr": "correlation (Pearson r)"}
@@ -46,13 +47,13 @@ def plot(run: Run, figdir: Path, *, state: int = 1) -> list[Path]:
     """Draw every figure of ``run`` into ``figdir`` (``state``: the hidden state of the single-state
     figures, clipped to the last); returns the files written."""
     figdir, suffix = start(run, figdir)
-    stats = run.labels("results/mean", "stat")
-    data = PairData({k: run.numpy(f"results/{k}") for k in stats}, run.labels("results/mean", "class"))
+    stats = run.labels(schema.MEAN, "stat")
+    data = PairData({k: run.numpy(schema.BY_STAT[k]) for k in stats}, run.labels(schema.MEAN, "class"))
     n_states = data["mi"].shape[1]
-    n = int(run["acts/hidden"].shape[2])
+    n = int(run[schema.ACTS_HIDDEN].shape[2])
     state = min(int(state), n_states - 1)
-    mean = run.numpy("results/mean")  # (class, state, stat)
-    r = run.numpy("results/r_cov_mi")  # (class, state)
+    mean = run.numpy(schema.MEAN)  # (class, state, stat)
+    r = run.numpy(schema.R_COV_MI)  # (class, state)
     paths: list[Path] = []
     paths += _matrices(data, state, n, suffix, figdir)
     paths += _class_histograms(data, state, n, suffix, figdir)

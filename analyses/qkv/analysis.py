@@ -24,17 +24,32 @@ import numpy as np
 import torch
 
 from lamina.engine.errors import InputError
-from lamina.engine.hooks import Capture, qkv_hooks
-from lamina.engine.inputs import Selector
 from lamina.engine.kernels.histogram import histogram_edges
 from lamina.engine.kernels.moments import component_mean_variance
 from lamina.engine.kernels.similarity import QKV_BLOCKS, qkv_block_histograms, random_baseline_histograms
-from lamina.engine.labelled import Labelled, bins_coord, index_coord, labels
 from lamina.engine.provenance import sha256_texts
 
-from .plotting import shown_blocks
-from .protocol import Analysis, Pass, Spec, batch_inputs, option
-from .sentences import read_target_sentences, stimulus_path
+from ..kit import (
+    Capture,
+    Context,
+    Data,
+    Labelled,
+    ModelInfo,
+    Pass,
+    Results,
+    Selector,
+    Spec,
+    batch_inputs,
+    bins_coord,
+    check_options,
+    index_coord,
+    labels,
+    option,
+    qkv_hooks,
+)
+from ..plotting import shown_blocks
+from ..sentences import read_target_sentences, stimulus_path
+from . import schema
 
 ROLES = ("target", "nontarget")
 COMPONENTS = ("Q", "K", "V")
@@ -55,7 +70,7 @@ class Config:
 
     def __post_init__(self):
         if not isinstance(self.target, str) or not self.target.strip():
-            raise InputError(f"--target must be a word, got {self.target!r}")
+            raise InputError("{target}: must be a word", params={"target": self.target})
 
     @property
     def target_text(self) -> str:
@@ -65,26 +80,25 @@ class Config:
 
 @dataclasses.dataclass(frozen=True)
 class PlotOptions:
-    layer: int = option(6, "Block of the single-block figure (clipped to the model's last block).")
+    layer: int = option(6, "Block of the single-block figure (clipped to the model's last block).", min=0)
 
     def __post_init__(self):
-        if self.layer < 0:
-            raise InputError(f"--layer must be >= 0 (a block index), got {self.layer}")
+        check_options(self)
 
 
-def spec(cfg: Config, model) -> Spec:
+def spec(cfg: Config, model: ModelInfo) -> Spec:
     """The sentences, validated with the model's tokenizer, and the Q|K|V captures at both positions."""
     path = cfg.sentences or stimulus_path("her_sentences.txt")
     stim = read_target_sentences(path, cfg.target_text, model.tokenizer, n_ctx=model.n_ctx,
                                  bos_token_id=model.bos_token_id, model=str(model.name))
     hooks = qkv_hooks(range(model.n_layers))
-    caps = (Capture("acts/target", hooks, Selector.at(stim.target_pos)),
-            Capture("acts/nontarget", hooks, Selector.at(stim.nontarget_pos)))
+    caps = (Capture(schema.ACTS_TARGET, hooks, Selector.at(stim.target_pos)),
+            Capture(schema.ACTS_NONTARGET, hooks, Selector.at(stim.nontarget_pos)))
     pos_attrs = {"target": stim.target_text, "target_id": stim.target_id}
     inputs = {**batch_inputs(stim.batch, pad_id=stim.batch.pad_id, padding="right"),
-              "inputs/target_pos": Labelled(stim.target_pos.numpy().astype(np.int32), ("sample",),
+              schema.INPUTS_TARGET_POS: Labelled(stim.target_pos.numpy().astype(np.int32), ("sample",),
                                             attrs={**pos_attrs, "rule": "first occurrence of the target token"}),
-              "inputs/nontarget_pos": Labelled(stim.nontarget_pos.numpy().astype(np.int32), ("sample",),
+              schema.INPUTS_NONTARGET_POS: Labelled(stim.nontarget_pos.numpy().astype(np.int32), ("sample",),
                                                attrs={**pos_attrs, "rule": "target_pos - 1"})}
     return Spec(passes=(Pass(stim.batch, caps),), stimuli_sha256=sha256_texts(stim.texts), inputs=inputs,
                 options={"sentences": stim.path, "target": stim.target_text, "target_id": stim.target_id,
@@ -127,11 +141,11 @@ def histograms(x_target: torch.Tensor, x_nontarget: torch.Tensor, *, generator: 
     return out
 
 
-def compute(data, spec: Spec, cfg: Config, ctx) -> dict[str, Labelled]:
+def compute(data: Data, spec: Spec, cfg: Config, ctx: Context) -> Results:
     """Run :func:`histograms` on the stored captures and label the results."""
-    hook_widths = data.widths["acts/target"][0]  # (d_q, d_k, d_v) of block 0
+    hook_widths = data.widths[schema.ACTS_TARGET][0]  # (d_q, d_k, d_v) of block 0
     widths = tuple(hook_widths) if len(set(hook_widths)) > 1 else None
-    res = {k: v.cpu().numpy() for k, v in histograms(data.acts("acts/target"), data.acts("acts/nontarget"),
+    res = {k: v.cpu().numpy() for k, v in histograms(data.acts(schema.ACTS_TARGET), data.acts(schema.ACTS_NONTARGET),
                                                         generator=ctx.generator(), widths=widths).items()}
     n_layers = res["mean"].shape[1]
     edges = histogram_edges(BINS, LO, HI).numpy()
@@ -144,16 +158,16 @@ def compute(data, spec: Spec, cfg: Config, ctx) -> dict[str, Labelled]:
     masks = "QQ/KK/VV strict upper triangle of the diagonal block; QK/QV/KV full block"
     base = ("all elements of acts/target[layer] permuted (one permutation per layer, shared by cosine and "
             "correlation), strict upper triangle of the whole matrix")
-    out = {f"results/{stat}_hist": lab(f"{stat}_hist", ("role", "layer", "block", "bin"), units="count",
+    out = {schema.HIST[stat]: lab(f"{stat}_hist", ("role", "layer", "block", "bin"), units="count",
                                        long_name=f"{stat} of feature columns over sentences", masks=masks)
            for stat in ("cosine", "correlation")}
-    out.update({f"results/baseline_{stat}_hist": lab(f"baseline_{stat}_hist", ("layer", "bin"), units="count",
+    out.update({schema.BASELINE_HIST[stat]: lab(f"baseline_{stat}_hist", ("layer", "bin"), units="count",
                                                      long_name=f"random-permutation baseline of the {stat}",
                                                      method=base, role="target")
                 for stat in ("cosine", "correlation")})
-    out["results/bin_edges"] = Labelled(edges, ("edge",), attrs={"long_name": "bin edges (np.linspace(-1, 1, 101))"})
+    out[schema.BIN_EDGES] = Labelled(edges, ("edge",), attrs={"long_name": "bin edges (np.linspace(-1, 1, 101))"})
     for name, what in (("mean", "mean"), ("variance", "variance (ddof 0)")):
-        out[f"results/{name}"] = lab(name, ("role", "layer", "component"), long_name=f"{what} over sentences per "
+        out[schema.MOMENTS[name]] = lab(name, ("role", "layer", "component"), long_name=f"{what} over sentences per "
                                      "feature, averaged within the component")
     return out
 
@@ -172,8 +186,8 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
         mu = float((p * centres).sum())
         return round(float(np.sqrt((p * (centres - mu) ** 2).sum())), 4)
 
-    cos, cor = (results[f"results/{s}_hist"].numpy() for s in ("cosine", "correlation"))
-    base = results["results/baseline_correlation_hist"].numpy()
+    cos, cor = (results[schema.HIST[s]].numpy() for s in ("cosine", "correlation"))
+    base = results[schema.BASELINE_CORRELATION_HIST].numpy()
     n_layers, qq = cos.shape[1], QKV_BLOCKS.index("QQ")
     shown = shown_blocks(n_layers)
     stim = spec.state
@@ -182,10 +196,3 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
             f"QQ non-target cosine, share |c| >= 0.9 at blocks {shown}": [frac(cos[1, l, qq]) for l in shown],
             f"QQ target correlation sd at blocks {shown}": [sd(cor[0, l, qq]) for l in shown],
             f"baseline correlation sd at blocks {shown}": [sd(base[l]) for l in shown]}
-
-
-ANALYSIS = Analysis(
-    name="qkv", title="A: feature cosine / correlation within and across Q, K, V at a target word and the token "
-                      "before it", Config=Config, spec=spec, compute=compute, summary=summary,
-    plot="lamina.analyses.qkv_plots:plot", PlotOptions=PlotOptions, default_model="gpt2",
-    curves="lamina.analyses.qkv_curves:curves")

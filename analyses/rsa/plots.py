@@ -1,4 +1,4 @@
-"""Figures of an rsa run (EXPERIMENTS.md B), drawn from the store alone.
+"""Figures of an rsa run (docs/analyses.md "rsa"), drawn from the store alone.
 
 >>> paths = plot(open_run("runs/rsa-gpt2-large-random"), Path("figs"))   # doctest: +SKIP
 >>> sorted(p.name for p in paths)[:2]                                    # doctest: +SKIP
@@ -20,7 +20,8 @@ import numpy as np
 
 from lamina.engine.reader import Run
 
-from .plotting import save_figure, shown_blocks, start
+from ..plotting import save_figure, shown_blocks, start
+from . import schema
 
 COLORS = {"Q": "tab:blue", "K": "tab:orange", "V": "tab:green", "QK": "tab:purple", "QV": "tab:brown",
           "KV": "tab:cyan"}
@@ -30,16 +31,16 @@ ALPHA = 0.05  # p-value threshold of the markers
 def plot(run: Run, figdir: Path) -> list[Path]:
     """Draw every figure of ``run`` into ``figdir``; returns the files written (PNG and PDF)."""
     figdir, suffix = start(run, figdir)
-    labels = run.numpy("inputs/labels")  # (item,)
-    categories = list(run["inputs/labels"].attrs.get("categories", []))
-    permutations = dict(run["results/selectivity_pvalue"].attrs).get("permutations", "?")
-    components = run.labels("results/selectivity", "component")
-    pairs = run.labels("results/rsa", "pair")
+    labels = run.numpy(schema.INPUTS_LABELS)  # (item,)
+    categories = list(run[schema.INPUTS_LABELS].attrs.get("categories", []))
+    permutations = dict(run[schema.SELECTIVITY_PVALUE].attrs).get("permutations", "?")
+    components = run.labels(schema.SELECTIVITY, "component")
+    pairs = run.labels(schema.RSA, "pair")
     paths: list[Path] = []
-    paths += _selectivity(run.numpy("results/selectivity"), run.numpy("results/selectivity_pvalue"), components,
+    paths += _selectivity(run.numpy(schema.SELECTIVITY), run.numpy(schema.SELECTIVITY_PVALUE), components,
                           permutations, suffix, figdir)
-    paths += _rsa(run.numpy("results/rsa"), pairs, suffix, figdir)
-    paths += _rsm_grid(run.numpy("results/rsm"), labels, categories, components, suffix, figdir)
+    paths += _rsa(run.numpy(schema.RSA), pairs, suffix, figdir)
+    paths += _rsm_grid(run.numpy(schema.RSM), labels, categories, components, suffix, figdir)
     return paths
 
 

@@ -5,7 +5,8 @@
 
 Definitions (docs/analyses.md, "rsa"): each word of a category list ends a prompt
 (``"The next word is {w}"``); the prompt's final token - the word's last token, when a
-tokenizer splits the word (lamina's extension) - has its Q, K and V captured at every block. Per block and component: RSM = cosine between items (rows to unit L2
+tokenizer splits the word (lamina's extension) - has its Q, K and V captured at every block.
+Per block and component: RSM = cosine between items (rows to unit L2
 norm); the selectivity index SI = mean of the per-category within-category means of the
 strict upper triangle / mean of the per-category-pair between means; RSA = Pearson r of
 the strict upper triangles of two RSMs (QK, QV, KV). Beyond the lecture: user word lists
@@ -21,15 +22,34 @@ import numpy as np
 import torch
 
 from lamina.engine.errors import InputError
-from lamina.engine.hooks import Capture, qkv_hooks
-from lamina.engine.inputs import Selector
-from lamina.engine.kernels.rsa import (check_permutations, row_cosine_rsm, rsa_pearson, selectivity_index,
-                                       selectivity_permutation_pvalue)
-from lamina.engine.labelled import Labelled, index_coord, labels
+from lamina.engine.kernels.rsa import (
+    check_permutations,
+    row_cosine_rsm,
+    rsa_pearson,
+    selectivity_index,
+    selectivity_permutation_pvalue,
+)
 
-from .categories import read_category_prompts, stimulus_path
-from .plotting import shown_blocks
-from .protocol import Analysis, Pass, Spec, batch_inputs, option
+from ..categories import read_category_prompts, stimulus_path
+from ..kit import (
+    Capture,
+    Context,
+    Data,
+    Labelled,
+    ModelInfo,
+    Pass,
+    Results,
+    Selector,
+    Spec,
+    batch_inputs,
+    check_options,
+    index_coord,
+    labels,
+    option,
+    qkv_hooks,
+)
+from ..plotting import shown_blocks
+from . import schema
 
 DEFAULT_TEMPLATE = "The next word is {w}"
 COMPONENTS = ("Q", "K", "V")
@@ -46,33 +66,32 @@ class Config:
                                         "Default: the shipped 34 words in 3 categories.")
     template: str = option(DEFAULT_TEMPLATE, "Prompt ending with the '{w}' placeholder; the word's last token is the "
                                              "prompt's final token (words of several tokens are fine).")
-    permutations: int = option(1000, "Label shuffles of the SI permutation test (seeded by --seed).")
+    permutations: int = option(1000, "Label shuffles of the SI permutation test (seeded by --seed).", min=1)
 
     def __post_init__(self):
         n = self.template.count("{w}")
         if n != 1:
-            raise InputError(f"--template {self.template!r} must contain the placeholder '{{w}}' exactly once "
-                             f"(found {n}), e.g. {DEFAULT_TEMPLATE!r}")
+            raise InputError(f"{{template}} must contain the placeholder '{{w}}' exactly once "
+                             f"(found {n}), e.g. {DEFAULT_TEMPLATE!r}", params={"template": self.template})
         if not self.template.endswith("{w}"):
-            raise InputError(f"--template {self.template!r} must end with '{{w}}': the word has to be the final "
-                             f"token of the prompt, e.g. {DEFAULT_TEMPLATE!r}")
-        if isinstance(self.permutations, bool) or self.permutations < 1:
-            raise InputError(f"--permutations must be >= 1, got {self.permutations}")
+            raise InputError(f"{{template}} must end with '{{w}}': the word has to be the final "
+                             f"token of the prompt, e.g. {DEFAULT_TEMPLATE!r}", params={"template": self.template})
+        check_options(self)
 
 
-def spec(cfg: Config, model) -> Spec:
+def spec(cfg: Config, model: ModelInfo) -> Spec:
     """The prompts, validated with the model's tokenizer, and Q|K|V of the final token at every block."""
     stim = read_category_prompts(cfg.words or stimulus_path("categories.tsv"), cfg.template, model.tokenizer,
                                  n_ctx=model.n_ctx, bos_token_id=model.bos_token_id)
     check_permutations(cfg.permutations, len(stim.words))  # before the model loads
-    cap = Capture("acts/final", qkv_hooks(range(model.n_layers)), Selector.last(), sample_dim="item")
+    cap = Capture(schema.ACTS_FINAL, qkv_hooks(range(model.n_layers)), Selector.last(), sample_dim="item")
     inputs = {**batch_inputs(stim.batch),
-              "inputs/labels": Labelled(stim.labels, ("item",), {"item": labels(stim.words)},
+              schema.INPUTS_LABELS: Labelled(stim.labels, ("item",), {"item": labels(stim.words)},
                                         {"categories": list(stim.categories), "words": list(stim.words),
                                          "prompts": list(stim.prompts), "template": cfg.template,
                                          "word_tokens": list(stim.word_tokens),
                                          "long_name": "category index of each item"}),
-              "inputs/category": Labelled(np.array(stim.categories, dtype=object), ("category",),
+              schema.INPUTS_CATEGORY: Labelled(np.array(stim.categories, dtype=object), ("category",),
                                           attrs={"long_name": "category names"})}
     return Spec(passes=(Pass(stim.batch, (cap,)),), stimuli_sha256=stim.sha256, inputs=inputs,
                 options={"words": stim.path, "layers": list(range(model.n_layers))}, state=stim)
@@ -109,10 +128,10 @@ def rsa_statistics(acts: torch.Tensor, item_labels: torch.Tensor, *, permutation
     return {"rsm": rsm, "selectivity": si.T, "selectivity_pvalue": pvalue.T, "rsa": rsa}
 
 
-def compute(data, spec: Spec, cfg: Config, ctx) -> dict[str, Labelled]:
+def compute(data: Data, spec: Spec, cfg: Config, ctx: Context) -> Results:
     stim = spec.state
-    hook_widths = tuple(data.widths["acts/final"][0])
-    res = rsa_statistics(data.acts("acts/final"), torch.as_tensor(stim.labels, dtype=torch.long),
+    hook_widths = tuple(data.widths[schema.ACTS_FINAL][0])
+    res = rsa_statistics(data.acts(schema.ACTS_FINAL), torch.as_tensor(stim.labels, dtype=torch.long),
                          permutations=cfg.permutations, generator=ctx.generator(_PVALUE_SEED_OFFSET),
                          widths=hook_widths if len(set(hook_widths)) > 1 else None)
     res = {k: v.to("cpu", torch.float32).numpy() for k, v in res.items()}
@@ -121,25 +140,25 @@ def compute(data, spec: Spec, cfg: Config, ctx) -> dict[str, Labelled]:
     c = {"layer": index_coord(n_layers, long_name="block"), "component": labels(COMPONENTS), "pair": labels(PAIRS)}
     test = "one-sided, labels shuffled: (1 + #{SI_perm >= SI}) / (1 + permutations)"
     return {
-        "results/rsm": Labelled(res["rsm"], ("layer", "component", "item_a", "item_b"),
+        schema.RSM: Labelled(res["rsm"], ("layer", "component", "item_a", "item_b"),
                                 {"layer": c["layer"], "component": c["component"], "item_a": words, "item_b": words},
                                 {"long_name": "cosine between items (rows to unit L2 norm)"}),
-        "results/selectivity": Labelled(res["selectivity"], ("component", "layer"),
+        schema.SELECTIVITY: Labelled(res["selectivity"], ("component", "layer"),
                                         {k: c[k] for k in ("component", "layer")},
                                         {"long_name": "selectivity index (within / between category means)"}),
-        "results/selectivity_pvalue": Labelled(res["selectivity_pvalue"], ("component", "layer"),
+        schema.SELECTIVITY_PVALUE: Labelled(res["selectivity_pvalue"], ("component", "layer"),
                                                {k: c[k] for k in ("component", "layer")},
                                                {"long_name": "permutation p-value of SI",
                                                 "permutations": cfg.permutations, "test": test}),
-        "results/rsa": Labelled(res["rsa"], ("pair", "layer"), {k: c[k] for k in ("pair", "layer")},
+        schema.RSA: Labelled(res["rsa"], ("pair", "layer"), {k: c[k] for k in ("pair", "layer")},
                                 {"long_name": "Pearson r of the RSMs' strict upper triangles"}),
     }
 
 
 def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
     stim = spec.state
-    si, p = results["results/selectivity"].numpy(), results["results/selectivity_pvalue"].numpy()
-    rsa = results["results/rsa"].numpy()
+    si, p = results[schema.SELECTIVITY].numpy(), results[schema.SELECTIVITY_PVALUE].numpy()
+    rsa = results[schema.RSA].numpy()
     out: dict = {"items": len(stim.words),
                  "categories": {c: int((stim.labels == i).sum()) for i, c in enumerate(stim.categories)}}
     split = [f"{w} ({k})" for w, k in zip(stim.words, stim.word_tokens) if k > 1]
@@ -152,10 +171,3 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
     for i, pair in enumerate(PAIRS):
         out[f"RSA_{pair} min/mean/max"] = [round(float(f(rsa[i])), 4) for f in (np.min, np.mean, np.max)]
     return out
-
-
-ANALYSIS = Analysis(
-    name="rsa", title="B: RSA between Q, K, V and category selectivity of a final word, at every block",
-    Config=Config, spec=spec, compute=compute, summary=summary, plot="lamina.analyses.rsa_plots:plot",
-    default_model="gpt2-large",
-    curves="lamina.analyses.rsa_curves:curves")

@@ -1,4 +1,4 @@
-"""Figures of a qkv run (EXPERIMENTS.md A), drawn from the store alone.
+"""Figures of a qkv run (docs/analyses.md "qkv"), drawn from the store alone.
 
 >>> paths = plot(open_run("runs/qkv-gpt2-random"), Path("figs"), layer=6)   # doctest: +SKIP
 >>> sorted(p.name for p in paths)[:2]                                  # doctest: +SKIP
@@ -21,7 +21,8 @@ import numpy as np
 
 from lamina.engine.reader import Run
 
-from .plotting import bin_centres, depth_colours, save_figure, start
+from ..plotting import bin_centres, depth_colours, save_figure, start
+from . import schema
 
 STATS = ("cosine", "correlation")
 ROLE_NAMES = {"target": "target", "nontarget": "non-target"}
@@ -35,17 +36,17 @@ def plot(run: Run, figdir: Path, *, layer: int = 6) -> list[Path]:
     """Draw every figure of ``run`` into ``figdir`` (``layer``: the single-block figure's block, clipped
     to the last block); returns the files written."""
     figdir, suffix = start(run, figdir)
-    edges = run.numpy("results/bin_edges")  # (edge,)
-    roles, blocks = run.labels("results/cosine_hist", "role"), run.labels("results/cosine_hist", "block")
-    n_layers = int(run["results/cosine_hist"].shape[1])
+    edges = run.numpy(schema.BIN_EDGES)  # (edge,)
+    roles, blocks = run.labels(schema.COSINE_HIST, "role"), run.labels(schema.COSINE_HIST, "block")
+    n_layers = int(run[schema.COSINE_HIST].shape[1])
     layer = min(int(layer), n_layers - 1)
     target = run.attrs.get("options", {}).get("target", "?")
-    n = int(run["inputs/lengths"].shape[0])
+    n = int(run[schema.INPUTS_LENGTHS].shape[0])
     what = f"{target!r} ({n} sentences)"
     paths: list[Path] = []
     for stat in STATS:
-        hist = run.numpy(f"results/{stat}_hist")  # (role, layer, block, bin)
-        base = run.numpy(f"results/baseline_{stat}_hist")  # (layer, bin)
+        hist = run.numpy(schema.HIST[stat])  # (role, layer, block, bin)
+        base = run.numpy(schema.BASELINE_HIST[stat])  # (layer, bin)
         paths += _single_block(hist, base, edges, layer, roles, blocks, stat, what, suffix, figdir)
         paths += _layer_lines(hist, edges, roles, blocks, stat, what, suffix, figdir)
         paths += _heatmaps(hist, base, edges, roles, blocks, stat, what, suffix, figdir)
@@ -164,12 +165,12 @@ def _mean_variance(run: Run, what: str, suffix: str, figdir: Path) -> list[Path]
     """Mean and variance of Q, K, V per block; target solid, non-target dashed."""
     import matplotlib.pyplot as plt
 
-    roles, comps = run.labels("results/mean", "role"), run.labels("results/mean", "component")
+    roles, comps = run.labels(schema.MEAN, "role"), run.labels(schema.MEAN, "component")
     styles = {"target": "-", "nontarget": "--"}
     fig, axes = plt.subplots(1, 2, figsize=(13.5, 4.6))
     fig.subplots_adjust(left=0.06, right=0.85, bottom=0.12, top=0.84, wspace=0.22)
     for ax, name in zip(axes, ("mean", "variance")):
-        data = run.numpy(f"results/{name}")  # (role, layer, component)
+        data = run.numpy(schema.MOMENTS[name])  # (role, layer, component)
         layers = np.arange(data.shape[1])
         for r, role in enumerate(roles):
             for c, comp in enumerate(comps):

@@ -17,11 +17,12 @@ from typing import Any, Optional
 
 from lamina.engine.errors import InputError
 from lamina.engine.hooks import Capture, normalize_hooks, parse_layers
-from lamina.engine.inputs import Selector, TokenBatch, encode_texts
+from ..kit import Selector, TokenBatch, encode_texts
 from lamina.engine.provenance import sha256_texts
 
-from .protocol import Analysis, Pass, Spec, batch_inputs, option
-from .textfiles import read_lines
+from ..kit import Context, Data, ModelInfo, Pass, Results, Spec, batch_inputs, option
+from ..textfiles import read_lines
+from . import schema
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
@@ -70,7 +71,7 @@ def array_name(template: str) -> str:
     return "acts/" + template.replace("blocks.{layer}.", "")
 
 
-def spec(cfg: Config, model) -> Spec:
+def spec(cfg: Config, model: ModelInfo) -> Spec:
     if cfg.tokens is not None:
         batch, stimuli = cfg.tokens, cfg.tokens.sha256()
     else:
@@ -90,7 +91,7 @@ def spec(cfg: Config, model) -> Spec:
         if len({len(g) for g in groups.values()}) > 1:
             raise InputError(f"--hook {list(cfg.hooks)}: hooks with and without '{{layer}}' cannot be concatenated")
         hooks = tuple(tuple(h for g in entry for h in g) for entry in per_layer)
-        caps = (Capture("acts/capture", hooks, select, layer_labels=_labels(hooks)),)
+        caps = (Capture(schema.ACTS_CAPTURE, hooks, select, layer_labels=_labels(hooks)),)
     else:  # one array per template; hooks outside the blocks are labelled by name on a 'hook' axis of their own
         caps, outside = [], 0
         for t, g in groups.items():
@@ -110,13 +111,9 @@ def _labels(hooks) -> tuple[int, ...]:
     return tuple(int(m.group(1)) if (m := _BLOCK.match(g[0])) else -1 for g in hooks)
 
 
-def compute(data, spec: Spec, cfg: Config, ctx) -> dict:
+def compute(data: Data, spec: Spec, cfg: Config, ctx: Context) -> Results:
     return {}
 
 
 def summary(results, spec: Spec, cfg: Config) -> dict:
     return {"n_texts": spec.state, "hooks": list(cfg.hooks), "positions": cfg.positions}
-
-
-ANALYSIS = Analysis(name="capture", title="Capture named hooks for every text into a run (no statistics)",
-                    Config=Config, spec=spec, compute=compute, summary=summary, plot=None, default_model="gpt2")

@@ -1,4 +1,4 @@
-"""Figures of a length run (EXPERIMENTS.md C), drawn from the store alone.
+"""Figures of a length run (docs/analyses.md "length"), drawn from the store alone.
 
 >>> paths = plot(open_run("runs/length-EleutherAI-gpt-neo-125M-random"), Path("figs"))   # doctest: +SKIP
 >>> sorted(p.name for p in paths)[:2]                                                    # doctest: +SKIP
@@ -22,7 +22,8 @@ import numpy as np
 
 from lamina.engine.reader import Run
 
-from .plotting import bin_centres, depth_colours, save_figure, start
+from ..plotting import bin_centres, depth_colours, save_figure, start
+from . import schema
 
 SPLIT_STYLE = {  # colour, line style, width, label: styles differ so that identical curves stay visible
     "below": ("tab:blue", "-", 2.4, "length < median"),
@@ -38,8 +39,8 @@ def plot(run: Run, figdir: Path) -> list[Path]:
     what = f"{summary.get('n_tokens', '?')} tokens"
     paths: list[Path] = []
     paths += _median_split(run, what, suffix, figdir)
-    edges = run.numpy("results/corr_bin_edges")  # (edge,)
-    corr_hist = run.numpy("results/corr_hist")  # (layer, bin)
+    edges = run.numpy(schema.CORR_BIN_EDGES)  # (edge,)
+    corr_hist = run.numpy(schema.CORR_HIST)  # (layer, bin)
     paths += _corr_lines(corr_hist, edges, what, suffix, figdir)
     paths += _corr_heatmap(corr_hist, edges, what, suffix, figdir)
     paths += _partial(run, edges, what, suffix, figdir)
@@ -59,10 +60,10 @@ def _depth_colorbar(fig, ax, cmap, n: int) -> None:
 def _median_split(run: Run, what: str, suffix: str, figdir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    dens = run.numpy("results/median_split_hist")  # (split, bin)
-    edges = run.numpy("results/median_split_bin_edges").astype(np.float64)  # (edge,)
-    attrs = dict(run["results/median_split_hist"].attrs)
-    splits, median, block = run.labels("results/median_split_hist", "split"), attrs["median"], attrs["block"]
+    dens = run.numpy(schema.MEDIAN_SPLIT_HIST)  # (split, bin)
+    edges = run.numpy(schema.MEDIAN_SPLIT_BIN_EDGES).astype(np.float64)  # (edge,)
+    attrs = dict(run[schema.MEDIAN_SPLIT_HIST].attrs)
+    splits, median, block = run.labels(schema.MEDIAN_SPLIT_HIST, "split"), attrs["median"], attrs["block"]
     n_tokens = attrs.get("n_tokens", [None] * len(splits))
     fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     x = bin_centres(edges)
@@ -121,9 +122,9 @@ def _partial(run: Run, edges: np.ndarray, what: str, suffix: str, figdir: Path) 
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    plain = run.numpy("results/corr_hist")  # (layer, bin)
-    partial = run.numpy("results/partial_corr_hist")  # (layer, bin)
-    r, pr = run.numpy("results/corr"), run.numpy("results/partial_corr")  # (layer, neuron)
+    plain = run.numpy(schema.CORR_HIST)  # (layer, bin)
+    partial = run.numpy(schema.PARTIAL_CORR_HIST)  # (layer, bin)
+    r, pr = run.numpy(schema.CORR), run.numpy(schema.PARTIAL_CORR)  # (layer, neuron)
     n = plain.shape[0]
     cmap, colours = depth_colours(n)
     x = bin_centres(edges)

@@ -1,6 +1,7 @@
 """C. MLP pre-activations against token length, streamed over any corpus: ``lamina run length``.
 
->>> run = lamina.run("length", model="EleutherAI/gpt-neo-125M", weights="random", n_seq=4, seq_len=128)  # doctest: +SKIP
+>>> run = lamina.run("length", model="EleutherAI/gpt-neo-125M", weights="random",  # doctest: +SKIP
+...                  n_seq=4, seq_len=128)
 >>> run.datatree()["results"].corr.sel(layer=0)                                                         # doctest: +SKIP
 
 Definitions (docs/analyses.md, "length"): a corpus (a text file tokenised whole, or a
@@ -23,19 +24,36 @@ import torch
 from torch import Tensor
 
 from lamina.engine.errors import InputError
-from lamina.engine.hooks import Capture, layer_hooks
-from lamina.engine.inputs import Selector, TokenBatch
 from lamina.engine.kernels.correlation import StreamingPearson
 from lamina.engine.kernels.histogram import histogram_edges, uniform_histogram
-from lamina.engine.labelled import Labelled, bins_coord, index_coord, labels
-from lamina.engine.reducers import GroupHistogram, TokenPearson
 from lamina.engine.token_text import token_texts
 
-from .corpus import corpus_tokens, cut
-from .protocol import Analysis, Pass, Spec, batch_inputs, option
+from ..corpus import corpus_tokens, cut
+from ..kit import (
+    Capture,
+    Context,
+    Data,
+    GroupHistogram,
+    Labelled,
+    ModelInfo,
+    Pass,
+    Results,
+    Selector,
+    Spec,
+    TokenBatch,
+    TokenPearson,
+    batch_inputs,
+    bins_coord,
+    check_options,
+    index_coord,
+    labels,
+    layer_hooks,
+    option,
+)
+from . import schema
 
 HOOK = "blocks.{layer}.mlp.hook_pre"
-ACTS = "acts/mlp_pre"
+ACTS = schema.ACTS_MLP_PRE
 SPLITS = ("below", "above", "equal")  # token length < median, > median, == median
 MEDIAN_BINS, MEDIAN_LO, MEDIAN_HI = 50, -8.0, 5.0
 CORR_BINS, CORR_LO, CORR_HI = 80, -0.8, 0.8
@@ -55,23 +73,18 @@ class Config:
                                        "shipped with lamina.")
     dataset: Optional[str] = option(None, "HuggingFace data set NAME[:split] (or NAME:config:split) streamed instead "
                                           "of --text; needs `datasets` and network.")
-    n_seq: int = option(16, "Number of sequences the corpus is cut into.")
-    seq_len: int = option(512, "Tokens per sequence (at most the model's context).")
-    block: int = option(4, "Block of the median-split histograms.")
+    n_seq: int = option(16, "Number of sequences the corpus is cut into.", min=1)
+    seq_len: int = option(512, "Tokens per sequence (at most the model's context).", min=1)
+    block: int = option(4, "Block of the median-split histograms.", min=0)
     store_acts: Optional[bool] = option(None, "Also store acts/mlp_pre (layer, sample, pos, neuron). Default: only "
                                               "when n-seq x seq-len <= 65536.")
-    unit_tokens: int = option(256, "Minimum tokens per work unit (the resume / multi-rank granularity).")
+    unit_tokens: int = option(256, "Minimum tokens per work unit (the resume / multi-rank granularity).", min=1)
 
     def __post_init__(self):
-        for name in ("n_seq", "seq_len", "unit_tokens"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        check_options(self)
         if self.n_seq * self.seq_len < 3:
             raise InputError(f"--n-seq {self.n_seq} x --seq-len {self.seq_len} = {self.n_tokens} tokens; a "
                              "correlation needs at least 3")
-        if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 0:
-            raise InputError(f"--block must be a block index >= 0, got {self.block!r}")
         if self.text is not None and self.dataset is not None:
             raise InputError("give either --text FILE or --dataset NAME[:split], not both")
 
@@ -141,7 +154,7 @@ def read_corpus(cfg: Config, model) -> Corpus:
     return Corpus(batch, length, unigram_counts(rows), float(np.median(length)), source)
 
 
-def spec(cfg: Config, model) -> Spec:
+def spec(cfg: Config, model: ModelInfo) -> Spec:
     corpus = read_corpus(cfg, model)
     offset = corpus.batch.max_len - cfg.seq_len  # 1 with a BOS in front, else 0
 
@@ -166,7 +179,7 @@ def spec(cfg: Config, model) -> Spec:
               "token_length": Labelled(corpus.token_length.reshape(-1), token,
                                        attrs={"units": "characters", "median": corpus.median,
                                               "long_name": "characters of the decoded token, leading space included"}),
-              "results/token_frequency": Labelled(corpus.token_frequency.reshape(-1), token,
+              schema.TOKEN_FREQUENCY: Labelled(corpus.token_frequency.reshape(-1), token,
                                                   attrs={"long_name": "occurrences of this token's id among the "
                                                                       "analysed tokens"})}
     return Spec(passes=(p,), stimuli_sha256=corpus.batch.sha256(), inputs=inputs,
@@ -191,11 +204,12 @@ def correlations(pearson: StreamingPearson, split_counts: Tensor) -> dict[str, T
     return {"corr": corr, "partial_corr": partial,
             "corr_hist": uniform_histogram(corr, bins=CORR_BINS, lo=CORR_LO, hi=CORR_HI, density=True),
             "partial_corr_hist": uniform_histogram(partial, bins=CORR_BINS, lo=CORR_LO, hi=CORR_HI, density=True),
-            "median_split_counts": split_counts, "median_split_hist": split_counts.to(torch.float64) / widths / in_range,
+            "median_split_counts": split_counts,
+            "median_split_hist": split_counts.to(torch.float64) / widths / in_range,
             "constant": pearson.constant_mask, "r_length_logfreq": r_xz}
 
 
-def compute(data, spec: Spec, cfg: Config, ctx) -> dict[str, Labelled]:
+def compute(data: Data, spec: Spec, cfg: Config, ctx: Context) -> Results:
     corpus = spec.state
     res = correlations(StreamingPearson.from_state_dict(data.reduced["pearson"]),
                        data.reduced["median_split"]["counts"])
@@ -215,31 +229,31 @@ def compute(data, spec: Spec, cfg: Config, ctx) -> dict[str, Labelled]:
               "n_values_in_range": [int(v) for v in res["median_split_counts"].sum(-1)],
               "range": [MEDIAN_LO, MEDIAN_HI]}
     return {
-        "results/corr": Labelled(res["corr"], ("layer", "neuron"), {"layer": layer},
+        schema.CORR: Labelled(res["corr"], ("layer", "neuron"), {"layer": layer},
                                  {**corr, "long_name": "Pearson r(activation, token length)"}),
-        "results/partial_corr": Labelled(res["partial_corr"], ("layer", "neuron"), {"layer": layer},
+        schema.PARTIAL_CORR: Labelled(res["partial_corr"], ("layer", "neuron"), {"layer": layer},
                                          {**partial, "long_name": "partial r controlling for log frequency"}),
-        "results/corr_hist": Labelled(res["corr_hist"], ("layer", "corr_bin"), {"layer": layer, "corr_bin": corr_bin},
+        schema.CORR_HIST: Labelled(res["corr_hist"], ("layer", "corr_bin"), {"layer": layer, "corr_bin": corr_bin},
                                       {**corr, "density": True, "long_name": "density of r per block"}),
-        "results/partial_corr_hist": Labelled(res["partial_corr_hist"], ("layer", "corr_bin"),
+        schema.PARTIAL_CORR_HIST: Labelled(res["partial_corr_hist"], ("layer", "corr_bin"),
                                               {"layer": layer, "corr_bin": corr_bin},
                                               {**partial, "density": True, "long_name": "density of partial r"}),
-        "results/corr_bin_edges": Labelled(histogram_edges(CORR_BINS, CORR_LO, CORR_HI).numpy(), ("corr_edge",)),
-        "results/median_split_hist": Labelled(res["median_split_hist"], ("split", "split_bin"),
+        schema.CORR_BIN_EDGES: Labelled(histogram_edges(CORR_BINS, CORR_LO, CORR_HI).numpy(), ("corr_edge",)),
+        schema.MEDIAN_SPLIT_HIST: Labelled(res["median_split_hist"], ("split", "split_bin"),
                                               {"split": split, "split_bin": split_bin},
                                               {**splits, "density": True, "long_name": "density of activations"}),
-        "results/median_split_counts": Labelled(res["median_split_counts"], ("split", "split_bin"),
+        schema.MEDIAN_SPLIT_COUNTS: Labelled(res["median_split_counts"], ("split", "split_bin"),
                                                 {"split": split, "split_bin": split_bin},
                                                 {**splits, "units": "count"}),
-        "results/median_split_bin_edges": Labelled(split_edges, ("split_edge",)),
-        "results/r_length_logfreq": Labelled(np.asarray(res["r_length_logfreq"], dtype=np.float64), (),
+        schema.MEDIAN_SPLIT_BIN_EDGES: Labelled(split_edges, ("split_edge",)),
+        schema.R_LENGTH_LOGFREQ: Labelled(np.asarray(res["r_length_logfreq"], dtype=np.float64), (),
                                              attrs={"long_name": "Pearson r of token length and log frequency"}),
     }
 
 
 def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
     corpus = spec.state
-    corr, partial = results["results/corr"].numpy(), results["results/partial_corr"].numpy()
+    corr, partial = results[schema.CORR].numpy(), results[schema.PARTIAL_CORR].numpy()
 
     def layer_means(a):
         return [round(float(np.nanmean(r)), 4) if np.isfinite(r).any() else None for r in a]
@@ -247,14 +261,7 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
     n_const = [int(np.isnan(r).sum()) for r in corr]
     out = {"n_tokens": cfg.n_tokens, "n_seq": cfg.n_seq, "seq_len": cfg.seq_len, "source": corpus.source,
            "median_token_length": corpus.median, "block": cfg.block, "n_constant_neurons": sum(n_const),
-           "r_length_logfreq": round(float(results["results/r_length_logfreq"].numpy()), 4),
+           "r_length_logfreq": round(float(results[schema.R_LENGTH_LOGFREQ].numpy()), 4),
            "mean_corr_per_block": layer_means(corr), "mean_partial_corr_per_block": layer_means(partial),
            "acts_stored": cfg.keep_acts}
     return {**out, "constant_neurons_per_block": n_const} if sum(n_const) else out
-
-
-ANALYSIS = Analysis(
-    name="length", title="C: MLP pre-activations vs token length: median split, per-neuron r and partial r (streamed)",
-    Config=Config, spec=spec, compute=compute, summary=summary, plot="lamina.analyses.length_plots:plot",
-    default_model="EleutherAI/gpt-neo-125M",
-    curves="lamina.analyses.length_curves:curves")

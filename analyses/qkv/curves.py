@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from lamina.engine.labelled import Labelled, labels
 from lamina.engine.reader import Run
 
-from .curves import curve
+from ..curves import curve
+from ..kit import Labelled, labels
+from . import schema
 
 FAR = 0.9
 FINDING_FAR = ("Lecture (GPT-2 small at one block, GPT-2 XL at all 48): the target's cosine distributions are "
@@ -46,9 +47,9 @@ def histogram_moments(hist: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, 
 
 def curves(run: Run) -> dict[str, Labelled]:
     """``cosine_far`` and ``cosine_sd``, each (role, block, layer)."""
-    name = "results/cosine_hist"
+    name = schema.COSINE_HIST
     hist = run.numpy(name)  # (role, layer, block, bin)
-    share, sd = histogram_moments(hist, run.numpy("results/bin_edges"))  # (role, layer, block)
+    share, sd = histogram_moments(hist, run.numpy(schema.BIN_EDGES))  # (role, layer, block)
     coords = {"role": labels(run.labels(name, "role")), "block": labels(run.labels(name, "block"))}
     dims = ("role", "block", "layer")
     return {

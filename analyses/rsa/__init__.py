@@ -1,0 +1,42 @@
+"""rsa: RSA between Q, K, V and category selectivity (docs/analyses.md "rsa").
+
+One folder per analysis: analysis (Config, spec, pure compute, summary); schema (every stored array: path, dims,
+units); plots and captions (figures from the run alone, and what each shows); curves (per-layer curves for `lamina
+compare`). ``ANALYSIS`` is what the registry holds.
+"""
+
+from __future__ import annotations
+
+from ..kit import Analysis
+from . import captions, schema
+from .analysis import *  # noqa: F403  (the names lamina.analyses.rsa held before it was a folder)
+from .analysis import Config, compute, spec, summary
+
+
+def _plot(run, folder, **figure_options):
+    """The figures of a rsa run (:func:`.plots.plot`; matplotlib loads on first use)."""
+    from . import plots
+
+    return plots.plot(run, folder, **figure_options)
+
+
+def _curves(run):
+    """Per-layer curves of a rsa run for ``lamina compare`` (:func:`.curves.curves`)."""
+    from . import curves
+
+    return curves.curves(run)
+
+
+ANALYSIS = Analysis(
+    name="rsa",
+    title="B: RSA between Q, K, V and category selectivity of a final word, at every block",
+    Config=Config,
+    spec=spec,
+    compute=compute,
+    summary=summary,
+    plot=_plot,
+    default_model="gpt2-large",
+    curves=_curves,
+    captions=captions.CAPTIONS,
+    schema=schema,
+)
