@@ -238,8 +238,15 @@ def _figure(stem: str, has_pdf: bool, attrs: Mapping) -> dict:
             "caption": run_caption(stem, attrs)}
 
 
-def _analysis_of(run: Run) -> Analysis:
-    return registry.get(run.experiment)
+def analysis_of(run: Run) -> Analysis:
+    """The analysis that made ``run``: the registry's, or for a ``lamina similarity`` folder (no analysis of
+    ``lamina run``) how it is reported and drawn."""
+    from .similarity.analysis import REPORT_AS
+
+    return REPORT_AS if run.experiment == REPORT_AS.name else registry.get(run.experiment)
+
+
+_analysis_of = analysis_of
 
 
 def _common() -> dict:

@@ -26,43 +26,10 @@ from lamina.engine.reader import Run, open_run
 from lamina.engine.run_folder import check_writable
 from lamina.engine.store import RunWriter
 
-from ..protocol import Analysis, option
 from . import schema
+from .analysis import REPORT_AS, Options
 from .compute import Accumulator, estimator, labelled
 from .reading import open_pair, sample_mask, token_blocks
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """What defines a similarity besides its two runs (the folder's resume key)."""
-
-    acts_a: str | None = option(None, "Activations of run A (default: its only acts/ array).")
-    acts_b: str | None = option(None, "Activations of run B (default: its only acts/ array).")
-    estimator: str = option("auto", "moments (exact), minibatch, or auto (moments while 8·La·p·Lb·q B <= 64 MiB).")
-    batch_size: int | None = option(None, "Tokens per minibatch (default: 256, fewer for < 2048 tokens).")
-    permutations: int = option(99, "Permutations per minibatch for the p-values (0: none).")
-    resamples: int = option(1000, "Bootstrap resamples of the minibatches (0: no interval).")
-    level: float = option(0.95, "Level of the bootstrap interval.")
-    seed: int = option(0, "Seed of permutations and bootstrap weights.")
-
-    def __post_init__(self):
-        if self.estimator not in ("auto", "moments", "minibatch"):
-            raise InputError(f"--estimator must be auto, moments or minibatch, got {self.estimator!r}")
-        for name, low in (("batch_size", 4), ("permutations", 0), ("resamples", 0), ("seed", 0)):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-                raise InputError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {v!r}")
-        if not 0 < self.level < 1:
-            raise InputError(f"--level must be between 0 and 1, got {self.level!r}")
-
-
-def _not_runnable(*args, **kwargs):
-    raise TypeError("similarity is made by lamina.similarity(), not by lamina run")
-
-
-REPORT_AS = Analysis(name=schema.EXPERIMENT, title="Linear CKA between the layers of two runs on the same tokens",
-                     Config=Options, spec=_not_runnable, compute=_not_runnable,
-                     plot="lamina.analyses.similarity.plots:plot")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +55,10 @@ def similarity(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *
     Refused in one line (InputError, exit 2 on the command line) before any reading: different tokens, an
     incomplete run, a run without per-token activations, an ``out`` holding anything lamina did not write.
     """
+    if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
+        raise InputError(f"out must be the folder (or URL) to write the similarity into, got {out!r}")
+    if not isinstance(options, Options):
+        raise InputError(f"options must be lamina.analyses.similarity.Options(...), got {type(options).__name__}")
     dest = dst.check_destination(out, overwrite=overwrite, complete_ok=True)
     check_writable(dest.url)
     a, b = open_pair(run_a, run_b, options.acts_a, options.acts_b)
@@ -100,6 +71,7 @@ def similarity(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *
     sa, sb = a.run[a.acts].shape, b.run[b.acts].shape
     kind = estimator(sa[0], sa[-1], sb[0], sb[-1], options.estimator)
     batch = options.batch_size or max(4, min(256, n_tokens // 8))
+    _check_sizes(n_tokens, batch, sa[0], sb[0], options)
     from ..compare import run_labels
 
     labels = run_labels([a.run, b.run])
@@ -152,6 +124,24 @@ def similarity(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *
     table = next((p for p in moved if p.endswith(".csv")), None)
     return Similarity(url, (a.run.url, b.run.url), tuple(p for p in moved if not p.endswith(".csv")), table,
                       None if report is None else str(report).replace(staged, url))
+
+
+WORK_BYTES = 4 << 30  # the permutation null and the bootstrap replicates are held whole
+
+
+def _check_sizes(n_tokens: int, batch: int, la: int, lb: int, options: Options) -> None:
+    """Refuse, before anything is read, what cannot make one minibatch or would not fit in memory."""
+    if n_tokens < batch:
+        raise InputError(f"only {n_tokens} sample tokens: fewer than one minibatch of {batch}; give "
+                         f"--batch-size {max(4, n_tokens // 2)} or less (at least 4)")
+    minibatches = n_tokens // batch
+    need = {"--permutations": 8 * options.permutations * (3 * batch + 2 * la * lb),
+            "--resamples": 8 * options.resamples * (minibatches + 4 * la * lb)}
+    for flag, size in need.items():
+        if size > WORK_BYTES:
+            raise InputError(f"{flag} {getattr(options, flag[2:])} needs {size / 2**30:.1f} GiB for {la} x {lb} "
+                             f"layer pairs ({minibatches} minibatches of {batch} tokens), more than "
+                             f"{WORK_BYTES >> 30} GiB; give fewer")
 
 
 def _layers(labels: list) -> list[int]:
