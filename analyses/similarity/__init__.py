@@ -148,15 +148,25 @@ def _layers(labels: list) -> list[int]:
     return [int(v) for v in labels] if all(isinstance(v, int) for v in labels) else list(range(len(labels)))
 
 
+def _mean(m) -> float | None:
+    """The mean of the defined values, None where there are none (every layer constant)."""
+    import numpy as np
+
+    return round(float(np.nanmean(m)), 4) if np.isfinite(m).any() else None
+
+
 def _summary(results: dict, kind: str, n_tokens: int, batch: int, batches: int) -> dict:
     import numpy as np
 
     m = results[schema.CKA_DEBIASED].numpy()
     p = results[schema.P_FWER].numpy()
     out = {"estimator": kind, "n_tokens": n_tokens, "minibatch_size": batch, "minibatches": batches,
-           "shape": list(m.shape), "mean_cka_debiased": round(float(np.nanmean(m)), 4),
+           "shape": list(m.shape), "mean_cka_debiased": _mean(m),
            "best_layer_b": [int(v) for v in results[schema.BEST_LAYER].numpy()],
-           "pairs_p_fwer_below_0.05": int(np.sum(p < 0.05))}
+           "pairs_p_fwer_below_0.05": int(np.sum(p < 0.05)),
+           # a layer whose tokens are all the same vector: its CKA is undefined (NaN row / column), not an error
+           "constant_layers_a": [int(i) for i in np.flatnonzero(np.isnan(m).all(1))],
+           "constant_layers_b": [int(i) for i in np.flatnonzero(np.isnan(m).all(0))]}
     if m.shape[0] == m.shape[1]:
         out["diagonal_cka_debiased"] = [round(float(v), 4) for v in np.diagonal(m)]
     return out
