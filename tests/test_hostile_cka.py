@@ -168,6 +168,7 @@ CASES = {  # name: (argv after `lamina similarity`, words the one line must hold
     "batch over the tokens": (lambda r: [r["a"].url, r["b"].url, "--batch-size", "1000"],
                               ["only 96 sample tokens", "--batch-size 48"]),
     "level 1.5": (lambda r: [r["a"].url, r["b"].url, "--level", "1.5"], ["--level"]),
+    "device meta": (lambda r: [r["a"].url, r["b"].url, "--device", "meta"], ["--device meta", "--device cpu"]),
 }
 
 
@@ -214,6 +215,21 @@ def test_python_wrong_types_are_one_clear_error(runs, bad, tmp_path, monkeypatch
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"{next(iter(bad))} must be"), msg
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind, shape, options, needles", [
+    ("moments", (48, 96, 1600), Options(estimator="moments"), ["--estimator moments needs", "minibatch"]),
+    ("minibatch", (30, 96, 576), Options(resamples=1_000_000), ["--resamples 1000000 needs", "give fewer"]),
+    ("minibatch", (30, 96, 576), Options(permutations=100_000, batch_size=4096), ["--permutations 100000 needs"]),
+])
+def test_what_would_not_fit_in_memory_is_refused(kind, shape, options, needles):
+    # GPT-2 XL- and SmolLM2-sized activations: refused from the shapes alone (nothing that large is made here)
+    from lamina.analyses.similarity import _check_sizes
+
+    with pytest.raises(InputError) as e:
+        _check_sizes(10**6, options.batch_size or 256, shape, shape, kind, options)
+    assert all(n in str(e.value) for n in needles), str(e.value)
+    _check_sizes(10**6, 256, (3, 96, 64), (2, 96, 32), kind, Options())  # the defaults on small runs fit
 
 
 # ---- 3. what must work -------------------------------------------------------------------------------------------

@@ -59,19 +59,21 @@ def similarity(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *
         raise InputError(f"out must be the folder (or URL) to write the similarity into, got {out!r}")
     if not isinstance(options, Options):
         raise InputError(f"options must be lamina.analyses.similarity.Options(...), got {type(options).__name__}")
+    dev = resolve_device(device)
+    if dev.type == "meta":
+        raise InputError("--device meta holds no values: lamina similarity computes CKA; use --device cpu or cuda")
     dest = dst.check_destination(out, overwrite=overwrite, complete_ok=True)
     check_writable(dest.url)
     a, b = open_pair(run_a, run_b, options.acts_a, options.acts_b)
     for side in (a, b):
         if os.path.realpath(str(side.run.url)) == os.path.realpath(dest.url):
             raise InputError(f"--out {str(out)!r} is the run {side.run.url!r} being compared; give another folder")
-    dev = resolve_device(device)
     mask = sample_mask(a, b)
     n_tokens = int(mask.sum())
     sa, sb = a.run[a.acts].shape, b.run[b.acts].shape
     kind = estimator(sa[0], sa[-1], sb[0], sb[-1], options.estimator)
     batch = options.batch_size or max(4, min(256, n_tokens // 8))
-    _check_sizes(n_tokens, batch, sa[0], sb[0], options)
+    _check_sizes(n_tokens, batch, sa, sb, kind, options)
     from ..compare import run_labels
 
     labels = run_labels([a.run, b.run])
@@ -129,8 +131,14 @@ def similarity(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *
 WORK_BYTES = 4 << 30  # the permutation null and the bootstrap replicates are held whole
 
 
-def _check_sizes(n_tokens: int, batch: int, la: int, lb: int, options: Options) -> None:
-    """Refuse, before anything is read, what cannot make one minibatch or would not fit in memory."""
+def _check_sizes(n_tokens: int, batch: int, shape_a: tuple, shape_b: tuple, kind: str, options: Options) -> None:
+    """Refuse, before anything is read, what cannot make one minibatch or would not fit in memory (``shape_*``: the
+    acts arrays' [layer, sample, ..., feature])."""
+    (la, p), (lb, q) = (shape_a[0], shape_a[-1]), (shape_b[0], shape_b[-1])
+    moments = 8 * (la * p * lb * q + (la * p) ** 2 + (lb * q) ** 2)  # the cross and both self moment blocks
+    if kind == "moments" and moments > 4 * WORK_BYTES:
+        raise InputError(f"--estimator moments needs {moments / 2**30:.1f} GiB for {la} x {p} against {lb} x {q} "
+                         "features (more than 16 GiB); use --estimator minibatch (or auto)")
     if n_tokens < batch:
         raise InputError(f"only {n_tokens} sample tokens: fewer than one minibatch of {batch}; give "
                          f"--batch-size {max(4, n_tokens // 2)} or less (at least 4)")
