@@ -156,6 +156,7 @@ def _damaged(runs, name: str):
 CASES = {  # name: (argv after `lamina similarity`, words the one line must hold)
     "same run twice": (lambda r: [r["a"].url, r["a"].url], ["given twice"]),
     "not a run": (lambda r: [r["a"].url, r["root"] / "other"], ["not a lamina run"]),
+    "a group inside a run": (lambda r: [r["a"].url, f"{r['b'].url}/acts"], ["is inside the lamina run"]),
     "a similarity folder": (lambda r: [r["a"].url, r["sim"]], ["similarity folder", "not a run"]),
     "no activations": (lambda r: [r["a"].url, r["noacts"].url], ["0 activation arrays", "--no-store-acts"]),
     "damaged": (lambda r: [r["a"].url, _damaged(r, "damaged")], ["is damaged", "acts/resid", "checksum"]),

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lamina.engine.errors import InputError
+from lamina.engine import destination as dst
+from lamina.engine.errors import InputError, LaminaError
 from lamina.engine.reader import Run, open_run
 from lamina.engine.verify import verify
 
@@ -46,6 +47,18 @@ def _acts_of(run: Run, acts: str | None, flag: str) -> str:
     return names[0]
 
 
+def _open(url: str | os.PathLike) -> Run:
+    """``open_run``, with a path inside a run (``RUN/acts``) answered with the run's folder."""
+    try:
+        return open_run(url)
+    except LaminaError:
+        above = dst.enclosing_group(dst.local_path(str(url))) if dst.is_local(str(url)) else None
+        if above is not None and dst.is_run(dst.read_attrs(str(above))):
+            raise InputError(f"{str(url)!r} is inside the lamina run {str(above)!r}; give the run's folder "
+                             f"({str(above)!r})") from None
+        raise
+
+
 def open_pair(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, acts_a: str | None = None,
               acts_b: str | None = None) -> tuple[Side, Side]:
     """Both runs opened and checked: complete, not the same run, the same ``inputs/tokens``, activations of the
@@ -53,7 +66,7 @@ def open_pair(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, ac
     for side, r in (("run_a", run_a), ("run_b", run_b)):
         if not isinstance(r, (str, os.PathLike, Run)) or not str(r).strip():
             raise InputError(f"{side} must be the folder (or URL) of a lamina run, or a lamina Run; got {r!r}")
-    runs = [r if isinstance(r, Run) else open_run(r) for r in (run_a, run_b)]
+    runs = [r if isinstance(r, Run) else _open(r) for r in (run_a, run_b)]
     if os.path.realpath(str(runs[0].url)) == os.path.realpath(str(runs[1].url)):
         raise InputError(f"{runs[0].url!r} is given twice; compare two different runs")
     for r in runs:
