@@ -242,11 +242,12 @@ def test_other_hooks_and_layer_counts_give_la_by_lb(runs):
                           options=Options(permutations=0, resamples=0))
     run = lamina.open_run(s.out)
     assert run.numpy("results/cka").shape == (3, 2)
-    # attn_out carries a large mean (the output bias): Song's debiased HSIC of uncentred Grams cancels there,
-    # so lamina's streamed moments and the one-shot NumPy reference agree to ~1e-6 relative, not 1e-12
+    # attn_out carries a large mean (the output bias): Song's debiased HSIC of uncentred Grams cancels there in
+    # float64 (~1e-6 relative); it is translation invariant, so the reference takes the centred activations
+    xa, xb = (x - x.mean(1, keepdims=True) for x in (_acts(attn), _acts(b)))
     for name, debiased in (("results/cka", False), ("results/cka_debiased", True)):
-        np.testing.assert_allclose(run.numpy(name), cka_matrix(_acts(attn), _acts(b), debiased), rtol=1e-5,
-                                   atol=1e-9, err_msg=name)
+        np.testing.assert_allclose(run.numpy(name), cka_matrix(xa, xb, debiased), rtol=1e-9, atol=1e-12,
+                                   err_msg=name)
     assert np.isnan(run.numpy("results/p_value")).all()  # --permutations 0: no p-values, said by NaN
 
 
@@ -263,10 +264,10 @@ def test_a_constant_layer_is_nan_and_named_not_an_error(runs):
     for name in ("results/cka", "results/cka_debiased", "results/cka_debiased_minibatch", "results/mutual_knn",
                  "results/p_value", "results/p_value_fwer"):
         assert np.isnan(run.numpy(name)[1]).all(), name
-    xa, xb = _acts(flat), _acts(a)
+    xa, xb = (x - x.mean(1, keepdims=True) for x in (_acts(flat), _acts(a)))  # centred: see the test above
     keep = [0, 2]
-    np.testing.assert_allclose(run.numpy("results/cka_debiased")[keep], cka_matrix(xa[keep], xb, True), rtol=1e-5,
-                               atol=1e-9)
+    np.testing.assert_allclose(run.numpy("results/cka_debiased")[keep], cka_matrix(xa[keep], xb, True), rtol=1e-9,
+                               atol=1e-12)
     assert run.numpy("results/best_layer")[1] == -1
 
 
