@@ -159,10 +159,11 @@ def plot(ctx, store):
     from lamina.engine.reader import open_run
     from lamina.engine.verify import verify as check
 
+    from .report import analysis_of
     from .runner import draw, figure_settings
 
     run = open_run(store)
-    analysis = registry.get(run.experiment)
+    analysis = analysis_of(run)  # a `lamina similarity` folder too (no analysis of `lamina run`)
     if not run.complete:
         raise LaminaError(f"{store!r} is {run.status}: finish it (run the same command again) before plotting")
     check(run).raise_if_bad("plotting it")

@@ -44,7 +44,7 @@ def write_report(analysis: Analysis | None, run: Run, *, publish: Callable[[str]
     the status to show (the runner writes the report last, for the run as it is once complete). Returns its
     path/URL."""
     if analysis is None:
-        analysis = _analysis_of(run)
+        analysis = analysis_of(run)
     html = render_run(analysis, run, status=status)
     if publish is not None:
         return publish(html)
@@ -84,7 +84,7 @@ def report(store: str | os.PathLike) -> str:
         raise InputError(f"{str(store)!r} is {run.status}: finish it (run the same command again) before writing its "
                          "report")
     verify(run).raise_if_bad("reporting it")
-    return write_report(_analysis_of(run), run)
+    return write_report(analysis_of(run), run)
 
 
 def render_run(analysis: Analysis, run: Run, *, status: str | None = None) -> str:
@@ -238,8 +238,12 @@ def _figure(stem: str, has_pdf: bool, attrs: Mapping, captions=()) -> dict:
             "caption": run_caption(stem, attrs, captions)}
 
 
-def _analysis_of(run: Run) -> Analysis:
-    return registry.get(run.experiment)
+def analysis_of(run: Run) -> Analysis:
+    """The analysis that made ``run``: the registry's, or for a ``lamina similarity`` folder (no analysis of
+    ``lamina run``) how it is reported and drawn."""
+    from .similarity.analysis import REPORT_AS
+
+    return REPORT_AS if run.experiment == REPORT_AS.name else registry.get(run.experiment)
 
 
 def _common() -> dict:

@@ -138,7 +138,9 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
             "mean_cka_debiased_offdiag": r(np.nanmean(mu[off])) if n > 1 else None,
             "cka_first_last": r(m[0, -1]), "cka_debiased_first_last": r(mu[0, -1]),
             "cka_debiased_adjacent": [r(mu[i, i + 1]) for i in range(n - 1)],
-            "best_layer": [int(v) for v in results[schema.BEST_LAYER].numpy()]}
+            "best_layer": [int(v) for v in results[schema.BEST_LAYER].numpy()],
+            # layers whose tokens are all the same vector: CKA undefined (a NaN row and column, best_layer -1)
+            "constant_layers": [int(i) for i in np.flatnonzero(np.isnan(mu).all(1))]}
 
 
 def _plot(run, folder, **figure_options):

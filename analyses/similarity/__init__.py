@@ -26,51 +26,10 @@ from lamina.engine.reader import Run, open_run
 from lamina.engine.run_folder import check_writable
 from lamina.engine.store import RunWriter
 
-from ..protocol import Analysis, option
-from ..cka.captions import CAPTIONS as CKA_CAPTIONS
 from . import schema
+from .analysis import REPORT_AS, Options
 from .compute import Accumulator, estimator, labelled
 from .reading import open_pair, sample_mask, token_blocks
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """What defines a similarity besides its two runs (the folder's resume key)."""
-
-    acts_a: str | None = option(None, "Activations of run A (default: its only acts/ array).")
-    acts_b: str | None = option(None, "Activations of run B (default: its only acts/ array).")
-    estimator: str = option("auto", "moments (exact), minibatch, or auto (moments while 8·La·p·Lb·q B <= 64 MiB).")
-    batch_size: int | None = option(None, "Tokens per minibatch (default: 256, fewer for < 2048 tokens).")
-    permutations: int = option(99, "Permutations per minibatch for the p-values (0: none).")
-    resamples: int = option(1000, "Bootstrap resamples of the minibatches (0: no interval).")
-    level: float = option(0.95, "Level of the bootstrap interval.")
-    seed: int = option(0, "Seed of permutations and bootstrap weights.")
-
-    def __post_init__(self):
-        if self.estimator not in ("auto", "moments", "minibatch"):
-            raise InputError(f"--estimator must be auto, moments or minibatch, got {self.estimator!r}")
-        for name, low in (("batch_size", 4), ("permutations", 0), ("resamples", 0), ("seed", 0)):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-                raise InputError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {v!r}")
-        if not 0 < self.level < 1:
-            raise InputError(f"--level must be between 0 and 1, got {self.level!r}")
-
-
-def _not_runnable(*args, **kwargs):
-    raise TypeError("similarity is made by lamina.similarity(), not by lamina run")
-
-
-def _plot(run, folder, **figure_options):
-    """The figures of a similarity folder (:func:`.plots.plot`; matplotlib loads on first use)."""
-    from . import plots
-
-    return plots.plot(run, folder, **figure_options)
-
-
-REPORT_AS = Analysis(name=schema.EXPERIMENT, title="Linear CKA between the layers of two runs on the same tokens",
-                     Config=Options, spec=_not_runnable, compute=_not_runnable, plot=_plot,
-                     captions=CKA_CAPTIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,18 +55,25 @@ def similarity(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *
     Refused in one line (InputError, exit 2 on the command line) before any reading: different tokens, an
     incomplete run, a run without per-token activations, an ``out`` holding anything lamina did not write.
     """
+    if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
+        raise InputError(f"out must be the folder (or URL) to write the similarity into, got {out!r}")
+    if not isinstance(options, Options):
+        raise InputError(f"options must be lamina.analyses.similarity.Options(...), got {type(options).__name__}")
+    dev = resolve_device(device)
+    if dev.type == "meta":
+        raise InputError("--device meta holds no values: lamina similarity computes CKA; use --device cpu or cuda")
     dest = dst.check_destination(out, overwrite=overwrite, complete_ok=True)
     check_writable(dest.url)
     a, b = open_pair(run_a, run_b, options.acts_a, options.acts_b)
     for side in (a, b):
         if os.path.realpath(str(side.run.url)) == os.path.realpath(dest.url):
             raise InputError(f"--out {str(out)!r} is the run {side.run.url!r} being compared; give another folder")
-    dev = resolve_device(device)
     mask = sample_mask(a, b)
     n_tokens = int(mask.sum())
     sa, sb = a.run[a.acts].shape, b.run[b.acts].shape
     kind = estimator(sa[0], sa[-1], sb[0], sb[-1], options.estimator)
     batch = options.batch_size or max(4, min(256, n_tokens // 8))
+    _check_sizes(n_tokens, batch, sa, sb, kind, options)
     from ..compare import run_labels
 
     labels = run_labels([a.run, b.run])
@@ -162,8 +128,39 @@ def similarity(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *
                       None if report is None else str(report).replace(staged, url))
 
 
+WORK_BYTES = 4 << 30  # the permutation null and the bootstrap replicates are held whole
+
+
+def _check_sizes(n_tokens: int, batch: int, shape_a: tuple, shape_b: tuple, kind: str, options: Options) -> None:
+    """Refuse, before anything is read, what cannot make one minibatch or would not fit in memory (``shape_*``: the
+    acts arrays' [layer, sample, ..., feature])."""
+    (la, p), (lb, q) = (shape_a[0], shape_a[-1]), (shape_b[0], shape_b[-1])
+    moments = 8 * (la * p * lb * q + (la * p) ** 2 + (lb * q) ** 2)  # the cross and both self moment blocks
+    if kind == "moments" and moments > 4 * WORK_BYTES:
+        raise InputError(f"--estimator moments needs {moments / 2**30:.1f} GiB for {la} x {p} against {lb} x {q} "
+                         "features (more than 16 GiB); use --estimator minibatch (or auto)")
+    if n_tokens < batch:
+        raise InputError(f"only {n_tokens} sample tokens: fewer than one minibatch of {batch}; give "
+                         f"--batch-size {max(4, n_tokens // 2)} or less (at least 4)")
+    minibatches = n_tokens // batch
+    need = {"--permutations": 8 * options.permutations * (3 * batch + 2 * la * lb),
+            "--resamples": 8 * options.resamples * (minibatches + 4 * la * lb)}
+    for flag, size in need.items():
+        if size > WORK_BYTES:
+            raise InputError(f"{flag} {getattr(options, flag[2:])} needs {size / 2**30:.1f} GiB for {la} x {lb} "
+                             f"layer pairs ({minibatches} minibatches of {batch} tokens), more than "
+                             f"{WORK_BYTES >> 30} GiB; give fewer")
+
+
 def _layers(labels: list) -> list[int]:
     return [int(v) for v in labels] if all(isinstance(v, int) for v in labels) else list(range(len(labels)))
+
+
+def _mean(m) -> float | None:
+    """The mean of the defined values, None where there are none (every layer constant)."""
+    import numpy as np
+
+    return round(float(np.nanmean(m)), 4) if np.isfinite(m).any() else None
 
 
 def _summary(results: dict, kind: str, n_tokens: int, batch: int, batches: int) -> dict:
@@ -172,9 +169,12 @@ def _summary(results: dict, kind: str, n_tokens: int, batch: int, batches: int) 
     m = results[schema.CKA_DEBIASED].numpy()
     p = results[schema.P_FWER].numpy()
     out = {"estimator": kind, "n_tokens": n_tokens, "minibatch_size": batch, "minibatches": batches,
-           "shape": list(m.shape), "mean_cka_debiased": round(float(np.nanmean(m)), 4),
+           "shape": list(m.shape), "mean_cka_debiased": _mean(m),
            "best_layer_b": [int(v) for v in results[schema.BEST_LAYER].numpy()],
-           "pairs_p_fwer_below_0.05": int(np.sum(p < 0.05))}
+           "pairs_p_fwer_below_0.05": int(np.sum(p < 0.05)),
+           # a layer whose tokens are all the same vector: its CKA is undefined (NaN row / column), not an error
+           "constant_layers_a": [int(i) for i in np.flatnonzero(np.isnan(m).all(1))],
+           "constant_layers_b": [int(i) for i in np.flatnonzero(np.isnan(m).all(0))]}
     if m.shape[0] == m.shape[1]:
         out["diagonal_cka_debiased"] = [round(float(v), 4) for v in np.diagonal(m)]
     return out

@@ -93,7 +93,8 @@ class Accumulator:
 
     def finish(self, *, resamples: int, level: float = 0.95) -> dict[str, Tensor]:
         """``cka``, ``cka_debiased`` (main), ``minibatch`` [La, Lb], ``interval`` [2, La, Lb] (NaN with fewer than 2
-        minibatches), ``p``, ``p_fwer`` [La, Lb] (NaN without permutations); all float64."""
+        minibatches), ``p``, ``p_fwer`` [La, Lb] (NaN without permutations); all float64. A layer without variance
+        (every token the same vector) has NaN in every row / column: its CKA is undefined (0 / 0)."""
         from lamina.engine.errors import InputError
 
         if not self.per_batch:
@@ -105,6 +106,9 @@ class Accumulator:
         nan = torch.full_like(mini, float("nan"))
         out = {"cka": cka, "cka_debiased": cka_u, "minibatch": mini, "interval": torch.stack([nan, nan]),
                "p": nan, "p_fwer": nan, "mutual_knn": nan if self.knn is None else self.knn / len(self.per_batch)}
+        if self.knn is not None:  # a constant layer (CKA undefined: NaN) has no neighbours (every distance ties)
+            flat = torch.isnan(cka).all(1)[:, None] | torch.isnan(cka).all(0)[None, :]
+            out["mutual_knn"] = torch.where(flat, torch.nan, out["mutual_knn"])
         m = u_ab.shape[0]
         if m >= 2 and resamples:
             w = poisson_weights(self.seed, range(m), resamples).to(device=u_ab.device, dtype=torch.float64)

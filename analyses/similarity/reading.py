@@ -15,10 +15,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lamina.engine.errors import InputError
+from lamina.engine import destination as dst
+from lamina.engine.errors import InputError, LaminaError
 from lamina.engine.reader import Run, open_run
+from lamina.engine.verify import verify
 
-from .schema import INCLUDE, LENGTHS, TOKENS
+from .schema import EXPERIMENT, INCLUDE, LENGTHS, TOKENS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,29 +32,47 @@ class Side:
     layers: list
 
 
-def _acts_of(run: Run, acts: str | None) -> str:
+def _acts_of(run: Run, acts: str | None, flag: str) -> str:
     names = [n for n in run.arrays() if n.startswith("acts/") and run.dims(n)[:2] == ("layer", "sample")]
     if acts is not None:
         name = acts if acts.startswith("acts/") else f"acts/{acts}"
         if name not in names:
             raise InputError(f"{run.url!r} has no per-layer activations {name!r} (it has: {', '.join(names) or 'none'})"
-                             "; give --acts with one of those")
+                             f"; give {flag} with one of those")
         return name
     if len(names) != 1:
-        what = ", ".join(names) if names else "none: run it with its activations kept (lamina run cka does)"
+        what = ", ".join(names) or "none: make it with its activations kept (lamina run cka, no --no-store-acts)"
         raise InputError(f"{run.url!r} holds {len(names)} activation arrays ({what}); "
-                         + ("give --acts NAME" if names else "lamina similarity needs per-token activations"))
+                         + (f"give {flag} NAME" if names else "lamina similarity needs per-token activations"))
     return names[0]
+
+
+def _open(url: str | os.PathLike) -> Run:
+    """``open_run``, with a path inside a run (``RUN/acts``) answered with the run's folder."""
+    try:
+        return open_run(url)
+    except LaminaError:
+        above = dst.enclosing_group(dst.local_path(str(url))) if dst.is_local(str(url)) else None
+        if above is not None and dst.is_run(dst.read_attrs(str(above))):
+            raise InputError(f"{str(url)!r} is inside the lamina run {str(above)!r}; give the run's folder "
+                             f"({str(above)!r})") from None
+        raise
 
 
 def open_pair(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, acts_a: str | None = None,
               acts_b: str | None = None) -> tuple[Side, Side]:
     """Both runs opened and checked: complete, not the same run, the same ``inputs/tokens``, activations of the
     same samples."""
-    runs = [r if isinstance(r, Run) else open_run(r) for r in (run_a, run_b)]
+    for side, r in (("run_a", run_a), ("run_b", run_b)):
+        if not isinstance(r, (str, os.PathLike, Run)) or not str(r).strip():
+            raise InputError(f"{side} must be the folder (or URL) of a lamina run, or a lamina Run; got {r!r}")
+    runs = [r if isinstance(r, Run) else _open(r) for r in (run_a, run_b)]
     if os.path.realpath(str(runs[0].url)) == os.path.realpath(str(runs[1].url)):
         raise InputError(f"{runs[0].url!r} is given twice; compare two different runs")
     for r in runs:
+        if r.experiment == EXPERIMENT:
+            raise InputError(f"{r.url!r} is a lamina similarity folder (a comparison), not a run; give the two runs "
+                             "it compared (`lamina info` shows them) or other runs with activations")
         if not r.complete:
             raise InputError(f"{r.url!r} is {r.status}: finish it (run the same command again) before comparing it")
         if TOKENS not in r:
@@ -62,8 +82,11 @@ def open_pair(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, ac
         raise InputError(f"{runs[0].url!r} and {runs[1].url!r} were made on different tokens (inputs/tokens "
                          f"{ta.shape} vs {tb.shape}{'' if ta.shape != tb.shape else ', different ids'}); run both on "
                          "the same text and model tokenizer")
-    sides = [Side(r, name, r.labels(name, "layer")) for r, name in zip(runs, (_acts_of(runs[0], acts_a),
-                                                                          _acts_of(runs[1], acts_b)))]
+    sides = [Side(r, name, r.labels(name, "layer")) for r, name in zip(runs, (_acts_of(runs[0], acts_a, "--acts-a"),
+                                                                          _acts_of(runs[1], acts_b, "--acts-b")))]
+    for s in sides:  # what is read must be what lamina wrote (a damaged chunk would be read as data)
+        verify(s.run, arrays=[n for n in (TOKENS, INCLUDE, LENGTHS, s.acts) if n in s.run]).raise_if_bad(
+            "comparing it")
     sa, sb = (s.run[s.acts].shape for s in sides)
     if len(sa) != len(sb) or sa[1:-1] != sb[1:-1]:
         raise InputError(f"{sides[0].acts} {tuple(sa)} of {runs[0].url!r} and {sides[1].acts} {tuple(sb)} of "
