@@ -34,11 +34,13 @@ def _run_command(name: str) -> click.Command:
     params = click_options(RunOptions) + click_options(analysis.Config)
     if analysis.PlotOptions is not None:
         params += click_options(analysis.PlotOptions)
+    params.append(_THREADS)
 
     def callback(**values):
         from .runner import execute
         from .summary import describe
 
+        _set_threads(values.pop("threads"))
         run_v, cfg_v, fig_v = split(values, RunOptions, analysis.Config, analysis.PlotOptions)
         opts = build(RunOptions, run_v)
         run = execute(analysis, build(analysis.Config, cfg_v), opts, figure_options=fig_v, allow_memory=False,
@@ -74,8 +76,42 @@ class _RunGroup(click.Group):
 
 @click.group(context_settings=CONTEXT, help="lamina: layer-wise analyses of language-model representations, "
                                             "streamed to Zarr.")
+@click.version_option(package_name="lamina", prog_name="lamina", message="%(prog)s %(version)s")
 def app():
     pass
+
+
+# ---- --threads, lamina hooks -----------------------------------------------------------------------------------
+_THREADS = click.Option(["--threads"], type=click.IntRange(min=1), default=None,
+                        help="CPU threads for torch (torch.set_num_threads; recorded in the run's provenance). "
+                             "Default: torch's own choice.")
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+@app.command("hooks", context_settings=CONTEXT)
+@click.argument("model")
+@click.option("--config", default=None, help="config.json of the architecture (default: the model's own).")
+@click.option("--revision", default=None, help="Hub commit, branch or tag of MODEL.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def hooks_command(model, config, revision, as_json):
+    """Every hook point of MODEL: its shape per token position and whether the capture fast path serves it
+    (else the TransformerLens bridge runs it). Built on the meta device from the config: no weights read."""
+    from lamina.engine.hook_catalog import format_catalog, hooks
+
+    table = hooks(model, config=config, revision=revision)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({n: {"shape": list(i.shape), "per_position": i.per_position, "fast": i.fast}
+                               for n, i in table.items()}, indent=1))
+    else:
+        click.echo(format_catalog(table))
 
 
 @app.group("run", cls=_RunGroup, context_settings=CONTEXT,
@@ -84,11 +120,12 @@ def run_group():
     pass
 
 
-def _run_all(out_dir: str, **values):
+def _run_all(out_dir: str, threads: int | None, **values):
     """Run qkv, rsa, length and punct, each with its default model (``--weights random`` works offline)."""
     from .runner import execute
     from .summary import describe
 
+    _set_threads(threads)
     if values.get("out") is not None:
         raise click.UsageError("lamina run all writes one run per analysis under --out-dir; --out is not used")
     for name in registry.COURSE:
@@ -105,7 +142,7 @@ def _run_all(out_dir: str, **values):
 run_all = click.Command("all", callback=_run_all, context_settings=CONTEXT, help=_run_all.__doc__,
                         params=[p for p in click_options(RunOptions) if p.name not in ("model", "out")]
                         + [click.Option(["--out-dir"], default="runs", show_default=True,
-                                        help="Folder for the four runs.")])
+                                        help="Folder for the four runs."), _THREADS])
 
 
 def _capture_command() -> click.Command:
