@@ -21,15 +21,17 @@ import click
 
 from lamina.engine.errors import LaminaError
 
-from . import registry
-from .cli_config import build, click_options, split
-from .options import RunOptions
-
+# registry, options and the analyses import torch: they are imported where a command needs them, so that
+# `lamina --help`, `info`, `verify`, `report`, `compare` start without torch (tests/test_startup.py)
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
 def _run_command(name: str) -> click.Command:
     """``lamina run NAME``: the analysis' Config and PlotOptions plus the options every run takes."""
+    from . import registry
+    from .cli_config import build, click_options, split
+    from .options import RunOptions
+
     analysis = registry.get(name)
     params = click_options(RunOptions) + click_options(analysis.Config)
     if analysis.PlotOptions is not None:
@@ -58,23 +60,50 @@ class _RunGroup(click.Group):
     """Subcommands come from the registry (so plugins appear), plus ``all``."""
 
     def list_commands(self, ctx):
+        from . import registry
+
         return [*registry.names(), "all"]
 
     def get_command(self, ctx, name):
         if name == "all":
-            return run_all
+            return _run_all_command()
         try:
             return _run_command(name)
         except LaminaError:
             return None  # listed by `lamina analyses` as broken; --help and the other analyses keep working
 
     def resolve_command(self, ctx, args):
+        from . import registry
+
         if args and args[0] != "all" and args[0] in registry.names():
             registry.get(args[0])  # a broken plugin says why, in one line
         return super().resolve_command(ctx, args)
 
 
-@click.group(context_settings=CONTEXT, help="lamina: layer-wise analyses of language-model representations, "
+class _App(click.Group):
+    """The top-level group; ``capture`` is built from its Config on first use (not for ``lamina --help``)."""
+
+    _LAZY = {"capture": "Capture named hooks for every text into a run (no statistics)."}
+
+    def list_commands(self, ctx):
+        return sorted([*super().list_commands(ctx), *self._LAZY])
+
+    def get_command(self, ctx, name):
+        if name in self._LAZY:
+            if getattr(self, "_listing", False):  # the help page's one-line summary
+                return click.Command(name, short_help=self._LAZY[name])
+            return _capture_command()
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        self._listing = True
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+@click.group(cls=_App, context_settings=CONTEXT, help="lamina: layer-wise analyses of language-model representations, "
                                             "streamed to Zarr.")
 @click.version_option(package_name="lamina", prog_name="lamina", message="%(prog)s %(version)s")
 def app():
@@ -122,6 +151,9 @@ def run_group():
 
 def _run_all(out_dir: str, threads: int | None, **values):
     """Run qkv, rsa, length and punct, each with its default model (``--weights random`` works offline)."""
+    from . import registry
+    from .cli_config import build
+    from .options import RunOptions
     from .runner import execute
     from .summary import describe
 
@@ -139,10 +171,14 @@ def _run_all(out_dir: str, threads: int | None, **values):
             click.echo(describe(run.url))
 
 
-run_all = click.Command("all", callback=_run_all, context_settings=CONTEXT, help=_run_all.__doc__,
-                        params=[p for p in click_options(RunOptions) if p.name not in ("model", "out")]
-                        + [click.Option(["--out-dir"], default="runs", show_default=True,
-                                        help="Folder for the four runs."), _THREADS])
+def _run_all_command() -> click.Command:
+    from .cli_config import click_options
+    from .options import RunOptions
+
+    return click.Command("all", callback=_run_all, context_settings=CONTEXT, help=_run_all.__doc__,
+                         params=[p for p in click_options(RunOptions) if p.name not in ("model", "out")]
+                         + [click.Option(["--out-dir"], default="runs", show_default=True,
+                                         help="Folder for the four runs."), _THREADS])
 
 
 def _capture_command() -> click.Command:
@@ -195,6 +231,8 @@ def plot(ctx, store):
     from lamina.engine.reader import open_run
     from lamina.engine.verify import verify as check
 
+    from . import registry
+    from .cli_config import click_options
     from .runner import draw, figure_settings
 
     run = open_run(store)
@@ -215,6 +253,8 @@ def plot(ctx, store):
 @app.command("analyses", context_settings=CONTEXT)
 def list_analyses():
     """The analyses lamina knows: built-ins, then plugins (entry-point group lamina.analyses)."""
+    from . import registry
+
     for name in registry.names():
         try:
             a = registry.get(name)
@@ -232,8 +272,6 @@ def bench(ctx):
 
     bench_main(list(ctx.args))
 
-
-app.add_command(_capture_command(), "capture")
 
 from .cli_compare import register as _register_compare  # noqa: E402  (lamina compare, lamina report)
 
