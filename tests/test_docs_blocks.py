@@ -1,0 +1,104 @@
+"""Every code block of README.md and docs/*.md runs (tiny checkpoints stand in for the models it names:
+tests/doc_models.py), or is marked ``<!-- not run: why -->`` on the line before it.
+
+- ```python blocks run in a fresh process;
+- ```bash / ```console blocks: each line that is a ``lamina`` command (after ``VAR=value`` prefixes) runs; other
+  lines (make, pip, venv, pytest) are set-up and are not run here. A block with no ``lamina`` line must be marked;
+- blocks without a language (output, layouts) and other languages (toml) are text.
+
+The blocks of one file run in order in one temporary folder, so a later block reads the runs an earlier one made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .doc_models import PRELUDE, make_folders
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SHELL = ("bash", "console", "sh", "shell")
+NOT_RUN = re.compile(r"<!--\s*not run:\s*(.+?)\s*-->")
+
+
+@dataclasses.dataclass
+class Block:
+    path: Path
+    line: int
+    lang: str
+    text: str
+    not_run: str | None
+
+    def where(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+
+def blocks(path: Path) -> list[Block]:
+    out, lines, i = [], path.read_text(encoding="utf-8").splitlines(), 0
+    while i < len(lines):
+        m = re.match(r"^```(\w*)\s*$", lines[i])
+        if not m:
+            i += 1
+            continue
+        start, lang, body = i, m.group(1).lower(), []
+        i += 1
+        while i < len(lines) and not lines[i].startswith("```"):
+            body.append(lines[i])
+            i += 1
+        i += 1
+        before = next((ln for ln in reversed(lines[:start]) if ln.strip()), "")
+        marker = NOT_RUN.search(before)
+        if lang == "python" or lang in SHELL:
+            out.append(Block(path, start + 1, lang, "\n".join(body), marker.group(1) if marker else None))
+    return out
+
+
+def lamina_commands(text: str) -> list[list[str]]:
+    out = []
+    for line in text.replace("\\\n", " ").splitlines():
+        line = line.strip().removeprefix("$ ")
+        words = shlex.split(line, comments=True) if line else []
+        while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
+            words = words[1:]
+        if words and words[0] == "lamina":
+            out.append(words[1:])
+    return out
+
+
+@pytest.fixture(scope="module")
+def doc_env(tmp_path_factory):
+    folders = make_folders(tmp_path_factory.mktemp("doc-models"))
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "LAMINA_DOC_MODELS": json.dumps(folders), "MPLBACKEND": "Agg",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_every_block_runs_or_says_why_not():
+    for path in DOCS:
+        for b in blocks(path):
+            if b.lang in SHELL and not b.not_run:
+                assert lamina_commands(b.text), f"{b.where()}: no `lamina` command to run; mark it <!-- not run: why -->"
+
+
+@pytest.mark.parametrize("path", DOCS, ids=[p.name for p in DOCS])
+def test_doc_blocks_run(path, doc_env, tmp_path):
+    for b in blocks(path):
+        if b.not_run:
+            continue
+        if b.lang == "python":
+            runs = [[sys.executable, "-c", PRELUDE + b.text]]
+        else:
+            cli = PRELUDE + "import sys\nfrom lamina.analyses.cli import main\nmain(sys.argv[1:])\n"
+            runs = [[sys.executable, "-c", cli, *args] for args in lamina_commands(b.text)]
+        for cmd in runs:
+            res = subprocess.run(cmd, cwd=tmp_path, env=doc_env, capture_output=True, text=True)
+            shown = " ".join(cmd[3:]) if b.lang != "python" else "the block"
+            assert res.returncode == 0, f"{b.where()} ({shown}) failed:\n{res.stdout[-1500:]}\n{res.stderr[-3000:]}"
