@@ -7,6 +7,8 @@
     lamina verify STORE              metadata and every chunk against the run's manifest
     lamina plot STORE [FIGURE OPTIONS]   redraw a run's figures
     lamina analyses                  what is registered (built-ins and plugins)
+    lamina hooks MODEL [--json]      every hook point: shape per position, fast path or bridge
+    lamina --version                 (--threads N on run and capture: torch.set_num_threads, in the provenance)
     lamina bench [--quick]           benchmarks side by side
 
 User errors print one line ``lamina: error: ...`` and exit 2; Ctrl-C exits 130.
