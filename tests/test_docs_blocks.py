@@ -1,12 +1,13 @@
 """Every code block of README.md and docs/*.md runs (tiny checkpoints stand in for the models it names:
 tests/doc_models.py), or is marked ``<!-- not run: why -->`` on the line before it.
 
-- ```python blocks run in a fresh process;
+- ```python blocks run as scripts;
 - ```bash / ```console blocks: each line that is a ``lamina`` command (after ``VAR=value`` prefixes) runs; other
   lines (make, pip, venv, pytest) are set-up and are not run here. A block with no ``lamina`` line must be marked;
 - blocks without a language (output, layouts) and other languages (toml) are text.
 
-The blocks of one file run in order in one temporary folder, so a later block reads the runs an earlier one made.
+The blocks of one file run in order, in one process (each python block in a fresh namespace) and one temporary
+folder, so a later block reads the runs an earlier one made.
 """
 
 from __future__ import annotations
@@ -88,17 +89,39 @@ def test_every_block_runs_or_says_why_not():
                 assert lamina_commands(b.text), f"{b.where()}: no `lamina` command to run; mark it <!-- not run: why -->"
 
 
+DRIVER = PRELUDE + """
+import json, sys, traceback
+from lamina.analyses.cli import main
+for where, kind, payload in json.loads(sys.argv[1]):
+    try:
+        if kind == "python":
+            exec(compile(payload, where, "exec"), {"__name__": "__main__"})
+        else:
+            try:
+                main(payload)
+            except SystemExit as e:
+                if e.code:
+                    raise RuntimeError(f"lamina {' '.join(payload)} exited {e.code}") from None
+    except BaseException:
+        print(f"FAILED {where} ({'the block' if kind == 'python' else 'lamina ' + ' '.join(payload)})", file=sys.stderr)
+        traceback.print_exc()
+        sys.exit(1)
+"""
+
+
 @pytest.mark.parametrize("path", DOCS, ids=[p.name for p in DOCS])
 def test_doc_blocks_run(path, doc_env, tmp_path):
+    """One process per file (the imports once), the blocks in order, each python block in a fresh namespace."""
+    steps = []
     for b in blocks(path):
         if b.not_run:
             continue
         if b.lang == "python":
-            runs = [[sys.executable, "-c", PRELUDE + b.text]]
+            steps.append((b.where(), "python", b.text))
         else:
-            cli = PRELUDE + "import sys\nfrom lamina.analyses.cli import main\nmain(sys.argv[1:])\n"
-            runs = [[sys.executable, "-c", cli, *args] for args in lamina_commands(b.text)]
-        for cmd in runs:
-            res = subprocess.run(cmd, cwd=tmp_path, env=doc_env, capture_output=True, text=True)
-            shown = " ".join(cmd[3:]) if b.lang != "python" else "the block"
-            assert res.returncode == 0, f"{b.where()} ({shown}) failed:\n{res.stdout[-1500:]}\n{res.stderr[-3000:]}"
+            steps.extend((b.where(), "lamina", args) for args in lamina_commands(b.text))
+    if not steps:
+        return
+    res = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(steps)], cwd=tmp_path, env=doc_env,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, f"{res.stdout[-1500:]}\n{res.stderr[-4000:]}"
