@@ -83,18 +83,37 @@ class _RunGroup(click.Group):
 
 
 class _App(click.Group):
-    """The top-level group; ``capture`` is built from its Config on first use (not for ``lamina --help``)."""
+    """The top-level group. Commands whose module imports torch are imported on first use ("module:attribute", a
+    click Command or a function making one), not for ``lamina --help``; one whose package is absent is not listed."""
 
-    _LAZY = {"capture": "Capture named hooks for every text into a run (no statistics)."}
+    LAZY = {"capture": ("Capture named hooks for every text into a run (no statistics).",
+                        "lamina.analyses.cli:_capture_command"),
+            "similarity": ("Layer x layer CKA of two runs on the same tokens (lamina similarity A B --out F).",
+                           "lamina.analyses.similarity.cli:command")}
+
+    def _lazy(self) -> dict[str, tuple[str, str]]:
+        import importlib.util
+
+        return {name: v for name, v in self.LAZY.items()
+                if importlib.util.find_spec(v[1].partition(":")[0].rsplit(".", 1)[0]) is not None}
 
     def list_commands(self, ctx):
-        return sorted([*super().list_commands(ctx), *self._LAZY])
+        return sorted({*super().list_commands(ctx), *self._lazy()})
 
     def get_command(self, ctx, name):
-        if name in self._LAZY:
+        lazy = self._lazy()
+        if name in lazy and name not in self.commands:
+            short, target = lazy[name]
             if getattr(self, "_listing", False):  # the help page's one-line summary
-                return click.Command(name, short_help=self._LAZY[name])
-            return _capture_command()
+                return click.Command(name, short_help=short)
+            import importlib
+
+            module, _, attr = target.partition(":")
+            obj = getattr(importlib.import_module(module), attr)
+            cmd = obj if isinstance(obj, click.Command) else obj()
+            cmd.name = name
+            cmd.context_settings = {**CONTEXT, **(cmd.context_settings or {})}
+            return cmd
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx, formatter):
