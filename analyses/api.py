@@ -74,7 +74,7 @@ def capture(
 ) -> dict[str, torch.Tensor] | dict[str, Any] | Any | Run:
     """Activations of ``hooks`` for ``texts`` (one batched hooked pass per micro-batch), keyed exactly as asked.
 
-    >>> acts = lamina.capture(model, ["The cat sat.", "A dog ran far."], hooks="blocks.{layer}.attn.hook_q")  # doctest: +SKIP
+    >>> acts = lamina.capture(model, ["The cat sat.", "A dog ran."], hooks="blocks.{layer}.attn.hook_q")  # doctest: +SKIP
     >>> acts["blocks.{layer}.attn.hook_q"].shape                 # [layer, sample, feature]   # doctest: +SKIP
     torch.Size([12, 2, 768])
     >>> q2 = lamina.capture(model, texts, hooks="blocks.2.attn.hook_q", positions=1)    # doctest: +SKIP
@@ -121,7 +121,9 @@ def capture(
                      concat=False, **stimuli)
         return execute(ANALYSIS, cfg, RunOptions(out=out, overwrite=overwrite, micro_batch=micro_batch,
                                                  figures=False, progress=False), model=model, echo=lambda s: None)
-    select, table = plan_positions(spec, batch)
+    items = positions.tolist() if hasattr(positions, "tolist") else positions
+    nested = not isinstance(items, (str, numbers.Integral)) and any(not isinstance(p, numbers.Integral) for p in items)
+    select, table = plan_positions(spec, batch, nested)  # a list of lists always has its pos axis
     caps = [Capture(key, g, select) for key, g in groups.items()]
     arrays = capture_arrays(model, batch, caps, micro_batch=micro_batch)
     return finish(arrays, groups, batch, spec, table, return_type)

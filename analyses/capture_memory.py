@@ -42,12 +42,13 @@ def requested(hooks: HookSpec, available, n_layers: int, layers) -> dict[str, Ho
     return out
 
 
-def plan_positions(positions: str, batch: TokenBatch) -> tuple[Selector, torch.Tensor | None]:
-    """The selector to capture with, and for several positions per text the [sample, k] indices (-1 = none)."""
+def plan_positions(positions: str, batch: TokenBatch, nested: bool = False) -> tuple[Selector, torch.Tensor | None]:
+    """The selector to capture with, and for several positions per text (or ``nested``: a list of lists was given,
+    even of one index each) the [sample, k] indices (-1 = none)."""
     chosen = per_text(positions, batch.lengths.tolist())
     if isinstance(chosen, str):
         return (Selector.last() if chosen == "last" else Selector.every()), None
-    if all(len(idx) == 1 for idx in chosen):
+    if not nested and all(len(idx) == 1 for idx in chosen):
         return Selector.at([idx[0] for idx in chosen]), None
     k = max(len(idx) for idx in chosen)
     table = torch.full((len(chosen), k), -1, dtype=torch.long)

@@ -59,11 +59,13 @@ def test_positions_per_text_lists_and_xarray(setup):
     one = lamina.capture(model, texts, hooks=tmpl, positions=per_text)[tmpl].cpu().numpy()
     np.testing.assert_allclose(one, ref["fc"][:, np.arange(n), per_text], atol=1e-5)
     many = lamina.capture(model, texts, hooks=tmpl, positions=several)[tmpl].cpu().numpy()
-    k = max(map(len, several))
+    k = max(map(len, several))  # a list of lists keeps its pos axis even when every list has one index
     assert many.shape == (3, n, k, ref["fc"].shape[-1])
     for s, idx in enumerate(several):
         np.testing.assert_allclose(many[:, s, :len(idx)], ref["fc"][:, s, idx], atol=1e-5)
         assert np.isnan(many[:, s, len(idx):]).all()
+    singles = lamina.capture(model, texts, hooks=tmpl, positions=[[p] for p in per_text])[tmpl].cpu().numpy()
+    np.testing.assert_array_equal(singles[:, :, 0], one)
 
     ds = lamina.capture(model, texts, hooks=[tmpl, "blocks.0.hook_resid_post"], positions="all", return_type="xarray")
     da = ds[tmpl]

@@ -86,7 +86,7 @@ def test_every_block_runs_or_says_why_not():
     for path in DOCS:
         for b in blocks(path):
             if b.lang in SHELL and not b.not_run:
-                assert lamina_commands(b.text), f"{b.where()}: no `lamina` command to run; mark it <!-- not run: why -->"
+                assert lamina_commands(b.text), f"{b.where()}: no `lamina` command; mark it <!-- not run: why -->"
 
 
 DRIVER = PRELUDE + """
