@@ -74,7 +74,8 @@ def capture(
 ) -> dict[str, torch.Tensor] | dict[str, Any] | Any | Run:
     """Activations of ``hooks`` for ``texts`` (one batched hooked pass per micro-batch), keyed exactly as asked.
 
-    >>> acts = lamina.capture(model, ["The cat sat.", "A dog ran."], hooks="blocks.{layer}.attn.hook_q")  # doctest: +SKIP
+    >>> acts = lamina.capture(model, ["The cat sat.", "A dog ran."],                      # doctest: +SKIP
+    ...                       hooks="blocks.{layer}.attn.hook_q")
     >>> acts["blocks.{layer}.attn.hook_q"].shape                 # [layer, sample, feature]   # doctest: +SKIP
     torch.Size([12, 2, 768])
     >>> q2 = lamina.capture(model, texts, hooks="blocks.2.attn.hook_q", positions=1)    # doctest: +SKIP
