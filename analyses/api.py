@@ -17,12 +17,15 @@ import torch
 
 from lamina.engine.capture import capture_arrays
 from lamina.engine.errors import InputError
-from lamina.engine.hooks import Capture, HookSpec, normalize_hooks
-from lamina.engine.inputs import Selector, TokenBatch, encode_texts
+from lamina.engine.fastpath import hook_points
+from lamina.engine.hooks import Capture, HookSpec
+from lamina.engine.inputs import TokenBatch, encode_texts
+from lamina.engine.positions import canonical
 from lamina.engine.models import LoadedModel
 from lamina.engine.reader import Run
 
 from . import registry
+from .capture_memory import RETURN_TYPES, finish, plan_positions, requested
 from .cli_config import check_values
 from .options import RunOptions
 
@@ -62,60 +65,72 @@ def capture(
     texts: Sequence[str] | TokenBatch,
     *,
     hooks: HookSpec,
-    positions: str | Sequence[int] = "last",
+    positions: str | int | Sequence[int] | Sequence[Sequence[int]] = "last",
     layers: Sequence[int] | None = None,
     out: str | None = None,
     overwrite: bool = False,
     micro_batch: int | None = None,
-) -> dict[str, torch.Tensor] | Run:
-    """Activations of ``hooks`` for ``texts`` (one batched hooked pass per micro-batch).
+    return_type: str = "torch",
+) -> dict[str, torch.Tensor] | dict[str, Any] | Any | Run:
+    """Activations of ``hooks`` for ``texts`` (one batched hooked pass per micro-batch), keyed exactly as asked.
 
-    >>> acts = lamina.capture(model, ["The cat sat.", "A dog ran far."], hooks="blocks.{layer}.attn.hook_q")  # doctest: +SKIP
+    >>> acts = lamina.capture(model, ["The cat sat.", "A dog ran."],                      # doctest: +SKIP
+    ...                       hooks="blocks.{layer}.attn.hook_q")
     >>> acts["blocks.{layer}.attn.hook_q"].shape                 # [layer, sample, feature]   # doctest: +SKIP
     torch.Size([12, 2, 768])
+    >>> q2 = lamina.capture(model, texts, hooks="blocks.2.attn.hook_q", positions=1)    # doctest: +SKIP
+    >>> q2["blocks.2.attn.hook_q"].shape                         # [sample, feature]          # doctest: +SKIP
+    torch.Size([2, 768])
 
     Args:
         model: from :func:`lamina.load_model`.
         texts: strings (tokenised without special tokens, with the model's BOS in front when its tokenizer
             adds one, right-padded) or a TokenBatch.
-        hooks: a hook name, a ``{layer}`` template, a list of those, or a predicate on names.
-        positions: ``"last"`` (last real token), ``"all"`` (every position: [layer, sample, pos, feature],
-            pads zero) or one index per text.
+        hooks: a hook name (key: that name, [sample, (pos,) feature]), a ``{layer}`` template (key: the template,
+            [layer, sample, (pos,) feature]), a list of those (each its own key), or a predicate on names (each
+            name it picks). ``lamina hooks MODEL`` lists them.
+        positions: ``"last"`` (last real token), ``"all"`` (every position, [.., sample, pos, feature], pads
+            zero), one index for every text (``1``; ``-1`` = last), one index per text (``[3, 5]``), or a list
+            of indices per text (``[[0, 1], [2]]``: [.., sample, pos, feature], missing ones NaN; in memory
+            only). The same as ``--positions`` (``last``, ``all``, ``1``, ``3,5``, ``0+1,2``).
         layers: blocks a ``{layer}`` template expands over (default all).
-        out: None -> tensors in memory; a path/URL -> streamed into a run, which is returned.
+        out: None -> arrays in memory; a path/URL -> streamed into a run, which is returned.
+        return_type: ``"torch"`` (float32 on the model's device), ``"numpy"``, or ``"xarray"`` (a Dataset: one
+            variable per key with dims (layer,) sample, (pos,) feature, and coordinates layer, sample, length,
+            position).
 
     Returns:
-        ``{template: Tensor[layer, sample, (pos,) feature]}`` float32 on the model's device, or the Run.
+        ``{key: array}``, an ``xarray.Dataset``, or (``out=``) the Run.
     """
-    _check_capture_args(model, texts, positions, layers, micro_batch)
+    _check_capture_args(model, texts, layers, micro_batch)
+    if return_type not in RETURN_TYPES:
+        raise InputError(f"lamina.capture(return_type=...): must be one of {', '.join(RETURN_TYPES)}, not "
+                         f"{return_type!r}")
+    try:
+        spec = canonical(positions)
+    except InputError as e:
+        raise InputError(f"lamina.capture(positions=...): {e}") from None
     batch = texts if isinstance(texts, TokenBatch) else encode_texts(
         model.tokenizer, list(texts), n_ctx=model.n_ctx, what="text", bos_token_id=model.info.bos_token_id)
+    groups = requested(hooks, hook_points(model.bridge).keys(), model.n_layers, layers)
     if out is not None:
         from .capture import ANALYSIS, Config
         from .runner import execute
 
-        if not isinstance(positions, str):
-            raise InputError("lamina.capture(out=...): positions must be 'last', 'all' or an index (the same for "
-                             "every text); per-text indices work in memory (out=None)")
-        if callable(hooks):  # a predicate: the names it picks, as a list
-            groups = normalize_hooks(hooks, model.bridge.hook_dict.keys(), model.n_layers, layers)
-            hooks = [name for g in groups.values() for entry in g for name in entry]
-        cfg = Config(hooks=tuple([hooks] if isinstance(hooks, str) else hooks), layers=_layers_spec(layers),
-                     positions=positions, concat=False, tokens=batch)
+        stimuli = {"texts": tuple(texts)} if not isinstance(texts, TokenBatch) else {"tokens": batch}
+        cfg = Config(hooks=_as_asked(groups, layers, model.n_layers), layers=_layers_spec(layers), positions=spec,
+                     concat=False, **stimuli)
         return execute(ANALYSIS, cfg, RunOptions(out=out, overwrite=overwrite, micro_batch=micro_batch,
                                                  figures=False, progress=False), model=model, echo=lambda s: None)
-    if isinstance(positions, str):
-        select = {"last": Selector.last(), "all": Selector.every()}.get(positions)
-        if select is None:
-            raise InputError(f"positions must be 'last', 'all' or one index per text, not {positions!r}")
-    else:
-        select = Selector.at(list(positions))
-    groups = normalize_hooks(hooks, model.bridge.hook_dict.keys(), model.n_layers, layers)
-    caps = [Capture(template, g, select) for template, g in groups.items()]
-    return capture_arrays(model, batch, caps, micro_batch=micro_batch)
+    items = positions.tolist() if hasattr(positions, "tolist") else positions
+    nested = not isinstance(items, (str, numbers.Integral)) and any(not isinstance(p, numbers.Integral) for p in items)
+    select, table = plan_positions(spec, batch, nested)  # a list of lists always has its pos axis
+    caps = [Capture(key, g, select) for key, g in groups.items()]
+    arrays = capture_arrays(model, batch, caps, micro_batch=micro_batch)
+    return finish(arrays, groups, batch, spec, table, return_type)
 
 
-def _check_capture_args(model, texts, positions, layers, micro_batch) -> None:
+def _check_capture_args(model, texts, layers, micro_batch) -> None:
     """One InputError naming the parameter for each argument of :func:`capture` that cannot be used as given."""
     if not isinstance(model, LoadedModel):
         hint = f"; load it first: model = lamina.load_model({str(model)!r})" if isinstance(model, (str, os.PathLike)) \
@@ -133,14 +148,6 @@ def _check_capture_args(model, texts, positions, layers, micro_batch) -> None:
                                     or micro_batch < 1):
         raise InputError(f"lamina.capture(micro_batch=...): micro_batch must be a positive integer (samples per "
                          f"forward pass) or None for automatic, not {micro_batch!r}")
-    if not isinstance(positions, str):
-        if isinstance(positions, (bytes, numbers.Number)) or not isinstance(positions, Sequence):
-            raise InputError(f"lamina.capture(positions=...): positions must be 'last', 'all' or a list of one "
-                             f"integer position per text, not {positions!r}")
-        bad = [p for p in positions if isinstance(p, bool) or not isinstance(p, numbers.Integral)]
-        if bad:
-            raise InputError(f"lamina.capture(positions=...): positions must be integers (token indices), not "
-                             f"{bad[0]!r}")
     if layers is not None:
         if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
             raise InputError(f"lamina.capture(layers=...): layers must be a list of block numbers or None (all), not "
@@ -151,6 +158,18 @@ def _check_capture_args(model, texts, positions, layers, micro_batch) -> None:
         bad = [v for v in layers if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
         if bad:
             raise InputError(f"lamina.capture(layers=...): layers must be integers (block numbers), not {bad[0]!r}")
+
+
+def _as_asked(groups: dict, layers: Sequence[int] | None, n_layers: int) -> tuple[str, ...]:
+    """The hooks for the run's Config: templates as they are, unless (a predicate's) picked fewer blocks than
+    ``layers``: then its exact names."""
+    want = [f"{int(l)}" for l in (range(n_layers) if layers is None else layers)]
+    out: list[str] = []
+    for key, g in groups.items():
+        names = [h for entry in g for h in entry]
+        full = "{layer}" not in key or [n.split(".")[1] for n in names] == want
+        out.extend([key] if full else names)
+    return tuple(out)
 
 
 def _layers_spec(layers: Sequence[int] | None) -> str:

@@ -8,6 +8,8 @@
     lamina plot STORE [FIGURE OPTIONS]   redraw a run's figures
     lamina similarity RUN_A RUN_B --out FOLDER   layer x layer CKA of two runs on the same tokens
     lamina analyses                  what is registered (built-ins and plugins)
+    lamina hooks MODEL [--json]      every hook point: shape per position, fast path or bridge
+    lamina --version                 (--threads N on run and capture: torch.set_num_threads, in the provenance)
     lamina bench [--quick]           benchmarks side by side
 
 User errors print one line ``lamina: error: ...`` and exit 2; Ctrl-C exits 130.
@@ -22,24 +24,28 @@ import click
 
 from lamina.engine.errors import LaminaError
 
-from . import registry
-from .cli_config import build, click_options, split
-from .options import RunOptions
-
+# registry, options and the analyses import torch: they are imported where a command needs them, so that
+# `lamina --help`, `info`, `verify`, `report`, `compare` start without torch (tests/test_startup.py)
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
 def _run_command(name: str) -> click.Command:
     """``lamina run NAME``: the analysis' Config and PlotOptions plus the options every run takes."""
+    from . import registry
+    from .cli_config import build, click_options, split
+    from .options import RunOptions
+
     analysis = registry.get(name)
     params = click_options(RunOptions) + click_options(analysis.Config)
     if analysis.PlotOptions is not None:
         params += click_options(analysis.PlotOptions)
+    params.append(_THREADS)
 
     def callback(**values):
         from .runner import execute
         from .summary import describe
 
+        _set_threads(values.pop("threads"))
         run_v, cfg_v, fig_v = split(values, RunOptions, analysis.Config, analysis.PlotOptions)
         opts = build(RunOptions, run_v)
         run = execute(analysis, build(analysis.Config, cfg_v), opts, figure_options=fig_v, allow_memory=False,
@@ -57,26 +63,106 @@ class _RunGroup(click.Group):
     """Subcommands come from the registry (so plugins appear), plus ``all``."""
 
     def list_commands(self, ctx):
+        from . import registry
+
         return [*registry.names(), "all"]
 
     def get_command(self, ctx, name):
         if name == "all":
-            return run_all
+            return _run_all_command()
         try:
             return _run_command(name)
         except LaminaError:
             return None  # listed by `lamina analyses` as broken; --help and the other analyses keep working
 
     def resolve_command(self, ctx, args):
+        from . import registry
+
         if args and args[0] != "all" and args[0] in registry.names():
             registry.get(args[0])  # a broken plugin says why, in one line
         return super().resolve_command(ctx, args)
 
 
-@click.group(context_settings=CONTEXT, help="lamina: layer-wise analyses of language-model representations, "
+class _App(click.Group):
+    """The top-level group. Commands whose module imports torch are imported on first use ("module:attribute", a
+    click Command or a function making one), not for ``lamina --help``; one whose package is absent is not listed."""
+
+    LAZY = {"capture": ("Capture named hooks for every text into a run (no statistics).",
+                        "lamina.analyses.cli:_capture_command"),
+            "similarity": ("Layer x layer CKA of two runs on the same tokens (lamina similarity A B --out F).",
+                           "lamina.analyses.similarity.cli:command")}
+
+    def _lazy(self) -> dict[str, tuple[str, str]]:
+        import importlib.util
+
+        return {name: v for name, v in self.LAZY.items()
+                if importlib.util.find_spec(v[1].partition(":")[0].rsplit(".", 1)[0]) is not None}
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self._lazy()})
+
+    def get_command(self, ctx, name):
+        lazy = self._lazy()
+        if name in lazy and name not in self.commands:
+            short, target = lazy[name]
+            if getattr(self, "_listing", False):  # the help page's one-line summary
+                return click.Command(name, short_help=short)
+            import importlib
+
+            module, _, attr = target.partition(":")
+            obj = getattr(importlib.import_module(module), attr)
+            cmd = obj if isinstance(obj, click.Command) else obj()
+            cmd.name = name
+            cmd.context_settings = {**CONTEXT, **(cmd.context_settings or {})}
+            return cmd
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        self._listing = True
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+@click.group(cls=_App, context_settings=CONTEXT, help="lamina: layer-wise analyses of language-model representations, "
                                             "streamed to Zarr.")
+@click.version_option(package_name="lamina", prog_name="lamina", message="%(prog)s %(version)s")
 def app():
     pass
+
+
+# ---- --threads, lamina hooks -----------------------------------------------------------------------------------
+_THREADS = click.Option(["--threads"], type=click.IntRange(min=1), default=None,
+                        help="CPU threads for torch (torch.set_num_threads; recorded in the run's provenance). "
+                             "Default: torch's own choice.")
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+@app.command("hooks", context_settings=CONTEXT)
+@click.argument("model")
+@click.option("--config", default=None, help="config.json of the architecture (default: the model's own).")
+@click.option("--revision", default=None, help="Hub commit, branch or tag of MODEL.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def hooks_command(model, config, revision, as_json):
+    """Every hook point of MODEL: its shape per token position and whether the capture fast path serves it
+    (else the TransformerLens bridge runs it). Built on the meta device from the config: no weights read."""
+    from lamina.engine.hook_catalog import format_catalog, hooks
+
+    table = hooks(model, config=config, revision=revision)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({n: {"shape": list(i.shape), "per_position": i.per_position, "fast": i.fast}
+                               for n, i in table.items()}, indent=1))
+    else:
+        click.echo(format_catalog(table))
 
 
 @app.group("run", cls=_RunGroup, context_settings=CONTEXT,
@@ -85,11 +171,15 @@ def run_group():
     pass
 
 
-def _run_all(out_dir: str, **values):
+def _run_all(out_dir: str, threads: int | None, **values):
     """Run qkv, rsa, length and punct, each with its default model (``--weights random`` works offline)."""
+    from . import registry
+    from .cli_config import build
+    from .options import RunOptions
     from .runner import execute
     from .summary import describe
 
+    _set_threads(threads)
     if values.get("out") is not None:
         raise click.UsageError("lamina run all writes one run per analysis under --out-dir; --out is not used")
     for name in registry.COURSE:
@@ -103,10 +193,14 @@ def _run_all(out_dir: str, **values):
             click.echo(describe(run.url))
 
 
-run_all = click.Command("all", callback=_run_all, context_settings=CONTEXT, help=_run_all.__doc__,
-                        params=[p for p in click_options(RunOptions) if p.name not in ("model", "out")]
-                        + [click.Option(["--out-dir"], default="runs", show_default=True,
-                                        help="Folder for the four runs.")])
+def _run_all_command() -> click.Command:
+    from .cli_config import click_options
+    from .options import RunOptions
+
+    return click.Command("all", callback=_run_all, context_settings=CONTEXT, help=_run_all.__doc__,
+                         params=[p for p in click_options(RunOptions) if p.name not in ("model", "out")]
+                         + [click.Option(["--out-dir"], default="runs", show_default=True,
+                                         help="Folder for the four runs."), _THREADS])
 
 
 def _capture_command() -> click.Command:
@@ -159,6 +253,7 @@ def plot(ctx, store):
     from lamina.engine.reader import open_run
     from lamina.engine.verify import verify as check
 
+    from .cli_config import click_options
     from .report import analysis_of
     from .runner import draw, figure_settings
 
@@ -180,6 +275,8 @@ def plot(ctx, store):
 @app.command("analyses", context_settings=CONTEXT)
 def list_analyses():
     """The analyses lamina knows: built-ins, then plugins (entry-point group lamina.analyses)."""
+    from . import registry
+
     for name in registry.names():
         try:
             a = registry.get(name)
@@ -198,16 +295,9 @@ def bench(ctx):
     sys.exit(subprocess.call([sys.executable, "-m", "lamina.benchmarks", *ctx.args]))
 
 
-app.add_command(_capture_command(), "capture")
-
 from .cli_compare import register as _register_compare  # noqa: E402  (lamina compare, lamina report)
 
 _register_compare(app)
-
-from .similarity.cli import command as _similarity  # noqa: E402  (lamina similarity RUN_A RUN_B --out F)
-
-_similarity.context_settings = CONTEXT
-app.add_command(_similarity)
 
 
 def _is_main() -> bool:

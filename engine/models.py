@@ -124,6 +124,23 @@ class LoadedModel:
     def is_random(self) -> bool:
         return self.weights == "random"
 
+    def __repr__(self) -> str:
+        """One paragraph: what the model is, its sizes, its weights, where it runs and its tokenizer."""
+        i = self.info
+        arch = type(getattr(self.bridge, "original_model", self.bridge)).__name__
+        family = f", family {i.family}" if i is not None and i.family else ""
+        kv = f" ({i.n_kv_heads} key/value heads)" if i is not None and i.n_kv_heads not in (None, self.n_heads) else ""
+        weights = {"random": f"random weights (seed {self.seed}; scientifically meaningless)",
+                   "pretrained": "pretrained weights", "checkpoint": "weights from the checkpoint folder",
+                   "gguf": "weights dequantised from the GGUF file"}.get(self.weights, self.weights)
+        tok = "no tokenizer" if self.tokenizer is None else (
+            f"tokenizer {type(self.tokenizer).__name__} ({len(self.tokenizer)} tokens"
+            + (f", from {i.tokenizer_source}" if i is not None and i.tokenizer_source else "") + ")")
+        return (f"<lamina.LoadedModel {self.name!r}: {arch}{family}; {self.n_layers} layers, d_model {self.d_model}, "
+                f"{self.n_heads} heads{kv}, d_mlp {self.d_mlp}, n_ctx {self.n_ctx}; {weights}; "
+                f"{str(self.dtype).removeprefix('torch.')} on {self.device}; {tok}. "
+                "Hook points: lamina.hooks(model).>")
+
     def provenance(self) -> dict:
         out = {
             "model": self.name,

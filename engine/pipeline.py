@@ -95,7 +95,8 @@ def capture_to_store(
     and their per-unit states are stored instead (fold them with :func:`partials.fold`).
     ``unit_bytes`` caps one unit's captured activations when the micro-batch is automatic.
     On rank 0 ``store`` is the run's :class:`RunWriter` (it creates the arrays and, on a resumed run, checks
-    the done units' chunks: ``on_repair`` hears one line when some must be computed again); on the other
+    the done units' chunks: ``on_repair`` hears one line when some must be computed again, and one line
+    "resuming: 12/38 units done" when some units are done and some not); on the other
     ranks a :class:`ChunkWriter`. Returns the unit plan and the captures' layouts (feature widths per hook).
     """
     layouts = plan(model, captures)
@@ -125,6 +126,9 @@ def capture_to_store(
     barrier(world)
     done = store.done_units(phase)
     todo = [u for u in range(units.n_units) if world.owns(u) and not (u < len(done) and done[u])]
+    n_done = int(sum(bool(d) for d in done[:units.n_units]))
+    if world.is_main and on_repair is not None and 0 < n_done < units.n_units:
+        on_repair(f"resuming: {n_done}/{units.n_units} units done")
     bar = tqdm(total=sum(len(units.rows(u)) for u in todo), desc=f"{phase} ({model.n_layers} layers)",
                unit="sample", disable=not (progress and world.is_main), leave=False)
     lengths = batch.lengths.to(model.device)

@@ -62,6 +62,17 @@ class Run:
     def attrs(self) -> dict:
         return dict(self.group.attrs)
 
+    def __repr__(self) -> str:
+        from .run_view import one_line
+
+        return one_line(self)
+
+    def _repr_html_(self) -> str:
+        """Notebooks: provenance, status, a table of the arrays, and the figures inline."""
+        from .run_view import page
+
+        return page(self)
+
     @property
     def experiment(self) -> str:
         return str(self.attrs.get("experiment", "?"))

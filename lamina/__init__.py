@@ -13,6 +13,7 @@ The promise is these names; everything else is importable but may change.
 - :func:`capture` activations of any hooks, in memory or streamed into a run;
 - :func:`run` an analysis (built-in or plugin) exactly as ``lamina run NAME`` does;
 - :func:`open_run` / :class:`Run` read a run; :func:`verify` checks every chunk's checksum;
+- :func:`hooks` every hook point of a model: its shape per position, and whether the fast path serves it;
 - :func:`compare` runs of one analysis across models, seeds or dtypes on a relative-depth axis;
 - :func:`similarity` layer × layer CKA of two runs on the same tokens (``lamina similarity A B --out F``);
 - :class:`Analysis`, :func:`register` to add an analysis; :mod:`errors` every error lamina raises.
@@ -27,11 +28,11 @@ _NAMES = {  # name -> module; imported on first use, so that reading a run does 
     "similarity": "lamina.analyses.similarity",
     "Analysis": "lamina.analyses.protocol", "register": "lamina.analyses.registry", "errors": "lamina.errors",
     "load_model": "lamina.engine.models", "Run": "lamina.engine.reader", "open_run": "lamina.engine.reader",
-    "verify": "lamina.engine.verify",
+    "verify": "lamina.engine.verify", "hooks": "lamina.engine.hook_catalog",
 }
 
-__all__ = ["load_model", "capture", "run", "open_run", "Run", "verify", "compare", "similarity", "Analysis", "register",
-           "errors"]
+__all__ = ["load_model", "capture", "run", "open_run", "Run", "verify", "compare", "similarity", "hooks", "Analysis",
+           "register", "errors"]
 
 
 def __getattr__(name: str):

@@ -51,10 +51,11 @@ def test_capture_names_lists_predicates_and_positions(model, reference):
     batch, ref = reference
     by_list = lamina.capture(model, TEXTS, hooks=["blocks.0.hook_resid_post", "blocks.2.hook_resid_post",
                                                   "ln_final.hook_out"], positions=[1, 2, 0])
-    resid = by_list["blocks.{layer}.hook_resid_post"].cpu().numpy()  # two layers: 0 and 2
+    assert list(by_list) == ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post", "ln_final.hook_out"]  # as asked
     pos = np.array([1, 2, 0])
-    np.testing.assert_allclose(resid[0], ref["hidden"][1][np.arange(3), pos], atol=1e-5)
-    np.testing.assert_allclose(by_list["ln_final.hook_out"][0].cpu().numpy(), ref["hidden"][-1][np.arange(3), pos],
+    np.testing.assert_allclose(by_list["blocks.0.hook_resid_post"].cpu().numpy(), ref["hidden"][1][np.arange(3), pos],
+                               atol=1e-5)  # [sample, feature]: an exact name has no layer axis
+    np.testing.assert_allclose(by_list["ln_final.hook_out"].cpu().numpy(), ref["hidden"][-1][np.arange(3), pos],
                                atol=1e-5)
     by_pred = lamina.capture(model, TEXTS, hooks=lambda name: name.endswith("attn.hook_v"))
     assert list(by_pred) == ["blocks.{layer}.attn.hook_v"] and by_pred["blocks.{layer}.attn.hook_v"].shape[0] == 3
@@ -68,7 +69,7 @@ def test_capture_into_a_run_equals_memory(model, tmp_path):
     assert isinstance(run, lamina.Run) and run.complete and lamina.verify(run).ok
     mem = lamina.capture(model, TEXTS, hooks=["blocks.{layer}.attn.hook_k", "ln_final.hook_out"], positions="all")
     np.testing.assert_array_equal(run.numpy("acts/attn.hook_k"), mem["blocks.{layer}.attn.hook_k"].cpu().numpy())
-    np.testing.assert_array_equal(run.numpy("acts/ln_final.hook_out"), mem["ln_final.hook_out"].cpu().numpy())
+    np.testing.assert_array_equal(run.numpy("acts/ln_final.hook_out")[0], mem["ln_final.hook_out"].cpu().numpy())
     assert lamina.open_run(tmp_path / "cap").attrs["experiment"] == "capture"
 
 

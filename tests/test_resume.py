@@ -51,7 +51,8 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, gpt2_dir):
                           capture_output=True, text=True, check=True).stdout
     assert "RUNNING" in info and f"{done}/{total} units" in info
 
-    subprocess.run(lamina_cmd(gpt2_dir, texts, out), check=True, env=env, capture_output=True)
+    resumed = subprocess.run(lamina_cmd(gpt2_dir, texts, out), check=True, env=env, capture_output=True, text=True)
+    assert resumed.stdout.count("resuming:") == 1 and f"resuming: {done}/{total} units done" in resumed.stdout
     a, b = open_run(ref), open_run(out)
     assert b.complete and b.attrs.get("resumed")
     assert a.arrays() == b.arrays()

@@ -5,8 +5,8 @@
 
 From the command line (``--hook`` repeated) the hooks of one layer are concatenated along
 the feature axis into ``acts/capture`` [layer, sample, (pos,) feature] (e.g. q, k and v);
-from Python (:func:`lamina.capture` with ``out=``) each hook template gets its own array,
-``acts/<template without 'blocks.{layer}.'>``.
+from Python (:func:`lamina.capture` with ``out=``) each hook gets its own array, named as asked:
+``acts/<template without 'blocks.{layer}.'>`` for a template, ``acts/<name>`` for an exact name.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from typing import Any, Optional
 
 from lamina.engine.errors import InputError
 from lamina.engine.hooks import Capture, normalize_hooks, parse_layers
-from ..kit import Selector, TokenBatch, encode_texts
+from lamina.engine.positions import HELP as POSITIONS_HELP
+from lamina.engine.positions import canonical, is_multi, per_text
 from lamina.engine.provenance import sha256_texts
 
-from ..kit import Context, Data, ModelInfo, Pass, Results, Spec, batch_inputs, option
+from ..kit import (Context, Data, ModelInfo, Pass, Results, Selector, Spec, TokenBatch, batch_inputs, encode_texts,
+                   option)
 from ..textfiles import read_lines
 from . import schema
 
@@ -35,7 +37,7 @@ class Config:
                                         "features (e.g. q, k, v).", flags=("--hook",))
     text_file: Optional[str] = option(None, "Texts, one per line.")
     layers: str = option("all", "Layers: all, 6, 0,3,5 or 2-7.")
-    positions: str = option("last", "last | all | one index for every text.")
+    positions: str = option("last", POSITIONS_HELP + ".")
     chunk_samples: Optional[int] = option(None, "Samples per store chunk (default: chunks of >= 1 MiB).")
     concat: bool = option(True, "Concatenate the hooks of a layer into one array (acts/capture).", cli=False)
     texts: tuple[str, ...] = option((), "Texts given directly (Python only).", cli=False)
@@ -49,21 +51,17 @@ class Config:
         given = sum(x is not None and x != () for x in (self.text_file, self.texts or None, self.tokens))
         if given != 1:
             raise InputError("give the texts once: --text-file FILE (or, from Python, texts= or a token batch)")
-        if self.positions not in ("last", "all"):
-            try:
-                int(self.positions)
-            except ValueError:
-                raise InputError(f"--positions must be last, all or an integer, not {self.positions!r}") from None
+        object.__setattr__(self, "positions", canonical(self.positions))  # "0, 1" and [0, 1] -> "0,1": one key
+        if is_multi(self.positions):
+            raise InputError(f"--positions {self.positions}: several positions per text are kept in memory only "
+                             "(lamina.capture(..., out=None)); in a run, capture --positions all and select")
 
 
 def _selector(positions: str, batch: TokenBatch) -> Selector:
-    if positions == "last":
-        return Selector.last()
-    if positions == "all":
-        return Selector.every()
-    select = Selector.at([int(positions)] * len(batch))
-    select.positions(batch)  # out-of-range positions fail here, before the model loads
-    return select
+    chosen = per_text(positions, batch.lengths.tolist())  # out-of-range positions fail here, before the model loads
+    if isinstance(chosen, str):
+        return Selector.last() if chosen == "last" else Selector.every()
+    return Selector.at([idx[0] for idx in chosen])
 
 
 def array_name(template: str) -> str:
@@ -94,6 +92,7 @@ def spec(cfg: Config, model: ModelInfo) -> Spec:
         caps = (Capture(schema.ACTS_CAPTURE, hooks, select, layer_labels=_labels(hooks)),)
     else:  # one array per template; hooks outside the blocks are labelled by name on a 'hook' axis of their own
         caps, outside = [], 0
+        groups = {h: groups[h] if "{layer}" in h else ((h,),) for h in cfg.hooks}  # each as asked
         for t, g in groups.items():
             if "{layer}" in t:
                 caps.append(Capture(array_name(t), g, select, layer_labels=_labels(g)))
