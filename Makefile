@@ -53,7 +53,7 @@ findings: setup
 # lint: ruff over the engine, the authoring contract and the analysis folders; mypy over the engine and the
 # contract (settings in pyproject.toml); `ruff format --check` over the files formatted so far (not the whole repo)
 LINTED := engine analyses/protocol.py analyses/kit.py analyses/stages.py analyses/cli_errors.py analyses/qkv \
-	analyses/rsa analyses/length analyses/punct analyses/capture/__init__.py analyses/capture/schema.py \
+	analyses/rsa analyses/length analyses/punct analyses/capture analyses/cka analyses/similarity \
 	tests/test_contract.py tests/bitwise_runs.py
 TYPED := engine analyses/protocol.py analyses/kit.py analyses/stages.py
 FORMATTED := analyses/stages.py analyses/cli_errors.py analyses/kit.py tests/test_contract.py tests/bitwise_runs.py \

@@ -21,8 +21,19 @@ from lamina.engine.positions import HELP as POSITIONS_HELP
 from lamina.engine.positions import canonical, is_multi, per_text
 from lamina.engine.provenance import sha256_texts
 
-from ..kit import (Context, Data, ModelInfo, Pass, Results, Selector, Spec, TokenBatch, batch_inputs, encode_texts,
-                   option)
+from ..kit import (
+    Context,
+    Data,
+    ModelInfo,
+    Pass,
+    Results,
+    Selector,
+    Spec,
+    TokenBatch,
+    batch_inputs,
+    encode_texts,
+    option,
+)
 from ..textfiles import read_lines
 from . import schema
 

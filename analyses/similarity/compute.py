@@ -27,10 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lamina.engine.kernels.bootstrap import maxstat_pvalues, percentile_interval, permutation_pvalues
+from lamina.engine.kernels.bootstrap import maxstat_pvalues, percentile_interval, permutation_pvalues, poisson_weights
 from lamina.engine.kernels.bootstrap import permutations as draw_permutations
-from lamina.engine.kernels.bootstrap import poisson_weights
-from lamina.engine.kernels.cka import cka_terms
 from lamina.engine.kernels.cka_inference import cka_permutation_terms
 from lamina.engine.kernels.cka_streaming import merge_moment_states, moment_state
 from lamina.engine.kernels.knn import mutual_knn

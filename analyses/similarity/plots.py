@@ -12,8 +12,21 @@ import numpy as np
 
 from ..cka.plots import TITLES, best_layer_figure, heatmaps
 from ..plotting import save_figure, start
-from .schema import (BEST_LAYER, BEST_VALUE, CKA, CKA_DEBIASED, FIGURE_BEST, FIGURE_HEATMAP, FIGURE_P, INTERVAL,
-                     MINIBATCH, MUTUAL_KNN, P_FWER, P_VALUE, TABLE)
+from .schema import (
+    BEST_LAYER,
+    BEST_VALUE,
+    CKA,
+    CKA_DEBIASED,
+    FIGURE_BEST,
+    FIGURE_HEATMAP,
+    FIGURE_P,
+    INTERVAL,
+    MINIBATCH,
+    MUTUAL_KNN,
+    P_FWER,
+    P_VALUE,
+    TABLE,
+)
 
 
 def labels_of(run) -> tuple[str, str]:
