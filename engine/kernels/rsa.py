@@ -123,11 +123,10 @@ def selectivity_index(rsm: Tensor, labels: Tensor | Sequence[int]) -> Tensor:
 
     >>> import torch
     >>> rsm = torch.tensor([[1.0, 0.8, 0.2], [0.8, 1.0, 0.4], [0.2, 0.4, 1.0]])
-    >>> selectivity_index(rsm.expand(2, 3, 3).clone(), torch.tensor([1, 1, 2])).shape
+    >>> selectivity_index(rsm.expand(2, 3, 3).clone(), torch.tensor([1, 1, 2])).shape  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    lamina.engine.errors.InputError: categories [2] have a single item, so they have no within-category pair;
-    every category needs at least 2 items
+    lamina.engine.errors.InputError: categories [2] have a single item, so they have no within-category pair; ...
 
     docs/analyses.md "rsa": ``SI = mean_a(mean RSM[G == a·a]) / mean_{a<b}(mean RSM[G == a·b])``
     over the strict upper triangle, each category (and each pair of categories)
