@@ -1,5 +1,5 @@
 """Commands that only read a run start without torch or TransformerLens (start-up time:
-benchmarks/startup_bench.py): --help, --version, info, verify, analyses, report and compare."""
+benchmarks/startup_bench.py): --help (of run NAME too), --version, info, verify, analyses, report and compare."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def small_run(gpt2_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["info", "RUN"], ["info", "RUN", "--json"],
-                                  ["verify", "RUN"], ["hooks", "--help"]])
+                                  ["verify", "RUN"], ["hooks", "--help"], ["run", "qkv", "--help"],
+                                  ["run", "cka", "--help"], ["plot", "--help"], ["similarity", "--help"]])
 def test_reading_commands_do_not_import_torch(small_run, args):
     args = [small_run if a == "RUN" else a for a in args]
     out = subprocess.run([sys.executable, "-c", CHECK, *args], capture_output=True, text=True,
