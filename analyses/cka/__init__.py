@@ -47,8 +47,10 @@ def _summary(results, spec, cfg):
 def __getattr__(name: str):
     """The names of :mod:`.analysis` (``spec``, ``compute``, ``hook_width``, ...: what this module held before they
     moved), imported on first use, so that ``ANALYSIS`` alone (``lamina analyses``, ``report``) needs no torch."""
-    if name.startswith("__") or importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        raise AttributeError(name)  # a dunder, or a submodule (the import system loads it: `from . import plots`)
+    if name.startswith("__"):
+        raise AttributeError(name)
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: pkg.analysis, pkg.plots
+        return importlib.import_module(f"{__name__}.{name}")
     try:
         return getattr(importlib.import_module(f"{__name__}.analysis"), name)
     except AttributeError:

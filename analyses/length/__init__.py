@@ -40,8 +40,10 @@ def __getattr__(name: str):
     """The other names of :mod:`.analysis` (``spec``, ``compute``, ...: what lamina.analyses.length held before it
     was a folder), imported on first use, so that ``ANALYSIS`` alone (``lamina analyses``, ``report``) needs no
     torch."""
-    if name.startswith("__") or importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        raise AttributeError(name)  # a dunder, or a submodule (the import system loads it: `from . import plots`)
+    if name.startswith("__"):
+        raise AttributeError(name)
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: pkg.analysis, pkg.plots
+        return importlib.import_module(f"{__name__}.{name}")
     try:
         return getattr(importlib.import_module(f"{__name__}.analysis"), name)
     except AttributeError:
