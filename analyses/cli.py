@@ -24,8 +24,8 @@ import click
 
 from lamina.engine.errors import LaminaError
 
-# registry, options and the analyses import torch: they are imported where a command needs them, so that
-# `lamina --help`, `info`, `verify`, `report`, `compare` start without torch (tests/test_startup.py)
+# options, the runner and the analyses' code import torch: they are imported where a command needs them, so that
+# `lamina --help`, `info`, `verify`, `analyses`, `report`, `compare` start without torch (tests/test_startup.py)
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 

@@ -33,16 +33,18 @@ import dataclasses
 import numbers
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lamina.engine.errors import AnalysisError, InputError
-from lamina.engine.hooks import Capture
-from lamina.engine.inputs import TokenBatch
 from lamina.engine.labelled import Coord, Labelled
 from lamina.engine.model_info import ModelInfo
-from lamina.engine.reducers import Reducer, State
+
+if TYPE_CHECKING:  # torch loads with the engine, not with the contract: `lamina analyses` / `report` start without it
+    import torch
+
+    from lamina.engine.hooks import Capture
+    from lamina.engine.inputs import TokenBatch
+    from lamina.engine.reducers import Reducer, State
 
 __all__ = ["Analysis", "Compute", "Context", "Data", "ModelInfo", "Pass", "REQUIRED", "Result", "Results", "Spec",
            "SpecFunction", "batch_inputs", "check_options", "option", "option_help"]
@@ -219,7 +221,7 @@ class Data:
     def acts(self, name: str) -> torch.Tensor:
         """The stored capture ``name`` as a float32 tensor on the device ([*outer, layer, sample, (pos,) feature]).
 
-        >>> Data(lambda n: torch.zeros(1), {}, {}, stored=["acts/a"]).acts("acts/b")
+        >>> Data(lambda n: None, {}, {}, stored=["acts/a"]).acts("acts/b")
         Traceback (most recent call last):
         ...
         lamina.engine.errors.AnalysisError: data.acts('acts/b'): no such capture; the stored captures are: acts/a
@@ -243,6 +245,8 @@ class Context:
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A generator on the device seeded with ``seed + offset`` (baselines, permutations)."""
+        import torch
+
         g = torch.Generator(device=self.device)
         g.manual_seed(self.seed + offset)
         return g

@@ -11,14 +11,11 @@ from Python (:func:`lamina.capture` with ``out=``) each hook gets its own array,
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from typing import Any, Optional
 
 from lamina.engine.errors import InputError
 from lamina.engine.hooks import Capture, normalize_hooks, parse_layers
-from lamina.engine.positions import HELP as POSITIONS_HELP
-from lamina.engine.positions import canonical, is_multi, per_text
+from lamina.engine.positions import per_text
 from lamina.engine.provenance import sha256_texts
 
 from ..kit import (
@@ -32,40 +29,12 @@ from ..kit import (
     TokenBatch,
     batch_inputs,
     encode_texts,
-    option,
 )
 from ..textfiles import read_lines
 from . import schema
+from .config import Config
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """Options of ``lamina capture`` / ``lamina run capture``."""
-
-    hooks: tuple[str, ...] = option((), "Hook name; '{layer}' expands over --layers. Repeat to concatenate "
-                                        "features (e.g. q, k, v).", flags=("--hook",))
-    text_file: Optional[str] = option(None, "Texts, one per line.")
-    layers: str = option("all", "Layers: all, 6, 0,3,5 or 2-7.")
-    positions: str = option("last", POSITIONS_HELP + ".")
-    chunk_samples: Optional[int] = option(None, "Samples per store chunk (default: chunks of >= 1 MiB).")
-    concat: bool = option(True, "Concatenate the hooks of a layer into one array (acts/capture).", cli=False)
-    texts: tuple[str, ...] = option((), "Texts given directly (Python only).", cli=False)
-    tokens: Any = option(None, "A TokenBatch given directly (Python only).", cli=False)
-
-    def __post_init__(self):
-        if not self.hooks:
-            raise InputError("no hooks: pass --hook NAME (e.g. 'blocks.{layer}.attn.hook_q'), once or more")
-        if self.chunk_samples is not None and (isinstance(self.chunk_samples, bool) or self.chunk_samples < 1):
-            raise InputError(f"--chunk-samples must be a positive number of samples, got {self.chunk_samples}")
-        given = sum(x is not None and x != () for x in (self.text_file, self.texts or None, self.tokens))
-        if given != 1:
-            raise InputError("give the texts once: --text-file FILE (or, from Python, texts= or a token batch)")
-        object.__setattr__(self, "positions", canonical(self.positions))  # "0, 1" and [0, 1] -> "0,1": one key
-        if is_multi(self.positions):
-            raise InputError(f"--positions {self.positions}: several positions per text are kept in memory only "
-                             "(lamina.capture(..., out=None)); in a run, capture --positions all and select")
 
 
 def _selector(positions: str, batch: TokenBatch) -> Selector:

@@ -15,132 +15,46 @@ several ranks give bitwise the same matrices. The activations are kept (``acts/r
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Optional
+import importlib
+import importlib.util
 
-import numpy as np
-import torch
-
-from lamina.engine.errors import InputError
-from lamina.engine.hooks import Capture, layer_hooks
-from lamina.engine.inputs import Selector, TokenBatch
-from lamina.engine.labelled import Labelled
-
-from ..corpus import corpus_tokens, cut
-from ..kit import Analysis, Pass, Spec, batch_inputs, option
-from . import captions, schema
-from .compute import CKAState, estimator, finish, matrix_results
-
-_UNIT_BYTES = 1 << 30
+from ..kit import Analysis
+from . import captions
+from .config import Config
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """Options of ``lamina run cka``.
+def _spec(cfg, model):
+    """:func:`.analysis.spec` (the analysis module, and torch with it, load on first use)."""
+    from .analysis import spec
 
-    >>> Config(n_seq=4, seq_len=64).n_tokens
-    256
-    """
-
-    text: Optional[str] = option(None, "Corpus text file, tokenised whole. Default: the corpus shipped with lamina.")
-    hook: str = option(schema.HOOK, "Hook captured at every block ({layer} is the block number).")
-    n_seq: int = option(16, "Number of sequences the corpus is cut into.")
-    seq_len: int = option(256, "Tokens per sequence (at most the model's context).")
-    estimator: str = option("auto", "State streamed per unit: moments (exact), minibatch (Nguyen et al. 2021), or "
-                                    "auto (moments while 8 x layers^2 x width^2 bytes <= 64 MiB).")
-    batch_size: Optional[int] = option(None, "Tokens per minibatch of the minibatch estimator. Default: one "
-                                             "sequence's tokens.")
-    unit_tokens: int = option(1024, "Minimum tokens per work unit (the resume / multi-rank granularity).")
-    store_acts: bool = option(True, "Keep acts/resid (layer, sample, pos, feature): `lamina similarity` needs it.")
-
-    def __post_init__(self):
-        for name in ("n_seq", "seq_len", "unit_tokens"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        if self.estimator not in ("auto", *schema.ESTIMATORS):
-            raise InputError(f"--estimator must be auto, moments or minibatch, got {self.estimator!r}")
-        b = self.batch_size
-        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 4):
-            raise InputError(f"--batch-size must be an integer >= 4 (the unbiased HSIC needs 4 tokens), got {b!r}")
-        if "{layer}" not in self.hook:
-            raise InputError(f"--hook {self.hook!r} has no {{layer}}; give a template such as {schema.HOOK}")
-        if self.n_tokens < 4:
-            raise InputError(f"--n-seq {self.n_seq} x --seq-len {self.seq_len} = {self.n_tokens} tokens; the "
-                             "debiased CKA needs at least 4")
-
-    @property
-    def n_tokens(self) -> int:
-        return self.n_seq * self.seq_len
+    return spec(cfg, model)
 
 
-def hook_width(hook: str, model) -> int | None:
-    """Features of ``hook`` known before the capture (residual stream and block outputs: d_model; MLP: d_mlp);
-    None for other hooks, whose ``auto`` estimator is then the minibatch one."""
-    if hook.endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")):
-        return model.d_model
-    if hook.endswith(("mlp.hook_pre", "mlp.hook_post")):
-        return model.d_mlp
-    return None
+def _compute(data, spec, cfg, ctx):
+    """:func:`.analysis.compute`."""
+    from .analysis import compute
+
+    return compute(data, spec, cfg, ctx)
 
 
-def spec(cfg: Config, model) -> Spec:
-    tok, bos = model.tokenizer, model.bos_token_id
-    room = model.n_ctx - (bos is not None)
-    if cfg.seq_len > room:
-        raise InputError(f"--seq-len {cfg.seq_len} is longer than the context of {model.name} ({room} tokens); "
-                         f"use --seq-len {room} or less")
-    ids, source = corpus_tokens(tok, text=cfg.text, dataset=None, n_tokens=cfg.n_tokens)
-    rows = cut(ids, n_seq=cfg.n_seq, seq_len=cfg.seq_len, source=source)  # [sample, seq_len]
-    fed = rows if bos is None else np.concatenate([np.full((cfg.n_seq, 1), bos, dtype=rows.dtype), rows], axis=1)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    batch = TokenBatch(torch.from_numpy(fed.astype(np.int64)), torch.full((cfg.n_seq,), fed.shape[1]), int(pad))
-    include = torch.ones(fed.shape, dtype=torch.bool)
-    if bos is not None:
-        include[:, 0] = False  # the BOS in front is no corpus token (and its activations are outliers)
-    width = hook_width(cfg.hook, model)
-    kind = "minibatch" if cfg.estimator == "auto" and width is None else estimator(model.n_layers, width,
-                                                                                   cfg.estimator)
-    batch_size = cfg.batch_size or cfg.seq_len
-    if kind == "minibatch" and batch_size > cfg.n_tokens:
-        raise InputError(f"--batch-size {batch_size} is more than the {cfg.n_tokens} tokens; give a smaller one")
-    reducer = CKAState(schema.ACTS, include, kind, batch_size)
-    capture = Capture(schema.ACTS, layer_hooks(cfg.hook, range(model.n_layers)), Selector.every())
-    spc = min(cfg.n_seq, max(1, -(-cfg.unit_tokens // cfg.seq_len)))
-    p = Pass(batch, (capture,), keep=cfg.store_acts, reducers=(reducer,), samples_per_chunk=spc,
-             unit_bytes=_UNIT_BYTES)
-    inputs = {**batch_inputs(batch), schema.INCLUDE: Labelled(include.numpy(), ("sample", "pos"),
-                                                              attrs={"long_name": "token is a CKA sample"})}
-    options = {"source": source, "estimator": kind, "batch_size": batch_size if kind == "minibatch" else None}
-    return Spec(passes=(p,), stimuli_sha256=batch.sha256(), inputs=inputs, options=options,
-                state={"reducer": reducer, "source": source, "n_samples": int(include.sum())})
+def _summary(results, spec, cfg):
+    """:func:`.analysis.summary`."""
+    from .analysis import summary
+
+    return summary(results, spec, cfg)
 
 
-def compute(data, spec: Spec, cfg: Config, ctx) -> dict[str, Labelled]:
-    reducer = spec.state["reducer"]
-    cka, cka_u = finish(data.reduced[schema.REDUCER], reducer.kind)
-    layers = list(range(cka.shape[0]))
-    attrs = {"hook": cfg.hook, "estimator": reducer.kind, "n_tokens": spec.state["n_samples"],
-             **({"batch_size": reducer.batch_size} if reducer.kind == "minibatch" else {})}
-    return matrix_results(cka, cka_u, layers, layers, attrs, exclude_self=True)
-
-
-def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
-    m, mu = results[schema.CKA].numpy(), results[schema.CKA_DEBIASED].numpy()
-    n = m.shape[0]
-    off = ~np.eye(n, dtype=bool)
-
-    def r(v) -> float | None:
-        return round(float(v), 4) if np.isfinite(v) else None
-
-    return {"estimator": spec.state["reducer"].kind, "n_tokens": spec.state["n_samples"], "n_layers": n,
-            "source": spec.state["source"], "mean_cka_offdiag": r(np.nanmean(m[off])) if n > 1 else None,
-            "mean_cka_debiased_offdiag": r(np.nanmean(mu[off])) if n > 1 else None,
-            "cka_first_last": r(m[0, -1]), "cka_debiased_first_last": r(mu[0, -1]),
-            "cka_debiased_adjacent": [r(mu[i, i + 1]) for i in range(n - 1)],
-            "best_layer": [int(v) for v in results[schema.BEST_LAYER].numpy()],
-            # layers whose tokens are all the same vector: CKA undefined (a NaN row and column, best_layer -1)
-            "constant_layers": [int(i) for i in np.flatnonzero(np.isnan(mu).all(1))]}
+def __getattr__(name: str):
+    """The names of :mod:`.analysis` (``spec``, ``compute``, ``hook_width``, ...: what this module held before they
+    moved), imported on first use, so that ``ANALYSIS`` alone (``lamina analyses``, ``report``) needs no torch."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: pkg.analysis, pkg.plots
+        return importlib.import_module(f"{__name__}.{name}")
+    try:
+        return getattr(importlib.import_module(f"{__name__}.analysis"), name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 
 def _plot(run, folder, **figure_options):
@@ -152,5 +66,5 @@ def _plot(run, folder, **figure_options):
 
 ANALYSIS = Analysis(
     name="cka", title="Layer x layer linear CKA (biased and debiased), streamed over a corpus",
-    Config=Config, spec=spec, compute=compute, summary=summary, plot=_plot, captions=captions.CAPTIONS,
+    Config=Config, spec=_spec, compute=_compute, summary=_summary, plot=_plot, captions=captions.CAPTIONS,
     default_model="gpt2")

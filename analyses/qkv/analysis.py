@@ -17,9 +17,6 @@ feature over sentences, averaged within Q, K and V.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Optional
-
 import numpy as np
 import torch
 
@@ -41,49 +38,18 @@ from ..kit import (
     Spec,
     batch_inputs,
     bins_coord,
-    check_options,
     index_coord,
     labels,
-    option,
     qkv_hooks,
 )
 from ..plotting import shown_blocks
 from ..sentences import read_target_sentences, stimulus_path
 from . import schema
+from .config import Config, PlotOptions  # noqa: F401  (re-exported)
 
 ROLES = ("target", "nontarget")
 COMPONENTS = ("Q", "K", "V")
 BINS, LO, HI = 100, -1.0, 1.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """Options of ``lamina run qkv`` (defaults are the lecture's).
-
-    >>> Config(target="him").target_text
-    ' him'
-    """
-
-    sentences: Optional[str] = option(None, "Sentences file, one per line, each containing the target. Default: "
-                                            "the shipped 54 sentences with ' her'.")
-    target: str = option(" her", "Target word: ONE token with its leading space (added if missing).")
-
-    def __post_init__(self):
-        if not isinstance(self.target, str) or not self.target.strip():
-            raise InputError("{target}: must be a word", params={"target": self.target})
-
-    @property
-    def target_text(self) -> str:
-        """The target as it is tokenised inside a sentence: with one leading space."""
-        return self.target if self.target[:1].isspace() else " " + self.target
-
-
-@dataclasses.dataclass(frozen=True)
-class PlotOptions:
-    layer: int = option(6, "Block of the single-block figure (clipped to the model's last block).", min=0)
-
-    def __post_init__(self):
-        check_options(self)
 
 
 def spec(cfg: Config, model: ModelInfo) -> Spec:

@@ -15,9 +15,6 @@ the strict upper triangles of two RSMs (QK, QV, KV). Beyond the lecture: user wo
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Optional
-
 import numpy as np
 import torch
 
@@ -42,41 +39,18 @@ from ..kit import (
     Selector,
     Spec,
     batch_inputs,
-    check_options,
     index_coord,
     labels,
-    option,
     qkv_hooks,
 )
 from ..plotting import shown_blocks
 from . import schema
+from .config import DEFAULT_TEMPLATE, Config  # noqa: F401  (re-exported)
 
-DEFAULT_TEMPLATE = "The next word is {w}"
 COMPONENTS = ("Q", "K", "V")
 PAIRS = ("QK", "QV", "KV")
 _PAIR_INDEX = ((0, 1), (0, 2), (1, 2))  # component indices of each pair
 _PVALUE_SEED_OFFSET = 1  # the permutation test draws from seed + 1 (random weights use seed)
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """Options of ``lamina run rsa`` (cheap validation only; files are read in the spec)."""
-
-    words: Optional[str] = option(None, "File of 'word<TAB>category' lines (>= 2 categories of >= 2 words). "
-                                        "Default: the shipped 34 words in 3 categories.")
-    template: str = option(DEFAULT_TEMPLATE, "Prompt ending with the '{w}' placeholder; the word's last token is the "
-                                             "prompt's final token (words of several tokens are fine).")
-    permutations: int = option(1000, "Label shuffles of the SI permutation test (seeded by --seed).", min=1)
-
-    def __post_init__(self):
-        n = self.template.count("{w}")
-        if n != 1:
-            raise InputError(f"{{template}} must contain the placeholder '{{w}}' exactly once "
-                             f"(found {n}), e.g. {DEFAULT_TEMPLATE!r}", params={"template": self.template})
-        if not self.template.endswith("{w}"):
-            raise InputError(f"{{template}} must end with '{{w}}': the word has to be the final "
-                             f"token of the prompt, e.g. {DEFAULT_TEMPLATE!r}", params={"template": self.template})
-        check_options(self)
 
 
 def spec(cfg: Config, model: ModelInfo) -> Spec:

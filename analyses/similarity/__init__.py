@@ -20,7 +20,6 @@ import time
 
 from lamina.engine import destination as dst
 from lamina.engine.errors import InputError
-from lamina.engine.models import resolve_device
 from lamina.engine.provenance import machine, versions
 from lamina.engine.reader import Run, open_run
 from lamina.engine.run_folder import check_writable
@@ -28,8 +27,6 @@ from lamina.engine.store import RunWriter
 
 from . import schema
 from .analysis import REPORT_AS, Options
-from .compute import Accumulator, estimator, labelled
-from .reading import open_pair, sample_mask, token_blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +52,11 @@ def similarity(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *
     Refused in one line (InputError, exit 2 on the command line) before any reading: different tokens, an
     incomplete run, a run without per-token activations, an ``out`` holding anything lamina did not write.
     """
+    from lamina.engine.models import resolve_device  # torch loads here, not with the package (`lamina report`)
+
+    from .compute import Accumulator, estimator, labelled
+    from .reading import open_pair, sample_mask, token_blocks
+
     if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
         raise InputError(f"out must be the folder (or URL) to write the similarity into, got {out!r}")
     if not isinstance(options, Options):
