@@ -116,6 +116,9 @@ def open_runs(runs: Sequence[str | os.PathLike | Run], *, allow_different_stimul
     if len(kinds) > 1:
         what = ", ".join(f"{r.url} ({r.experiment})" for r in opened)
         raise InputError(f"runs of different analyses cannot be compared: {what}")
+    if opened[0].experiment == "similarity":  # a `lamina similarity` folder: already a comparison of two runs
+        raise InputError(f"{opened[0].url!r} is a lamina similarity folder, already a comparison of two runs; "
+                         "lamina compare takes runs of one analysis (e.g. two `lamina run cka` runs)")
     analysis = registry.get(opened[0].experiment)
     if analysis.curves_function() is None:
         raise InputError(f"the analysis {analysis.name!r} has no per-layer curves (Analysis.curves), so its runs "

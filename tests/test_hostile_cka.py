@@ -292,3 +292,13 @@ def test_run_cka_bad_inputs_one_line(extra, needles, gpt2_dir, tmp_path, capsys)
     assert code == 2
     one_line(err, *needles)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_compare_of_similarity_folders_names_what_they_are(runs, capsys, tmp_path):
+    root, a, b = runs["root"], runs["a"], runs["b"]
+    other = lamina.similarity(b.url, a.url, out=root / "sim-ba", figures=False,
+                              options=Options(permutations=0, resamples=0)).out
+    code, out, err = lamina_cli(capsys, "compare", runs["sim"], other, "--out", str(tmp_path / "cmp"))
+    assert code == 2 and "Traceback" not in err
+    assert "similarity folder, already a comparison of two runs" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "cmp").exists()
