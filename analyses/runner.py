@@ -84,10 +84,11 @@ def execute(
     if model is None:
         _check_device(world, opts)
     info = inspect(opts, model)
+    info = dataclasses.replace(info, layers=opts.select_layers(info.n_layers))  # --layers, before any weights load
     spec = stage_call(analysis.name, "spec", analysis.spec, cfg, info)  # every input error before the model loads
     check_spec(analysis.name, spec)
     _check_bounds(spec, opts)
-    key = run_key(analysis, cfg, opts, spec)
+    key = run_key(analysis, cfg, opts, spec, info.layers if len(info.layers) < info.n_layers else None)
     mode = _on_main(world, lambda: _mode(dest, key, opts, echo))
 
     timings: dict[str, float] = {}
@@ -100,8 +101,8 @@ def execute(
         echo(f"lamina: {RANDOM_WEIGHTS_WARNING}")
     for p in spec.passes:  # hooks the model lacks: refused before the run is made
         plan(model, p.captures)
-    store = _open_store(world, dest, analysis.name, key, provenance(analysis, model, cfg, opts, spec, world),
-                        opts.overwrite, repair=mode in ("complete", "repair"))
+    prov = provenance(analysis, model, cfg, opts, spec, world, info.layers)
+    store = _open_store(world, dest, analysis.name, key, prov, opts.overwrite, repair=mode in ("complete", "repair"))
     noted = mode in ("complete", "repair")  # the repair was announced; the units' line is not repeated
     try:
         if _on_main(world, lambda: store.status) not in ("drawing", "complete"):
@@ -210,17 +211,23 @@ def _n_units(store: ChunkWriter, phase: str) -> int:
     return len(done)
 
 
-def run_key(analysis: Analysis, cfg, opts: RunOptions, spec: Spec) -> str:
-    """What makes two runs "the same command" (resume only continues the same command)."""
+def run_key(analysis: Analysis, cfg, opts: RunOptions, spec: Spec,
+            layers: tuple[int, ...] | None = None) -> str:
+    """What makes two runs "the same command" (resume only continues the same command); ``layers``: the blocks of
+    ``--layers`` when they are not all of them (every block: the key of a run without ``--layers``)."""
     key = {"experiment": analysis.name, "model": opts.model, "revision": opts.revision,
            "model_config": opts.config, **({"tokenizer": opts.tokenizer} if opts.tokenizer else {}),
+           **({"layers": list(layers)} if layers is not None else {}),
            "weights": opts.weights, "seed": opts.seed, "dtype": opts.dtype,
            "config": _config_dict(cfg), "options": dict(spec.options), "stimuli": spec.stimuli_sha256}
     return json.dumps(key, sort_keys=True, default=str)
 
 
-def provenance(analysis: Analysis, model: LoadedModel, cfg, opts: RunOptions, spec: Spec, world: World) -> dict:
+def provenance(analysis: Analysis, model: LoadedModel, cfg, opts: RunOptions, spec: Spec, world: World,
+               layers: tuple[int, ...] | None = None) -> dict:
+    """What the run records of itself; ``layers``: the blocks analysed (of the model's ``model.n_layers``)."""
     return {"lamina_version": versions().get("lamina"), "analysis": registry.source(analysis),
+            "layers": list(range(model.n_layers) if layers is None else layers),
             "model": model.provenance(), "weights": model.weights,
             "seed": opts.seed, "dtype": opts.dtype, "device": str(model.device),
             "options": {**_config_dict(cfg), **dict(spec.options)}, "stimuli_sha256": spec.stimuli_sha256,
