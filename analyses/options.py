@@ -106,7 +106,8 @@ def _check_layers_syntax(layers) -> None:
 all, 6, 0,3,5 or 2-7
     """
     if not isinstance(layers, str):
-        raise InputError("{layers}: give the blocks as a string: 'all', '6', '0,3,5' or '2-7'", params={"layers": layers})
+        raise InputError("{layers}: give the blocks as a string: 'all', '6', '0,3,5' or '2-7'",
+                         params={"layers": layers})
     if layers.strip() == "all":
         return
     for part in layers.split(","):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -47,6 +48,7 @@ from .protocol import Analysis, Context, Data, Spec, check_options
 from .report import write_report
 from .stages import check_results, check_spec, stage_call
 
+_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 _REFUSED = (InputError, HookError, NonFiniteError)  # a command refused for its input: its new run is removed
 
 Echo = Callable[[str], None]
@@ -88,6 +90,7 @@ def execute(
     spec = stage_call(analysis.name, "spec", analysis.spec, cfg, info)  # every input error before the model loads
     check_spec(analysis.name, spec)
     _check_bounds(spec, opts)
+    _check_layer_subset(analysis.name, spec, info, opts)
     key = run_key(analysis, cfg, opts, spec, info.layers if len(info.layers) < info.n_layers else None)
     mode = _on_main(world, lambda: _mode(dest, key, opts, echo))
 
@@ -152,6 +155,19 @@ def _check_bounds(spec: Spec, opts: RunOptions) -> None:
     if opts.unit_samples is not None and n and opts.unit_samples > n:
         raise InputError(f"--unit-samples {opts.unit_samples} is more than the {n} samples of this run; give at most "
                          f"{n} (or leave it out)")
+
+
+def _check_layer_subset(name: str, spec: Spec, info, opts: RunOptions) -> None:
+    """A subset of blocks (``--layers``) is refused by an analysis that does not take it (one capturing every
+    block whatever ``model.layers`` says, or capturing nothing): every ``blocks.N.`` hook it asks for must be in a
+    selected block (block 0's ``hook_resid_pre``, the embeddings, aside)."""
+    if len(info.layers) == info.n_layers:
+        return
+    hooks = [h for p in spec.passes for c in p.captures for h in c.hook_names]
+    used = {int(m.group(1)) for h in hooks if h != "blocks.0.hook_resid_pre" and (m := _BLOCK_HOOK.match(h))}
+    if not hooks or not used <= set(info.layers):
+        raise InputError(f"{{layers}}: {name} does not analyse a subset of blocks (it would read blocks "
+                         f"{sorted(used)}); leave --layers out", params={"layers": opts.layers})
 
 
 def _fill(analysis, cfg, opts, spec: Spec, model, store: ChunkWriter, world: World, timings: dict,

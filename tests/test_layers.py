@@ -43,7 +43,7 @@ def _configs():
 
 
 def _opts(folder, out, **kw):
-    return RunOptions(model=str(folder), out=str(out), progress=False, figures=False, **kw)
+    return RunOptions(model=str(folder), out=str(out), progress=False, **{"figures": False, **kw})
 
 
 def _depth_dim(run, path):
@@ -157,3 +157,85 @@ def test_capture_keeps_its_own_layers(gpt2_dir, tmp_path):
               "--no-progress"])
     key = json.loads(open_run(tmp_path / "c").attrs["key"])
     assert key["config"]["layers"] == "1" and "layers" not in key
+
+
+@pytest.mark.parametrize("name", ["rsa", "punct"])
+def test_compare_places_a_subset_at_the_models_depth(name, gpt2_dir, tmp_path, monkeypatch):
+    """relative depth = block / (n_blocks - 1) of the MODEL (state / n_blocks for punct), not the subset's count."""
+    from lamina.analyses import compare_plots
+    from lamina.analyses.compare import compare
+
+    xs: dict[str, list] = {}
+    original = compare_plots.save_figure
+
+    def spy(fig, figdir, stem):
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                if line.get_label().endswith(("blocks)", "states)")):  # a run's line, "LABEL (n blocks)"
+                    xs.setdefault(line.get_label(), []).append(np.asarray(line.get_xdata(), float))
+        return original(fig, figdir, stem)
+
+    monkeypatch.setattr(compare_plots, "save_figure", spy)
+    cfg, _ = _configs()[name]
+    full = run_analysis(name, cfg, _opts(gpt2_dir, tmp_path / "full"))
+    part = run_analysis(name, cfg, _opts(gpt2_dir, tmp_path / "part", layers="0,2"))
+    compare([full.url, part.url], out=tmp_path / "cmp")
+    want = {"full": np.array([0, 1, 2, 3]) / 3 if name == "punct" else np.array([0, 1, 2]) / 2,
+            "part": np.array([0, 1, 3]) / 3 if name == "punct" else np.array([0, 2]) / 2}
+    seen = set()
+    for label, lines in xs.items():
+        which = "part" if "part" in label else "full"
+        for x in lines:
+            np.testing.assert_allclose(x, want[which], rtol=0, atol=1e-12, err_msg=label)
+        seen.add(which)
+    assert seen == {"full", "part"}
+
+
+@pytest.mark.parametrize("name", ["qkv", "rsa", "length", "punct"])
+def test_figures_and_summary_name_the_models_blocks(name, gpt2_dir, tmp_path):
+    cfg, _ = _configs()[name]
+    run = run_analysis(name, cfg, _opts(gpt2_dir, tmp_path / "part", layers="0,2", figures=True))
+    figures = {p.name for p in (tmp_path / "part" / "figures").iterdir()}
+    summary = run.attrs["summary"]
+    if name == "qkv":  # --layer 6 (the default) is clipped to the last block: block 2, the subset's 2nd
+        assert "qkv_block2_cosine.png" in figures
+        assert "QQ target cosine, share |c| >= 0.9 at blocks [0, 2]" in summary
+    elif name == "rsa":
+        assert "SI_Q at blocks 0/2" in summary
+    elif name == "punct":  # states 0, 1, 3; --state 1 (the default) is one of them
+        assert "punct_hist_state1.png" in figures
+    assert len(figures) > 2
+
+
+def test_cka_subset_is_the_full_matrix_at_its_blocks(gpt2_dir, tmp_path):
+    """CKA of a layer pair depends on those two layers only; the streamed moments of all analysed layers are one
+    float32 product whose blocking depends on their count, so the values agree to rounding, not bitwise."""
+    from lamina.analyses import registry
+
+    cfg = registry.get("cka").Config(text=str(stimulus_path("corpus.txt")), n_seq=4, seq_len=24)
+    full = run_analysis("cka", cfg, _opts(gpt2_dir, tmp_path / "full"))
+    part = run_analysis("cka", cfg, _opts(gpt2_dir, tmp_path / "part", layers="0,2"))
+    sel = list(SUBSET)
+    for path in ("results/cka", "results/cka_debiased"):
+        assert [int(v) for v in part.labels(path, "layer_a")] == sel == [int(v) for v in part.labels(path, "layer_b")]
+        np.testing.assert_allclose(part.numpy(path), full.numpy(path)[np.ix_(sel, sel)], rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(part.numpy("results/depth_a"), [0.0, 1.0])  # block / (3 - 1)
+    assert json.loads(part.attrs["key"])["layers"] == sel and part.attrs["key"] != full.attrs["key"]
+
+
+def test_an_analysis_ignoring_the_subset_is_refused(gpt2_dir, tmp_path):
+    """A plugin that captures every block whatever ``model.layers`` says must not record a subset it ignored."""
+    import dataclasses
+
+    from lamina.analyses import registry
+
+    a = registry.get("rsa")
+
+    def every_block(cfg, model):
+        return a.spec(cfg, dataclasses.replace(model, layers=tuple(range(model.n_layers))))
+
+    ignoring = dataclasses.replace(a, spec=every_block)
+    with pytest.raises(InputError, match=r"does not analyse a subset of blocks \(it would read blocks \[0, 1, 2\]\)"):
+        runner_mod.execute(ignoring, rsa.Config(permutations=20), _opts(gpt2_dir, tmp_path / "o", layers="0,2"),
+                           echo=lambda s: None)
+    assert not (tmp_path / "o").exists()

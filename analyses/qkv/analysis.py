@@ -190,10 +190,11 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
     cos, cor = (results[schema.HIST[s]].numpy() for s in ("cosine", "correlation"))
     base = results[schema.BASELINE_CORRELATION_HIST].numpy()
     n_layers, qq = cos.shape[1], QKV_BLOCKS.index("QQ")
-    shown = shown_blocks(n_layers)
+    shown = shown_blocks(n_layers)  # positions; named by the model's block numbers (--layers)
+    at = [int(Coord.of(results[schema.HIST["cosine"]].coords["layer"]).values[l]) for l in shown]
     stim = spec.state
     return {"target": f"{stim.target_text!r} (token {stim.target_id})", "sentences": len(stim.texts),
-            f"QQ target cosine, share |c| >= 0.9 at blocks {shown}": [frac(cos[0, l, qq]) for l in shown],
-            f"QQ non-target cosine, share |c| >= 0.9 at blocks {shown}": [frac(cos[1, l, qq]) for l in shown],
-            f"QQ target correlation sd at blocks {shown}": [sd(cor[0, l, qq]) for l in shown],
-            f"baseline correlation sd at blocks {shown}": [sd(base[l]) for l in shown]}
+            f"QQ target cosine, share |c| >= 0.9 at blocks {at}": [frac(cos[0, l, qq]) for l in shown],
+            f"QQ non-target cosine, share |c| >= 0.9 at blocks {at}": [frac(cos[1, l, qq]) for l in shown],
+            f"QQ target correlation sd at blocks {at}": [sd(cor[0, l, qq]) for l in shown],
+            f"baseline correlation sd at blocks {at}": [sd(base[l]) for l in shown]}

@@ -165,9 +165,10 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
     split = [f"{w} ({k})" for w, k in zip(stim.words, stim.word_tokens) if k > 1]
     if split:  # lamina's extension: read at the word's last token
         out["words of several tokens (read at their last token)"] = ", ".join(split)
-    depths = shown_blocks(si.shape[1])
+    depths = shown_blocks(si.shape[1])  # positions; named by the model's block numbers (--layers)
+    names = [int(Coord.of(results[schema.SELECTIVITY].coords["layer"]).values[j]) for j in depths]
     for i, c in enumerate(COMPONENTS):
-        out[f"SI_{c} at blocks {'/'.join(map(str, depths))}"] = [round(float(si[i, j]), 4) for j in depths]
+        out[f"SI_{c} at blocks {'/'.join(map(str, names))}"] = [round(float(si[i, j]), 4) for j in depths]
         out[f"SI_{c} blocks with p<0.05"] = f"{int((p[i] < 0.05).sum())}/{p.shape[1]} ({cfg.permutations} permutations)"
     for i, pair in enumerate(PAIRS):
         out[f"RSA_{pair} min/mean/max"] = [round(float(f(rsa[i])), 4) for f in (np.min, np.mean, np.max)]
