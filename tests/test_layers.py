@@ -13,6 +13,7 @@ bin edge.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,15 +47,30 @@ def _opts(folder, out, **kw):
     return RunOptions(model=str(folder), out=str(out), progress=False, **{"figures": False, **kw})
 
 
+@pytest.fixture(scope="module")
+def pair(gpt2_dir, tmp_path_factory):
+    """``pair(name)``: (the full run, the run of --layers 0,2 with its figures) of an analysis, made once."""
+    made: dict = {}
+
+    def get(name):
+        if name not in made:
+            cfg, _ = _configs()[name]
+            root = tmp_path_factory.mktemp(name)
+            made[name] = (run_analysis(name, cfg, _opts(gpt2_dir, root / "full")),
+                          run_analysis(name, cfg, _opts(gpt2_dir, root / "part", layers="0,2", figures=True)))
+        return made[name]
+
+    return get
+
+
 def _depth_dim(run, path):
     return "state" if "state" in run.dims(path) else "layer"
 
 
 @pytest.mark.parametrize("name", ["qkv", "rsa", "length", "punct"])
-def test_subset_equals_the_full_run_at_its_blocks(name, gpt2_dir, tmp_path):
-    cfg, names = _configs()[name]
-    full = run_analysis(name, cfg, _opts(gpt2_dir, tmp_path / "full"))
-    part = run_analysis(name, cfg, _opts(gpt2_dir, tmp_path / "part", layers="0,2"))
+def test_subset_equals_the_full_run_at_its_blocks(name, pair):
+    _, names = _configs()[name]
+    full, part = pair(name)
     # punct: hidden states 0 (embeddings) and 1 + each selected block; the others: the blocks themselves
     want = [0, 1, 3] if name == "punct" else list(SUBSET)
     checked = 0
@@ -92,9 +108,9 @@ def test_subset_equals_the_full_run_at_its_blocks(name, gpt2_dir, tmp_path):
     assert full.attrs["layers"] == [0, 1, 2]
 
 
-def test_qkv_baseline_counts_under_a_subset(gpt2_dir, tmp_path):
+def test_qkv_baseline_counts_under_a_subset(gpt2_dir, tmp_path, pair):
     """The baseline's draws follow the analysed blocks (see the module docstring): same shape and totals."""
-    full = run_analysis("qkv", qkv.Config(), _opts(gpt2_dir, tmp_path / "full"))
+    full, _ = pair("qkv")
     part = run_analysis("qkv", qkv.Config(), _opts(gpt2_dir, tmp_path / "part", layers="2"))
     for path in ("results/baseline_cosine_hist", "results/baseline_correlation_hist"):
         a, b = part.numpy(path), full.numpy(path)
@@ -160,7 +176,7 @@ def test_capture_keeps_its_own_layers(gpt2_dir, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["rsa", "punct"])
-def test_compare_places_a_subset_at_the_models_depth(name, gpt2_dir, tmp_path, monkeypatch):
+def test_compare_places_a_subset_at_the_models_depth(name, pair, tmp_path, monkeypatch):
     """relative depth = block / (n_blocks - 1) of the MODEL (state / n_blocks for punct), not the subset's count."""
     from lamina.analyses import compare_plots
     from lamina.analyses.compare import compare
@@ -176,9 +192,7 @@ def test_compare_places_a_subset_at_the_models_depth(name, gpt2_dir, tmp_path, m
         return original(fig, figdir, stem)
 
     monkeypatch.setattr(compare_plots, "save_figure", spy)
-    cfg, _ = _configs()[name]
-    full = run_analysis(name, cfg, _opts(gpt2_dir, tmp_path / "full"))
-    part = run_analysis(name, cfg, _opts(gpt2_dir, tmp_path / "part", layers="0,2"))
+    full, part = pair(name)
     compare([full.url, part.url], out=tmp_path / "cmp")
     want = {"full": np.array([0, 1, 2, 3]) / 3 if name == "punct" else np.array([0, 1, 2]) / 2,
             "part": np.array([0, 1, 3]) / 3 if name == "punct" else np.array([0, 2]) / 2}
@@ -192,10 +206,9 @@ def test_compare_places_a_subset_at_the_models_depth(name, gpt2_dir, tmp_path, m
 
 
 @pytest.mark.parametrize("name", ["qkv", "rsa", "length", "punct"])
-def test_figures_and_summary_name_the_models_blocks(name, gpt2_dir, tmp_path):
-    cfg, _ = _configs()[name]
-    run = run_analysis(name, cfg, _opts(gpt2_dir, tmp_path / "part", layers="0,2", figures=True))
-    figures = {p.name for p in (tmp_path / "part" / "figures").iterdir()}
+def test_figures_and_summary_name_the_models_blocks(name, pair):
+    _, run = pair(name)
+    figures = {p.name for p in (Path(run.folder) / "figures").iterdir()}
     summary = run.attrs["summary"]
     if name == "qkv":  # --layer 6 (the default) is clipped to the last block: block 2, the subset's 2nd
         assert "qkv_block2_cosine.png" in figures
