@@ -47,7 +47,8 @@ def run(analysis: str, *, model: str | LoadedModel | None = None, out: str | Non
         raise InputError(f"lamina.run({analysis!r}): unknown option(s) {unknown}; known: {known}")
 
     def pick(cls):
-        chosen = {k: v for k, v in config.items() if cls is not None and k in fields[cls]}
+        chosen = {k: v for k, v in config.items() if cls is not None and k in fields[cls]
+                  and (cls is a.Config or k not in fields[a.Config])}  # a Config's own option (capture's layers)
         if cls is not None:
             check_values(cls, chosen, f"lamina.run({analysis!r})")
         return chosen

@@ -17,6 +17,7 @@ User errors print one line ``lamina: error: ...`` and exit 2; Ctrl-C exits 130.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import sys
 
@@ -36,7 +37,8 @@ def _run_command(name: str) -> click.Command:
     from .options import RunOptions
 
     analysis = registry.get(name)
-    params = click_options(RunOptions) + click_options(analysis.Config)
+    own = {f.name for f in dataclasses.fields(analysis.Config)}  # e.g. capture's --layers: the analysis' own
+    params = [p for p in click_options(RunOptions) if p.name not in own] + click_options(analysis.Config)
     if analysis.PlotOptions is not None:
         params += click_options(analysis.PlotOptions)
     params.append(_THREADS)
@@ -47,7 +49,7 @@ def _run_command(name: str) -> click.Command:
 
         _set_threads(values.pop("threads"))
         run_v, cfg_v, fig_v = split(values, RunOptions, analysis.Config, analysis.PlotOptions)
-        opts = build(RunOptions, run_v)
+        opts = build(RunOptions, {k: v for k, v in run_v.items() if k not in own})
         run = execute(analysis, build(analysis.Config, cfg_v), opts, figure_options=fig_v, allow_memory=False,
                       echo=click.echo)
         if run is not None and _is_main():

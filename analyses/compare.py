@@ -35,7 +35,7 @@ from lamina.engine.verify import verify
 from . import registry
 from .compare_plots import draw_comparison
 from .compare_table import key_numbers, write_csv
-from .curves import depth_dim
+from .curves import depth_dim, on_model_depth
 from .protocol import Analysis
 from .report import COMPARISON_DATA as DATA, write_comparison_report
 from .stages import stage_call
@@ -75,7 +75,7 @@ def compare(runs: Sequence[str | os.PathLike | Run], *, out: str | os.PathLike,
         raise StoreNotWritableError(f"cannot create --out {str(out)!r}: {e.strerror or e}; choose a writable "
                                     "folder") from None
     fn = analysis.curves_function()
-    per_run = [dict(stage_call(analysis.name, "curves", fn, run)) for run in opened]
+    per_run = [on_model_depth(run, dict(stage_call(analysis.name, "curves", fn, run))) for run in opened]
     labels = run_labels(opened)
     try:
         figures = draw_comparison(per_run, labels, folder / dst.FIGURES, experiment=analysis.name,

@@ -22,7 +22,7 @@ import numpy as np
 from lamina.engine import destination as dst
 from lamina.engine.labelled import Coord, Labelled
 
-from .curves import depth_dim, is_heatmap, relative_depth
+from .curves import depth_dim, depth_x, is_heatmap
 from .plotting import save_figure
 
 DEPTH_LABEL = {"layer": "relative depth = block / (n_blocks − 1)",
@@ -102,7 +102,7 @@ def _lines(runs: Sequence[Labelled | None], labels: Sequence[str], figdir: Path,
             y = select_series(c, extra, names)
             if y is None:
                 continue
-            x = relative_depth(len(y))
+            x = depth_x(c, len(y))  # the model's depth, also for a run of --layers
             ax.plot(x, y, STYLES[k % len(STYLES)], color=COLOURS[k % len(COLOURS)],
                     marker=MARKERS[k % len(MARKERS)] if len(y) <= 50 else None, ms=3.5, lw=1.5,
                     label=_legend_label(label, c))

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lamina.engine.labelled import Labelled, index_coord
+from lamina.engine.labelled import Coord, Labelled, index_coord
 
 DEPTH_DIMS = ("layer", "state")
 
@@ -63,6 +63,36 @@ def relative_depth(n: int) -> np.ndarray:
     ([0.0], [0.0, 0.5, 1.0])
     """
     return np.arange(n, dtype=np.float64) / max(n - 1, 1)
+
+
+def on_model_depth(run: Any, curves: Mapping[str, Labelled]) -> dict[str, Labelled]:
+    """``curves`` of ``run`` with their depth coordinate set to the model's numbers of what the run analysed
+    (``--layers``: the run's ``layers``; punct's states: 0 and 1 + each block) and ``depth_of``: the model's
+    count (``model.n_layers`` blocks, one more state), so :func:`depth_x` places a subset at its true depth."""
+    attrs = run.attrs
+    model = attrs.get("model") if isinstance(attrs.get("model"), Mapping) else {}
+    n_blocks = model.get("n_layers")
+    out = {}
+    for name, c in curves.items():
+        d = depth_dim(c)
+        n = c.shape[c.dims.index(d)]
+        blocks = list(attrs.get("layers") or range(n_blocks or n))
+        numbers, total = (blocks, n_blocks) if d == "layer" else ([0, *(b + 1 for b in blocks)], (n_blocks or n) + 1)
+        if not n_blocks or len(numbers) != n:  # a run without these facts: its own positions
+            numbers, total = list(range(n)), n
+        coord = Coord(np.asarray(numbers, dtype=np.int64), {"long_name": "block" if d == "layer" else "hidden state"})
+        out[name] = Labelled(c.data, c.dims, {**c.coords, d: coord}, {**c.attrs, "depth_of": int(total)})
+    return out
+
+
+def depth_x(c: Labelled, n: int) -> np.ndarray:
+    """Relative depth of the ``n`` points of ``c``'s depth series: number / (the model's count - 1) when
+    :func:`on_model_depth` set ``depth_of``, else :func:`relative_depth` (n)."""
+    total = c.attrs.get("depth_of")
+    d = depth_dim(c)
+    if total is None or d not in c.coords:
+        return relative_depth(n)
+    return Coord.of(c.coords[d]).values.astype(np.float64) / max(int(total) - 1, 1)
 
 
 def nan_mean_rows(a: np.ndarray) -> np.ndarray:

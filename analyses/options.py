@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Literal, Optional
 
-from lamina.engine.errors import InputError
+from lamina.engine.errors import HookError, InputError
 
 from .protocol import check_options, option
 
@@ -46,6 +46,8 @@ class RunOptions:
     micro_batch: Optional[int] = option(None, "Samples per forward pass (default: fits the device).", min=1)
     unit_samples: Optional[int] = option(None, "Samples per work unit, the resume and multi-rank granularity "
                                                "(default: whole store chunks of >= 1 MiB).", min=1)
+    layers: str = option("all", "Blocks to analyse: all, 6, 0,3,5 or 2-7 (block numbers of the model; part of the "
+                                "run's key).")
     figures: bool = option(True, "Draw PNG and PDF figures into OUT/figures.")
     progress: bool = option(True, "Progress bars.")
 
@@ -53,9 +55,24 @@ class RunOptions:
         check_options(self)  # bounds, and weights / dtype among their Literal values
         if self.model is not None and not str(self.model).strip():
             raise InputError("{model:name} is empty; give a model name or a checkpoint folder", params={"model": ""})
+        _check_layers_syntax(self.layers)  # here; the model's block count in select_layers
         if str(self.device).strip().lower().split(":")[0] == "meta":
             raise InputError("--device meta builds a model's shapes without memory (lamina.load_model(..., "
                              "device='meta')); it cannot run an analysis or a capture: use --device cpu, cuda or auto")
+
+    def select_layers(self, n_blocks: int) -> tuple[int, ...]:
+        """The blocks ``--layers`` names, ascending, checked against a model of ``n_blocks`` blocks.
+
+        >>> RunOptions(layers="2-3,0").select_layers(4)
+        (0, 2, 3)
+        """
+        from lamina.engine.hooks import parse_layers
+
+        try:
+            return tuple(parse_layers(self.layers, n_blocks))
+        except HookError:
+            raise InputError(f"{{layers}}: the model has {n_blocks} blocks (0-{n_blocks - 1}); give block numbers "
+                             "in that range, a range a-b, or all", params={"layers": self.layers}) from None
 
     def with_model(self, default: str) -> RunOptions:
         """``--model``, else the architecture named by ``--config`` (its absolute path), else ``default``."""
@@ -73,3 +90,28 @@ class RunOptions:
         model = str(self.model)
         slug = re.sub(r"[^A-Za-z0-9.]+", "-", Path(model).name if os.sep in model else model)
         return f"{out_dir}/{experiment}-{slug.strip('-')}" + ("-random" if self.weights == "random" else "")
+
+
+_LAYERS_PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+def _check_layers_syntax(layers) -> None:
+    """``--layers``: all, or block numbers and ascending ranges a-b, comma-separated (engine.hooks.parse_layers).
+
+    >>> _check_layers_syntax("0, 3-5")
+    >>> _check_layers_syntax("5-3")
+    Traceback (most recent call last):
+    ...
+    lamina.engine.errors.InputError: layers='5-3': '5-3' is not a block number or an ascending range a-b; write \
+all, 6, 0,3,5 or 2-7
+    """
+    if not isinstance(layers, str):
+        raise InputError("{layers}: give the blocks as a string: 'all', '6', '0,3,5' or '2-7'",
+                         params={"layers": layers})
+    if layers.strip() == "all":
+        return
+    for part in layers.split(","):
+        m = _LAYERS_PART.match(part)
+        if m is None or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise InputError(f"{{layers}}: {str(part).strip()!r} is not a block number or an ascending range a-b; "
+                             "write all, 6, 0,3,5 or 2-7", params={"layers": layers})

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -47,6 +48,7 @@ from .protocol import Analysis, Context, Data, Spec, check_options
 from .report import write_report
 from .stages import check_results, check_spec, stage_call
 
+_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 _REFUSED = (InputError, HookError, NonFiniteError)  # a command refused for its input: its new run is removed
 
 Echo = Callable[[str], None]
@@ -84,10 +86,12 @@ def execute(
     if model is None:
         _check_device(world, opts)
     info = inspect(opts, model)
+    info = dataclasses.replace(info, layers=opts.select_layers(info.n_layers))  # --layers, before any weights load
     spec = stage_call(analysis.name, "spec", analysis.spec, cfg, info)  # every input error before the model loads
     check_spec(analysis.name, spec)
     _check_bounds(spec, opts)
-    key = run_key(analysis, cfg, opts, spec)
+    _check_layer_subset(analysis.name, spec, info, opts)
+    key = run_key(analysis, cfg, opts, spec, info.layers if len(info.layers) < info.n_layers else None)
     mode = _on_main(world, lambda: _mode(dest, key, opts, echo))
 
     timings: dict[str, float] = {}
@@ -100,8 +104,8 @@ def execute(
         echo(f"lamina: {RANDOM_WEIGHTS_WARNING}")
     for p in spec.passes:  # hooks the model lacks: refused before the run is made
         plan(model, p.captures)
-    store = _open_store(world, dest, analysis.name, key, provenance(analysis, model, cfg, opts, spec, world),
-                        opts.overwrite, repair=mode in ("complete", "repair"))
+    prov = provenance(analysis, model, cfg, opts, spec, world, info.layers)
+    store = _open_store(world, dest, analysis.name, key, prov, opts.overwrite, repair=mode in ("complete", "repair"))
     noted = mode in ("complete", "repair")  # the repair was announced; the units' line is not repeated
     try:
         if _on_main(world, lambda: store.status) not in ("drawing", "complete"):
@@ -151,6 +155,19 @@ def _check_bounds(spec: Spec, opts: RunOptions) -> None:
     if opts.unit_samples is not None and n and opts.unit_samples > n:
         raise InputError(f"--unit-samples {opts.unit_samples} is more than the {n} samples of this run; give at most "
                          f"{n} (or leave it out)")
+
+
+def _check_layer_subset(name: str, spec: Spec, info, opts: RunOptions) -> None:
+    """A subset of blocks (``--layers``) is refused by an analysis that does not take it (one capturing every
+    block whatever ``model.layers`` says, or capturing nothing): every ``blocks.N.`` hook it asks for must be in a
+    selected block (block 0's ``hook_resid_pre``, the embeddings, aside)."""
+    if len(info.layers) == info.n_layers:
+        return
+    hooks = [h for p in spec.passes for c in p.captures for h in c.hook_names]
+    used = {int(m.group(1)) for h in hooks if h != "blocks.0.hook_resid_pre" and (m := _BLOCK_HOOK.match(h))}
+    if not hooks or not used <= set(info.layers):
+        raise InputError(f"{{layers}}: {name} does not analyse a subset of blocks (it would read blocks "
+                         f"{sorted(used)}); leave --layers out", params={"layers": opts.layers})
 
 
 def _fill(analysis, cfg, opts, spec: Spec, model, store: ChunkWriter, world: World, timings: dict,
@@ -210,17 +227,23 @@ def _n_units(store: ChunkWriter, phase: str) -> int:
     return len(done)
 
 
-def run_key(analysis: Analysis, cfg, opts: RunOptions, spec: Spec) -> str:
-    """What makes two runs "the same command" (resume only continues the same command)."""
+def run_key(analysis: Analysis, cfg, opts: RunOptions, spec: Spec,
+            layers: tuple[int, ...] | None = None) -> str:
+    """What makes two runs "the same command" (resume only continues the same command); ``layers``: the blocks of
+    ``--layers`` when they are not all of them (every block: the key of a run without ``--layers``)."""
     key = {"experiment": analysis.name, "model": opts.model, "revision": opts.revision,
            "model_config": opts.config, **({"tokenizer": opts.tokenizer} if opts.tokenizer else {}),
+           **({"layers": list(layers)} if layers is not None else {}),
            "weights": opts.weights, "seed": opts.seed, "dtype": opts.dtype,
            "config": _config_dict(cfg), "options": dict(spec.options), "stimuli": spec.stimuli_sha256}
     return json.dumps(key, sort_keys=True, default=str)
 
 
-def provenance(analysis: Analysis, model: LoadedModel, cfg, opts: RunOptions, spec: Spec, world: World) -> dict:
+def provenance(analysis: Analysis, model: LoadedModel, cfg, opts: RunOptions, spec: Spec, world: World,
+               layers: tuple[int, ...] | None = None) -> dict:
+    """What the run records of itself; ``layers``: the blocks analysed (of the model's ``model.n_layers``)."""
     return {"lamina_version": versions().get("lamina"), "analysis": registry.source(analysis),
+            "layers": list(range(model.n_layers) if layers is None else layers),
             "model": model.provenance(), "weights": model.weights,
             "seed": opts.seed, "dtype": opts.dtype, "device": str(model.device),
             "options": {**_config_dict(cfg), **dict(spec.options)}, "stimuli_sha256": spec.stimuli_sha256,

@@ -39,6 +39,11 @@ class ModelInfo:
     gguf: dict | None = None  # a GGUF source: file, sha256, quantisation types, tokenizer (engine/gguf.py)
     config_path: str | None = None  # the config.json the architecture was read from (absolute), when a file
     config_sha256: str | None = None  # of that file's bytes
+    layers: tuple[int, ...] = ()  # the blocks a run analyses (``--layers``), ascending; () = every block
+
+    def __post_init__(self):
+        if not self.layers:
+            object.__setattr__(self, "layers", tuple(range(self.n_layers)))
 
     @property
     def q_width(self) -> int:

@@ -45,13 +45,14 @@ def spec(cfg: Config, model) -> Spec:
     if bos is not None:
         include[:, 0] = False  # the BOS in front is no corpus token (and its activations are outliers)
     width = hook_width(cfg.hook, model)
-    kind = "minibatch" if cfg.estimator == "auto" and width is None else estimator(model.n_layers, width,
+    kind = "minibatch" if cfg.estimator == "auto" and width is None else estimator(len(model.layers), width,
                                                                                    cfg.estimator)
     batch_size = cfg.batch_size or cfg.seq_len
     if kind == "minibatch" and batch_size > cfg.n_tokens:
         raise InputError(f"--batch-size {batch_size} is more than the {cfg.n_tokens} tokens; give a smaller one")
     reducer = CKAState(schema.ACTS, include, kind, batch_size)
-    capture = Capture(schema.ACTS, layer_hooks(cfg.hook, range(model.n_layers)), Selector.every())
+    blocks = tuple(model.layers)  # the blocks of --layers (default: all)
+    capture = Capture(schema.ACTS, layer_hooks(cfg.hook, blocks), Selector.every(), layer_labels=blocks)
     spc = min(cfg.n_seq, max(1, -(-cfg.unit_tokens // cfg.seq_len)))
     p = Pass(batch, (capture,), keep=cfg.store_acts, reducers=(reducer,), samples_per_chunk=spc,
              unit_bytes=_UNIT_BYTES)
@@ -59,16 +60,17 @@ def spec(cfg: Config, model) -> Spec:
                                                               attrs={"long_name": "token is a CKA sample"})}
     options = {"source": source, "estimator": kind, "batch_size": batch_size if kind == "minibatch" else None}
     return Spec(passes=(p,), stimuli_sha256=batch.sha256(), inputs=inputs, options=options,
-                state={"reducer": reducer, "source": source, "n_samples": int(include.sum())})
+                state={"reducer": reducer, "source": source, "n_samples": int(include.sum()),
+                       "n_blocks": model.n_layers})
 
 
 def compute(data, spec: Spec, cfg: Config, ctx) -> dict[str, Labelled]:
     reducer = spec.state["reducer"]
     cka, cka_u = finish(data.reduced[schema.REDUCER], reducer.kind)
-    layers = list(range(cka.shape[0]))
+    layers = [int(b) for b in spec.passes[0].captures[0].layer_labels]  # the model's block numbers
     attrs = {"hook": cfg.hook, "estimator": reducer.kind, "n_tokens": spec.state["n_samples"],
              **({"batch_size": reducer.batch_size} if reducer.kind == "minibatch" else {})}
-    return matrix_results(cka, cka_u, layers, layers, attrs, exclude_self=True)
+    return matrix_results(cka, cka_u, layers, layers, attrs, exclude_self=True, n_blocks=spec.state["n_blocks"])
 
 
 def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
@@ -86,4 +88,5 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
             "cka_debiased_adjacent": [r(mu[i, i + 1]) for i in range(n - 1)],
             "best_layer": [int(v) for v in results[schema.BEST_LAYER].numpy()],
             # layers whose tokens are all the same vector: CKA undefined (a NaN row and column, best_layer -1)
-            "constant_layers": [int(i) for i in np.flatnonzero(np.isnan(mu).all(1))]}
+            "constant_layers": [int(spec.passes[0].captures[0].layer_labels[i])  # block numbers
+                                for i in np.flatnonzero(np.isnan(mu).all(1))]}

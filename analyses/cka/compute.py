@@ -153,10 +153,15 @@ def depth(n: int) -> np.ndarray:
 
 
 def matrix_results(cka: Tensor, cka_u: Tensor, layers_a, layers_b, attrs: Mapping, *,
-                   exclude_self: bool) -> dict[str, Labelled]:
+                   exclude_self: bool, n_blocks: int | None = None) -> dict[str, Labelled]:
     """The labelled matrices, relative-depth coordinates and best matches (of the debiased CKA; ``exclude_self``:
-    within one model, a layer's best match is another layer)."""
+    within one model, a layer's best match is another layer; ``n_blocks``: one model's block count, when the
+    layers are a subset of its blocks (``--layers``): depth = block / (n_blocks - 1))."""
     la, lb = len(layers_a), len(layers_b)
+    depth_a, depth_b = depth(la), depth(lb)
+    if n_blocks is not None:
+        depth_a = np.asarray(layers_a, dtype=np.float64) / max(n_blocks - 1, 1)
+        depth_b = np.asarray(layers_b, dtype=np.float64) / max(n_blocks - 1, 1)
     coords = {"layer_a": Coord.of(np.asarray(layers_a, dtype=np.int64), long_name="layer of A"),
               "layer_b": Coord.of(np.asarray(layers_b, dtype=np.int64), long_name="layer of B")}
     common = {**attrs, "coordinates": "depth_a depth_b"}
@@ -168,8 +173,8 @@ def matrix_results(cka: Tensor, cka_u: Tensor, layers_a, layers_b, attrs: Mappin
     best = np.where(idx.cpu().numpy() >= 0, layer_b[idx.cpu().numpy().clip(0)], -1)
     a_only = {"layer_a": coords["layer_a"]}
     return {
-        DEPTH_A: Labelled(depth(la), ("layer_a",), a_only, {"long_name": "relative depth of A's layer"}),
-        DEPTH_B: Labelled(depth(lb), ("layer_b",), {"layer_b": coords["layer_b"]},
+        DEPTH_A: Labelled(depth_a, ("layer_a",), a_only, {"long_name": "relative depth of A's layer"}),
+        DEPTH_B: Labelled(depth_b, ("layer_b",), {"layer_b": coords["layer_b"]},
                                  {"long_name": "relative depth of B's layer"}),
         CKA: Labelled(cka.cpu().numpy(), DIMS, coords, {**common, "long_name": "linear CKA"}),
         CKA_DEBIASED: Labelled(cka_u.cpu().numpy(), DIMS, coords,

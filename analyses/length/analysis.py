@@ -31,6 +31,7 @@ from ..corpus import corpus_tokens, cut
 from ..kit import (
     Capture,
     Context,
+    Coord,
     Data,
     GroupHistogram,
     Labelled,
@@ -43,7 +44,6 @@ from ..kit import (
     TokenPearson,
     batch_inputs,
     bins_coord,
-    index_coord,
     labels,
     layer_hooks,
 )
@@ -115,6 +115,10 @@ def read_corpus(cfg: Config, model) -> Corpus:
 
 
 def spec(cfg: Config, model: ModelInfo) -> Spec:
+    blocks = tuple(model.layers)  # the blocks of --layers (default: all)
+    if cfg.block < model.n_layers and cfg.block not in blocks:
+        raise InputError(f"--block {cfg.block} is not among the blocks of --layers ({', '.join(map(str, blocks))}); "
+                         "give --block one of them, or add it to --layers")
     corpus = read_corpus(cfg, model)
     offset = corpus.batch.max_len - cfg.seq_len  # 1 with a BOS in front, else 0
 
@@ -128,9 +132,9 @@ def spec(cfg: Config, model: ModelInfo) -> Spec:
     for k, mask in enumerate((length < corpus.median, length > corpus.median, length == corpus.median)):
         groups[mask & own] = k
     reducers = (TokenPearson(ACTS, length, log_freq, name="pearson", include=own if offset else None),
-                GroupHistogram(ACTS, cfg.block, groups, len(SPLITS), MEDIAN_BINS, MEDIAN_LO, MEDIAN_HI,
+                GroupHistogram(ACTS, blocks.index(cfg.block), groups, len(SPLITS), MEDIAN_BINS, MEDIAN_LO, MEDIAN_HI,
                                name="median_split"))
-    capture = Capture(ACTS, layer_hooks(HOOK, range(model.n_layers)), Selector.every(), feature_dim="neuron")
+    capture = Capture(ACTS, layer_hooks(HOOK, blocks), Selector.every(), feature_dim="neuron", layer_labels=blocks)
     spc = min(cfg.n_seq, max(1, -(-cfg.unit_tokens // cfg.seq_len)))
     p = Pass(corpus.batch, (capture,), keep=cfg.keep_acts, reducers=reducers, samples_per_chunk=spc,
              unit_bytes=_UNIT_BYTES)
@@ -174,8 +178,8 @@ def compute(data: Data, spec: Spec, cfg: Config, ctx: Context) -> Results:
     res = correlations(StreamingPearson.from_state_dict(data.reduced["pearson"]),
                        data.reduced["median_split"]["counts"])
     res = {k: v.cpu().numpy() for k, v in res.items()}
-    n_layers = res["corr"].shape[0]
-    layer = index_coord(n_layers, long_name="block")
+    blocks = np.asarray(spec.passes[0].captures[0].layer_labels, dtype=np.int64)  # the model's block numbers
+    layer = Coord.of(blocks, long_name="block")
     corr_bin = bins_coord(histogram_edges(CORR_BINS, CORR_LO, CORR_HI).numpy(), long_name="Pearson r")
     split_edges = histogram_edges(MEDIAN_BINS, MEDIAN_LO, MEDIAN_HI).to(torch.float32).numpy()
     split_bin = bins_coord(split_edges, long_name="MLP pre-activation")

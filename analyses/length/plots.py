@@ -143,7 +143,7 @@ def _partial(run: Run, edges: np.ndarray, what: str, suffix: str, figdir: Path) 
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     _depth_colorbar(fig, axes[1], cmap, n)
-    blocks = np.arange(n)
+    blocks = np.asarray(run.labels(schema.CORR, "layer"), dtype=np.int64)  # block numbers (--layers: a subset)
     with np.errstate(all="ignore"):
         axes[2].plot(blocks, _nanmean_rows(r), "o-", color="tab:blue", label="plain r")
         axes[2].plot(blocks, _nanmean_rows(pr), "s--", color="tab:red", label="partial r")

@@ -24,6 +24,7 @@ from ..corpus import DEFAULT_CORPUS
 from ..kit import (
     Capture,
     Context,
+    Coord,
     Data,
     Labelled,
     ModelInfo,
@@ -33,7 +34,6 @@ from ..kit import (
     Spec,
     TokenBatch,
     hidden_state_hooks,
-    index_coord,
     labels,
 )
 from ..marks import CLASSES, MARKS, read_mark_windows
@@ -55,13 +55,16 @@ def spec(cfg: Config, model: ModelInfo) -> Spec:
     if bos is not None:
         tokens = np.concatenate([np.full((*tokens.shape[:2], 1), bos, dtype=tokens.dtype), tokens], axis=2)
     mark, fed = cfg.before + (bos is not None), cfg.fed + (bos is not None)
-    hooks = hidden_state_hooks(model.n_layers)
+    # --layers: state 0 (the embeddings) and the output state b + 1 of each selected block b (all: every state)
+    states = (0, *(b + 1 for b in model.layers))
+    every = hidden_state_hooks(model.n_layers)
+    hooks = tuple(every[s] for s in states)
     passes = []
     for c, name in enumerate(CLASSES):
         batch = TokenBatch(torch.from_numpy(tokens[c, :, :fed].astype(np.int64)), torch.full((cfg.marks,), fed),
                            stim.batches[c].pad_id)
         cap = Capture(schema.ACTS_HIDDEN, hooks, Selector.at([mark] * cfg.marks), layer_dim="state", prefix=(c,),
-                      outer=(("class", len(CLASSES)),))
+                      outer=(("class", len(CLASSES)),), layer_labels=states)
         passes.append(Pass(batch, (cap,), phase=name, samples_per_chunk=cfg.marks))
     classes = {"class": labels(CLASSES)}
     marks = {"marks": [MARKS[c] for c in CLASSES]}
@@ -106,7 +109,8 @@ def compute(data: Data, spec: Spec, cfg: Config, ctx: Context) -> Results:
     steps = ctx.progress(hidden.shape[0] * hidden.shape[1], "pairs (class x state)")
     res = {k: v.cpu().numpy() for k, v in pair_statistics(hidden, bins=cfg.bins, z_max=cfg.z_max, step=steps).items()}
     mean, r = state_stats(res["mi"], res["cov"], res["corr"])
-    coords = {"class": labels(CLASSES), "state": index_coord(hidden.shape[1], long_name="hidden state"),
+    states = np.asarray(spec.passes[0].captures[0].layer_labels, dtype=np.int64)  # 0 and 1 + each selected block
+    coords = {"class": labels(CLASSES), "state": Coord.of(states, long_name="hidden state"),
               "stat": labels(STATS)}
     units = {"mi": "bits", "cov": "activation^2", "corr": "1"}
     names = {"mi": "mutual information", "cov": "covariance", "corr": "Pearson r"}

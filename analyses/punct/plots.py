@@ -49,18 +49,18 @@ def plot(run: Run, figdir: Path, *, state: int = 1) -> list[Path]:
     figdir, suffix = start(run, figdir)
     stats = run.labels(schema.MEAN, "stat")
     data = PairData({k: run.numpy(schema.BY_STAT[k]) for k in stats}, run.labels(schema.MEAN, "class"))
-    n_states = data["mi"].shape[1]
+    numbers = np.asarray(run.labels(schema.MEAN, "state"), dtype=np.int64)  # state numbers (--layers: a subset)
     n = int(run[schema.ACTS_HIDDEN].shape[2])
-    state = min(int(state), n_states - 1)
+    state = int(np.abs(numbers - min(int(state), int(numbers[-1]))).argmin())  # the nearest analysed state
     mean = run.numpy(schema.MEAN)  # (class, state, stat)
     r = run.numpy(schema.R_COV_MI)  # (class, state)
     paths: list[Path] = []
-    paths += _matrices(data, state, n, suffix, figdir)
-    paths += _class_histograms(data, state, n, suffix, figdir)
-    paths += _scatter(data, state, n, suffix, figdir)
-    paths += _scatter_grid(data, r, suffix, figdir)
+    paths += _matrices(data, state, n, suffix, figdir, int(numbers[state]))
+    paths += _class_histograms(data, state, n, suffix, figdir, int(numbers[state]))
+    paths += _scatter(data, state, n, suffix, figdir, int(numbers[state]))
+    paths += _scatter_grid(data, r, suffix, figdir, numbers)
     paths += _per_state_histograms(data, suffix, figdir)
-    paths += _per_state_means(data, mean, r, n, suffix, figdir)
+    paths += _per_state_means(data, mean, r, n, suffix, figdir, numbers)
     return paths
 
 
@@ -107,7 +107,7 @@ def _color_scale(vals: np.ndarray) -> tuple[str, float, float]:
     return "viridis", lo, hi
 
 
-def _matrices(data, state: int, n: int, suffix: str, figdir: Path) -> list[Path]:
+def _matrices(data, state: int, n: int, suffix: str, figdir: Path, number: int) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(data.classes), len(data.stats), figsize=(13, 8.2), squeeze=False, layout="constrained")
@@ -122,12 +122,12 @@ def _matrices(data, state: int, n: int, suffix: str, figdir: Path) -> list[Path]
             ax.set_xlabel("sequence j")
             ax.set_ylabel("sequence i")
             fig.colorbar(im, ax=ax, shrink=0.85, label=LABELS[stat])
-    fig.suptitle(f"punct: pairwise MI, covariance and correlation at hidden state {state} "
+    fig.suptitle(f"punct: pairwise MI, covariance and correlation at hidden state {number} "
                  f"({n} sequences per class, upper triangle i < j)\n{suffix}")
-    return save_figure(fig, figdir, f"punct_matrices_state{state}")
+    return save_figure(fig, figdir, f"punct_matrices_state{number}")
 
 
-def _class_histograms(data, state: int, n: int, suffix: str, figdir: Path) -> list[Path]:
+def _class_histograms(data, state: int, n: int, suffix: str, figdir: Path, number: int) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(data.stats), figsize=(14, 4.4), squeeze=False, layout="constrained")
@@ -143,8 +143,8 @@ def _class_histograms(data, state: int, n: int, suffix: str, figdir: Path) -> li
         ax.set_ylabel("pairs (count)")
         ax.set_title(f"{LABELS[stat]}, 60 bins")
         ax.legend(fontsize=8)
-    fig.suptitle(f"punct: internal (,) vs terminal (.) at hidden state {state}, {n} sequences per class\n{suffix}")
-    return save_figure(fig, figdir, f"punct_hist_state{state}")
+    fig.suptitle(f"punct: internal (,) vs terminal (.) at hidden state {number}, {n} sequences per class\n{suffix}")
+    return save_figure(fig, figdir, f"punct_hist_state{number}")
 
 
 def _scatter_panel(ax, data, state: int, *, ms: float) -> tuple[float, float, float]:
@@ -161,7 +161,7 @@ def _scatter_panel(ax, data, state: int, *, ms: float) -> tuple[float, float, fl
     return rs[0], rs[1], pooled
 
 
-def _scatter(data, state: int, n: int, suffix: str, figdir: Path) -> list[Path]:
+def _scatter(data, state: int, n: int, suffix: str, figdir: Path, number: int) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 6), layout="constrained")
@@ -171,14 +171,14 @@ def _scatter(data, state: int, n: int, suffix: str, figdir: Path) -> list[Path]:
     leg = ax.legend(markerscale=4)
     for h in leg.legend_handles:
         h.set_alpha(1)
-    ax.set_title(f"punct: covariance vs MI at hidden state {state}, {n} sequences per class\n"
+    ax.set_title(f"punct: covariance vs MI at hidden state {number}, {n} sequences per class\n"
                  f"corrcoef(cov, MI): internal {_fmt_r(ri, 3)}, terminal {_fmt_r(rt, 3)}, pooled {_fmt_r(rp, 3)}"
                  f"\n{suffix}",
                  fontsize=10)
-    return save_figure(fig, figdir, f"punct_scatter_state{state}")
+    return save_figure(fig, figdir, f"punct_scatter_state{number}")
 
 
-def _scatter_grid(data, r: np.ndarray, suffix: str, figdir: Path) -> list[Path]:
+def _scatter_grid(data, r: np.ndarray, suffix: str, figdir: Path, numbers: np.ndarray) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -191,7 +191,7 @@ def _scatter_grid(data, r: np.ndarray, suffix: str, figdir: Path) -> list[Path]:
         ax.set_visible(False)
     for s, ax in zip(states, axes.flat):
         _scatter_panel(ax, data, s, ms=1)
-        ax.set_title(f"state {s}: r = {_fmt_r(r[0, s])} / {_fmt_r(r[1, s])}", fontsize=8)
+        ax.set_title(f"state {numbers[s]}: r = {_fmt_r(r[0, s])} / {_fmt_r(r[1, s])}", fontsize=8)
         ax.tick_params(labelsize=6)
         ax.xaxis.set_major_locator(MaxNLocator(4))  # long labels (state 0: 0.000796 ...) must not overlap
         ax.yaxis.set_major_locator(MaxNLocator(5))
@@ -259,10 +259,11 @@ def _per_state_histograms(data, suffix: str, figdir: Path) -> list[Path]:
     return save_figure(fig, figdir, "punct_per_state_hist")
 
 
-def _per_state_means(data, mean: np.ndarray, r: np.ndarray, n: int, suffix: str, figdir: Path) -> list[Path]:
+def _per_state_means(data, mean: np.ndarray, r: np.ndarray, n: int, suffix: str, figdir: Path,
+                     numbers: np.ndarray) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    states = np.arange(mean.shape[1])
+    states = numbers  # the state numbers (a subset under --layers)
     panels = [("cov", "mean covariance"), ("mi", "mean MI (bits)"), ("corr", "mean correlation"),
               ("r", "corrcoef(cov, MI) over pairs")]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.6), squeeze=False, layout="constrained")  # readable at page width

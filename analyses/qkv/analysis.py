@@ -29,6 +29,7 @@ from lamina.engine.provenance import sha256_texts
 from ..kit import (
     Capture,
     Context,
+    Coord,
     Data,
     Labelled,
     ModelInfo,
@@ -38,7 +39,6 @@ from ..kit import (
     Spec,
     batch_inputs,
     bins_coord,
-    index_coord,
     labels,
     qkv_hooks,
 )
@@ -57,9 +57,9 @@ def spec(cfg: Config, model: ModelInfo) -> Spec:
     path = cfg.sentences or stimulus_path("her_sentences.txt")
     stim = read_target_sentences(path, cfg.target_text, model.tokenizer, n_ctx=model.n_ctx,
                                  bos_token_id=model.bos_token_id, model=str(model.name))
-    hooks = qkv_hooks(range(model.n_layers))
-    caps = (Capture(schema.ACTS_TARGET, hooks, Selector.at(stim.target_pos)),
-            Capture(schema.ACTS_NONTARGET, hooks, Selector.at(stim.nontarget_pos)))
+    hooks, blocks = qkv_hooks(model.layers), tuple(model.layers)  # the blocks of --layers (default: all)
+    caps = (Capture(schema.ACTS_TARGET, hooks, Selector.at(stim.target_pos), layer_labels=blocks),
+            Capture(schema.ACTS_NONTARGET, hooks, Selector.at(stim.nontarget_pos), layer_labels=blocks))
     pos_attrs = {"target": stim.target_text, "target_id": stim.target_id}
     inputs = {**batch_inputs(stim.batch, pad_id=stim.batch.pad_id, padding="right"),
               schema.INPUTS_TARGET_POS: Labelled(stim.target_pos.numpy().astype(np.int32), ("sample",),
@@ -113,9 +113,10 @@ def compute(data: Data, spec: Spec, cfg: Config, ctx: Context) -> Results:
     widths = tuple(hook_widths) if len(set(hook_widths)) > 1 else None
     res = {k: v.cpu().numpy() for k, v in histograms(data.acts(schema.ACTS_TARGET), data.acts(schema.ACTS_NONTARGET),
                                                         generator=ctx.generator(), widths=widths).items()}
-    n_layers = res["mean"].shape[1]
     edges = histogram_edges(BINS, LO, HI).numpy()
-    coords = {"role": labels(ROLES), "layer": index_coord(n_layers, long_name="block"), "block": labels(QKV_BLOCKS),
+    blocks = np.asarray(spec.passes[0].captures[0].layer_labels, dtype=np.int64)  # the model's block numbers
+    block = Coord.of(blocks, long_name="block")
+    coords = {"role": labels(ROLES), "layer": block, "block": labels(QKV_BLOCKS),
               "bin": bins_coord(edges, long_name="bin centre"), "component": labels(COMPONENTS)}
 
     def lab(name, dims, **attrs):
@@ -155,10 +156,11 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
     cos, cor = (results[schema.HIST[s]].numpy() for s in ("cosine", "correlation"))
     base = results[schema.BASELINE_CORRELATION_HIST].numpy()
     n_layers, qq = cos.shape[1], QKV_BLOCKS.index("QQ")
-    shown = shown_blocks(n_layers)
+    shown = shown_blocks(n_layers)  # positions; named by the model's block numbers (--layers)
+    at = [int(Coord.of(results[schema.HIST["cosine"]].coords["layer"]).values[l]) for l in shown]
     stim = spec.state
     return {"target": f"{stim.target_text!r} (token {stim.target_id})", "sentences": len(stim.texts),
-            f"QQ target cosine, share |c| >= 0.9 at blocks {shown}": [frac(cos[0, l, qq]) for l in shown],
-            f"QQ non-target cosine, share |c| >= 0.9 at blocks {shown}": [frac(cos[1, l, qq]) for l in shown],
-            f"QQ target correlation sd at blocks {shown}": [sd(cor[0, l, qq]) for l in shown],
-            f"baseline correlation sd at blocks {shown}": [sd(base[l]) for l in shown]}
+            f"QQ target cosine, share |c| >= 0.9 at blocks {at}": [frac(cos[0, l, qq]) for l in shown],
+            f"QQ non-target cosine, share |c| >= 0.9 at blocks {at}": [frac(cos[1, l, qq]) for l in shown],
+            f"QQ target correlation sd at blocks {at}": [sd(cor[0, l, qq]) for l in shown],
+            f"baseline correlation sd at blocks {at}": [sd(base[l]) for l in shown]}

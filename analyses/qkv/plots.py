@@ -38,8 +38,8 @@ def plot(run: Run, figdir: Path, *, layer: int = 6) -> list[Path]:
     figdir, suffix = start(run, figdir)
     edges = run.numpy(schema.BIN_EDGES)  # (edge,)
     roles, blocks = run.labels(schema.COSINE_HIST, "role"), run.labels(schema.COSINE_HIST, "block")
-    n_layers = int(run[schema.COSINE_HIST].shape[1])
-    layer = min(int(layer), n_layers - 1)
+    analysed = np.asarray(run.labels(schema.COSINE_HIST, "layer"), dtype=np.int64)  # block numbers (--layers)
+    layer = int(np.abs(analysed - min(int(layer), int(analysed[-1]))).argmin())  # the nearest analysed block
     target = run.attrs.get("options", {}).get("target", "?")
     n = int(run[schema.INPUTS_LENGTHS].shape[0])
     what = f"{target!r} ({n} sentences)"
@@ -47,7 +47,8 @@ def plot(run: Run, figdir: Path, *, layer: int = 6) -> list[Path]:
     for stat in STATS:
         hist = run.numpy(schema.HIST[stat])  # (role, layer, block, bin)
         base = run.numpy(schema.BASELINE_HIST[stat])  # (layer, bin)
-        paths += _single_block(hist, base, edges, layer, roles, blocks, stat, what, suffix, figdir)
+        paths += _single_block(hist, base, edges, layer, roles, blocks, stat, what, suffix, figdir,
+                               int(analysed[layer]))
         paths += _layer_lines(hist, edges, roles, blocks, stat, what, suffix, figdir)
         paths += _heatmaps(hist, base, edges, roles, blocks, stat, what, suffix, figdir)
     paths += _mean_variance(run, what, suffix, figdir)
@@ -66,8 +67,9 @@ def _integer_ticks(axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _single_block(hist, base, edges, layer, roles, blocks, stat, what, suffix, figdir) -> list[Path]:
-    """2 x 2: rows = role, columns = within (QQ, KK, VV) / across (QK, QV, KV); baseline dashed."""
+def _single_block(hist, base, edges, layer, roles, blocks, stat, what, suffix, figdir, number) -> list[Path]:
+    """2 x 2: rows = role, columns = within (QQ, KK, VV) / across (QK, QV, KV); baseline dashed (``layer``: the
+    position on the layer axis, ``number``: its block number)."""
     import matplotlib.pyplot as plt
 
     x = bin_centres(edges)
@@ -91,8 +93,8 @@ def _single_block(hist, base, edges, layer, roles, blocks, stat, what, suffix, f
                 ax.set_xlabel(STAT_LABEL[stat])
             if c == 0:
                 ax.set_ylabel("density")
-    fig.suptitle(f"Feature {stat} at block {layer}, {what} - {suffix}")
-    return save_figure(fig, figdir, f"qkv_block{layer}_{stat}")
+    fig.suptitle(f"Feature {stat} at block {number}, {what} - {suffix}")
+    return save_figure(fig, figdir, f"qkv_block{number}_{stat}")
 
 
 def _layer_lines(hist, edges, roles, blocks, stat, what, suffix, figdir) -> list[Path]:
@@ -171,7 +173,7 @@ def _mean_variance(run: Run, what: str, suffix: str, figdir: Path) -> list[Path]
     fig.subplots_adjust(left=0.06, right=0.85, bottom=0.12, top=0.84, wspace=0.22)
     for ax, name in zip(axes, ("mean", "variance")):
         data = run.numpy(schema.MOMENTS[name])  # (role, layer, component)
-        layers = np.arange(data.shape[1])
+        layers = np.asarray(run.labels(schema.MOMENTS[name], "layer"), dtype=np.int64)  # block numbers
         for r, role in enumerate(roles):
             for c, comp in enumerate(comps):
                 ax.plot(layers, data[r, :, c], styles.get(role, ":"), color=COMPONENT_COLORS.get(comp),

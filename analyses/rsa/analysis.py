@@ -31,6 +31,7 @@ from ..categories import read_category_prompts, stimulus_path
 from ..kit import (
     Capture,
     Context,
+    Coord,
     Data,
     Labelled,
     ModelInfo,
@@ -39,7 +40,6 @@ from ..kit import (
     Selector,
     Spec,
     batch_inputs,
-    index_coord,
     labels,
     qkv_hooks,
 )
@@ -58,7 +58,8 @@ def spec(cfg: Config, model: ModelInfo) -> Spec:
     stim = read_category_prompts(cfg.words or stimulus_path("categories.tsv"), cfg.template, model.tokenizer,
                                  n_ctx=model.n_ctx, bos_token_id=model.bos_token_id)
     check_permutations(cfg.permutations, len(stim.words))  # before the model loads
-    cap = Capture(schema.ACTS_FINAL, qkv_hooks(range(model.n_layers)), Selector.last(), sample_dim="item")
+    cap = Capture(schema.ACTS_FINAL, qkv_hooks(model.layers), Selector.last(), sample_dim="item",
+                  layer_labels=tuple(model.layers))  # the blocks of --layers (default: all)
     inputs = {**batch_inputs(stim.batch),
               schema.INPUTS_LABELS: Labelled(stim.labels, ("item",), {"item": labels(stim.words)},
                                         {"categories": list(stim.categories), "words": list(stim.words),
@@ -68,7 +69,7 @@ def spec(cfg: Config, model: ModelInfo) -> Spec:
               schema.INPUTS_CATEGORY: Labelled(np.array(stim.categories, dtype=object), ("category",),
                                           attrs={"long_name": "category names"})}
     return Spec(passes=(Pass(stim.batch, (cap,)),), stimuli_sha256=stim.sha256, inputs=inputs,
-                options={"words": stim.path, "layers": list(range(model.n_layers))}, state=stim)
+                options={"words": stim.path, "layers": list(model.layers)}, state=stim)
 
 
 def rsa_statistics(acts: torch.Tensor, item_labels: torch.Tensor, *, permutations: int, generator: torch.Generator,
@@ -109,9 +110,9 @@ def compute(data: Data, spec: Spec, cfg: Config, ctx: Context) -> Results:
                          permutations=cfg.permutations, generator=ctx.generator(_PVALUE_SEED_OFFSET),
                          widths=hook_widths if len(set(hook_widths)) > 1 else None)
     res = {k: v.to("cpu", torch.float32).numpy() for k, v in res.items()}
-    n_layers = res["rsa"].shape[1]
     words = labels(stim.words)
-    c = {"layer": index_coord(n_layers, long_name="block"), "component": labels(COMPONENTS), "pair": labels(PAIRS)}
+    blocks = np.asarray(spec.passes[0].captures[0].layer_labels, dtype=np.int64)  # the model's block numbers
+    c = {"layer": Coord.of(blocks, long_name="block"), "component": labels(COMPONENTS), "pair": labels(PAIRS)}
     test = "one-sided, labels shuffled: (1 + #{SI_perm >= SI}) / (1 + permutations)"
     return {
         schema.RSM: Labelled(res["rsm"], ("layer", "component", "item_a", "item_b"),
@@ -138,9 +139,10 @@ def summary(results: dict[str, Labelled], spec: Spec, cfg: Config) -> dict:
     split = [f"{w} ({k})" for w, k in zip(stim.words, stim.word_tokens) if k > 1]
     if split:  # lamina's extension: read at the word's last token
         out["words of several tokens (read at their last token)"] = ", ".join(split)
-    depths = shown_blocks(si.shape[1])
+    depths = shown_blocks(si.shape[1])  # positions; named by the model's block numbers (--layers)
+    names = [int(Coord.of(results[schema.SELECTIVITY].coords["layer"]).values[j]) for j in depths]
     for i, c in enumerate(COMPONENTS):
-        out[f"SI_{c} at blocks {'/'.join(map(str, depths))}"] = [round(float(si[i, j]), 4) for j in depths]
+        out[f"SI_{c} at blocks {'/'.join(map(str, names))}"] = [round(float(si[i, j]), 4) for j in depths]
         out[f"SI_{c} blocks with p<0.05"] = f"{int((p[i] < 0.05).sum())}/{p.shape[1]} ({cfg.permutations} permutations)"
     for i, pair in enumerate(PAIRS):
         out[f"RSA_{pair} min/mean/max"] = [round(float(f(rsa[i])), 4) for f in (np.min, np.mean, np.max)]

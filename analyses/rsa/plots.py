@@ -36,29 +36,28 @@ def plot(run: Run, figdir: Path) -> list[Path]:
     permutations = dict(run[schema.SELECTIVITY_PVALUE].attrs).get("permutations", "?")
     components = run.labels(schema.SELECTIVITY, "component")
     pairs = run.labels(schema.RSA, "pair")
+    blocks = np.asarray(run.labels(schema.RSA, "layer"), dtype=np.int64)  # the model's block numbers (--layers)
     paths: list[Path] = []
     paths += _selectivity(run.numpy(schema.SELECTIVITY), run.numpy(schema.SELECTIVITY_PVALUE), components,
-                          permutations, suffix, figdir)
-    paths += _rsa(run.numpy(schema.RSA), pairs, suffix, figdir)
-    paths += _rsm_grid(run.numpy(schema.RSM), labels, categories, components, suffix, figdir)
+                          permutations, suffix, figdir, blocks)
+    paths += _rsa(run.numpy(schema.RSA), pairs, suffix, figdir, blocks)
+    paths += _rsm_grid(run.numpy(schema.RSM), labels, categories, components, suffix, figdir, blocks)
     return paths
 
 
-def _block_axis(ax, n_layers: int) -> None:
+def _block_axis(ax, blocks: np.ndarray) -> None:
     ax.set_xlabel("block")
-    ax.set_xlim(-0.5, n_layers - 0.5)
+    ax.set_xlim(blocks[0] - 0.5, blocks[-1] + 0.5)
     ax.grid(alpha=0.3)
-    if n_layers <= 12:
-        ax.set_xticks(range(n_layers))
+    if len(blocks) <= 12:
+        ax.set_xticks(blocks)
 
 
 def _selectivity(si: np.ndarray, pvalue: np.ndarray, components, permutations, suffix: str,
-                 figdir: Path) -> list[Path]:
-    """si, pvalue: (component, layer)."""
+                 figdir: Path, blocks: np.ndarray) -> list[Path]:
+    """si, pvalue: (component, layer); blocks: the layer axis' block numbers."""
     import matplotlib.pyplot as plt
 
-    n_layers = si.shape[1]
-    blocks = np.arange(n_layers)
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
     for i, c in enumerate(components):
         ax.plot(blocks, si[i], color=COLORS[c], lw=1.6, label=c)
@@ -68,22 +67,21 @@ def _selectivity(si: np.ndarray, pvalue: np.ndarray, components, permutations, s
     ax.axhline(1.0, color="0.4", ls="--", lw=1, label="SI = 1 (no selectivity)")
     ax.plot([], [], "o", color="0.3", ms=5, label=f"p < {ALPHA} (filled; {permutations} label permutations)")
     ax.plot([], [], "o", color="0.3", mfc="white", ms=4, label=f"p ≥ {ALPHA} (open)")
-    _block_axis(ax, n_layers)
+    _block_axis(ax, blocks)
     ax.set_ylabel("selectivity index SI\n(mean within-category / mean between-category cosine)")
     ax.set_title(f"Category selectivity of the final word's Q, K, V per block\n{suffix}")
     ax.legend(fontsize=8, loc="best")
     return save_figure(fig, figdir, "rsa_selectivity")
 
 
-def _rsa(rsa: np.ndarray, pairs, suffix: str, figdir: Path) -> list[Path]:
-    """rsa: (pair, layer)."""
+def _rsa(rsa: np.ndarray, pairs, suffix: str, figdir: Path, blocks: np.ndarray) -> list[Path]:
+    """rsa: (pair, layer); blocks: the layer axis' block numbers."""
     import matplotlib.pyplot as plt
 
-    n_layers = rsa.shape[1]
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
     for i, pair in enumerate(pairs):
-        ax.plot(np.arange(n_layers), rsa[i], "o-", color=COLORS[pair], lw=1.6, ms=3.5, label=f"{pair[0]}–{pair[1]}")
-    _block_axis(ax, n_layers)
+        ax.plot(blocks, rsa[i], "o-", color=COLORS[pair], lw=1.6, ms=3.5, label=f"{pair[0]}–{pair[1]}")
+    _block_axis(ax, blocks)
     finite = rsa[np.isfinite(rsa)]
     lo = min(0.0, float(finite.min())) if finite.size else 0.0
     ax.set_ylim(lo - 0.02, 1.02)
@@ -94,7 +92,7 @@ def _rsa(rsa: np.ndarray, pairs, suffix: str, figdir: Path) -> list[Path]:
 
 
 def _rsm_grid(rsm: np.ndarray, labels: np.ndarray, categories: list[str], components, suffix: str,
-              figdir: Path) -> list[Path]:
+              figdir: Path, blocks: np.ndarray) -> list[Path]:
     """rsm: (layer, component, item, item); items re-ordered so each category is one block.
 
     Each panel has its own colour range (its off-diagonal min..max): deep blocks often
@@ -131,7 +129,7 @@ def _rsm_grid(rsm: np.ndarray, labels: np.ndarray, categories: list[str], compon
             ax.set_xticks(centres, names if r == 2 else [], fontsize=8)
             ax.set_yticks(centres, names if c == 0 else [], fontsize=8, rotation=90, va="center")
             ax.tick_params(length=0)
-            ax.set_title(f"{comp}, block {layer}", fontsize=10)
+            ax.set_title(f"{comp}, block {blocks[layer]}", fontsize=10)
             cb = fig.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
             cb.ax.tick_params(labelsize=7)
             if c == len(depths) - 1:
