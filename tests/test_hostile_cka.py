@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import lamina
-from lamina.analyses import similarity as similarity_module
+from lamina.analyses.similarity import reading as similarity_reading
 from lamina.analyses.cli import main as cli_main
 from lamina.analyses.similarity import Options
 from lamina.engine.errors import InputError
@@ -93,7 +93,7 @@ def no_reading(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("activations were read before the input was checked")
 
-    monkeypatch.setattr(similarity_module, "token_blocks", refuse)
+    monkeypatch.setattr(similarity_reading, "token_blocks", refuse)  # similarity() imports it when called
 
 
 def _acts(run) -> np.ndarray:
