@@ -6,47 +6,15 @@ schema (every stored array: path, dims, units). ``ANALYSIS`` is what the registr
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
+from ..deferred import deferred, package_getattr
 from ..kit import Analysis
 from . import schema
 from .config import Config
 
-
-def _spec(cfg, model):
-    """:func:`.analysis.spec` (the analysis module, and torch with it, load on first use)."""
-    from .analysis import spec
-
-    return spec(cfg, model)
-
-
-def _compute(data, spec, cfg, ctx):
-    """:func:`.analysis.compute`."""
-    from .analysis import compute
-
-    return compute(data, spec, cfg, ctx)
-
-
-def _summary(results, spec, cfg):
-    """:func:`.analysis.summary`."""
-    from .analysis import summary
-
-    return summary(results, spec, cfg)
-
-
-def __getattr__(name: str):
-    """The other names of :mod:`.analysis` (``spec``, ``compute``, ...: what lamina.analyses.capture held before it
-    was a folder), imported on first use, so that ``ANALYSIS`` alone (``lamina analyses``, ``report``) needs no
-    torch."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: pkg.analysis, pkg.plots
-        return importlib.import_module(f"{__name__}.{name}")
-    try:
-        return getattr(importlib.import_module(f"{__name__}.analysis"), name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+_spec = deferred(f"{__name__}.analysis", "spec")
+_compute = deferred(f"{__name__}.analysis", "compute")
+_summary = deferred(f"{__name__}.analysis", "summary")
+__getattr__ = package_getattr(__name__)  # the names of .analysis, as before it was a folder
 
 
 ANALYSIS = Analysis(

@@ -7,61 +7,17 @@ what each shows); curves (per-layer curves for `lamina compare`). ``ANALYSIS`` i
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
+from ..deferred import deferred, package_getattr
 from ..kit import Analysis
 from . import captions, schema
 from .config import Config, PlotOptions
 
-
-def _spec(cfg, model):
-    """:func:`.analysis.spec` (the analysis module, and torch with it, load on first use)."""
-    from .analysis import spec
-
-    return spec(cfg, model)
-
-
-def _compute(data, spec, cfg, ctx):
-    """:func:`.analysis.compute`."""
-    from .analysis import compute
-
-    return compute(data, spec, cfg, ctx)
-
-
-def _summary(results, spec, cfg):
-    """:func:`.analysis.summary`."""
-    from .analysis import summary
-
-    return summary(results, spec, cfg)
-
-
-def __getattr__(name: str):
-    """The other names of :mod:`.analysis` (``spec``, ``compute``, ...: what lamina.analyses.qkv held before it
-    was a folder), imported on first use, so that ``ANALYSIS`` alone (``lamina analyses``, ``report``) needs no
-    torch."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: pkg.analysis, pkg.plots
-        return importlib.import_module(f"{__name__}.{name}")
-    try:
-        return getattr(importlib.import_module(f"{__name__}.analysis"), name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-
-
-def _plot(run, folder, **figure_options):
-    """The figures of a qkv run (:func:`.plots.plot`; matplotlib loads on first use)."""
-    from . import plots
-
-    return plots.plot(run, folder, **figure_options)
-
-
-def _curves(run):
-    """Per-layer curves of a qkv run for ``lamina compare`` (:func:`.curves.curves`)."""
-    from . import curves
-
-    return curves.curves(run)
+_spec = deferred(f"{__name__}.analysis", "spec")
+_compute = deferred(f"{__name__}.analysis", "compute")
+_summary = deferred(f"{__name__}.analysis", "summary")
+_plot = deferred(f"{__name__}.plots", "plot")  # matplotlib loads on first use
+_curves = deferred(f"{__name__}.curves", "curves")
+__getattr__ = package_getattr(__name__)  # the names of .analysis, as before it was a folder
 
 
 ANALYSIS = Analysis(
