@@ -14,7 +14,6 @@ import pytest
 
 import lamina
 from lamina.analyses.similarity import reading as similarity_reading
-from lamina.analyses.cli import main as cli_main
 from lamina.analyses.similarity import Options
 from lamina.engine.errors import InputError
 
@@ -22,25 +21,9 @@ from .cka_reference import cka_matrix
 from .conftest import make_checkpoint
 from .helpers import run_analysis
 from .test_data_safety import snapshot
+from .test_hostile import lamina_cli, one_line
 
 WORDS = "the miller walked north past a river, then the sea; rain fell twice and birds sang".split()
-
-
-def lamina_cli(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        cli_main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line(err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lamina: error: ") and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
 
 
 def _cka(model, out, text, **cfg):
